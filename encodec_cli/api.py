@@ -1,0 +1,278 @@
+"""The Python API: compress/decompress between audio and .ecdc, streamed.
+
+Pairs: `compress_file`/`decompress_file` (paths, '-' for stdin/stdout) and
+`compress`/`decompress` (arrays and bytes in memory).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import tempfile
+import typing as tp
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import audio as A
+from . import container as F
+from .errors import AudioError, OptionError, WeightsError
+
+MODELS = {"24khz": "encodec_24khz", "48khz": "encodec_48khz"}
+BANDWIDTHS = {"encodec_24khz": (1.5, 3.0, 6.0, 12.0, 24.0), "encodec_48khz": (3.0, 6.0, 12.0, 24.0)}
+HOP = 320
+
+
+@dataclass(frozen=True)
+class CompressOptions:
+    bandwidth: float = 6.0
+    model: str = "encodec_24khz"
+    weights: tp.Optional[Path] = None       # any checkpoint of the same architecture
+    lm: bool = False                        # entropy-code with the language model
+    lm_weights: tp.Optional[Path] = None
+    progress: bool = True                   # download progress bars
+
+    def check(self) -> None:
+        if self.model not in BANDWIDTHS:
+            raise OptionError(f"unknown model {self.model}")
+        if self.bandwidth not in BANDWIDTHS[self.model]:
+            allowed = ", ".join(f"{b:g}" for b in BANDWIDTHS[self.model])
+            raise OptionError(f"{self.model} supports {allowed} kbps, not {self.bandwidth:g}")
+
+
+@dataclass(frozen=True)
+class DecompressOptions:
+    weights: tp.Optional[Path] = None
+    lm_weights: tp.Optional[Path] = None
+    model_format: bool = False   # keep the model's rate and channels instead of the original's
+    bits: str = "16"             # '16', '24' or 'float'
+    progress: bool = True
+
+
+@dataclass
+class Result:
+    seconds: float = 0.0         # audio duration
+    bytes_written: int = 0
+    clipped: int = 0             # samples clipped to [-1, 1] on output
+
+
+Progress = tp.Optional[tp.Callable[[float], None]]
+
+
+# ---------------------------------------------------------------- streams
+
+def compress_stream(source: A.Source, fo: tp.BinaryIO, opts: CompressOptions,
+                    progress: Progress = None) -> Result:
+    """Read `source` block by block and write an .ecdc stream to `fo`."""
+    from . import codec as C
+    from .coders import make_encoder
+
+    opts.check()
+    blocks = iter(source.blocks())
+    first = next(blocks, None)
+    if first is None:
+        raise AudioError("the input holds no audio samples")
+    codec = C.load_codec(opts.model, opts.weights, opts.progress)
+    spec = codec.spec
+    n_q = spec.codebooks_for(opts.bandwidth)
+    coder = make_encoder(opts, spec, n_q)
+    header = F.Header(spec.name, coder.name, n_q, opts.bandwidth, spec.sample_rate, spec.channels,
+                      source.sample_rate, source.channels, None, None,
+                      codec.fingerprint, coder.fingerprint)
+    counts = {"source": 0, "model": 0}
+
+    def source_blocks() -> tp.Iterator[np.ndarray]:
+        for block in _chain(first, blocks):
+            counts["source"] += len(block)
+            if progress:
+                progress(len(block) / source.sample_rate)
+            yield block
+
+    def model_blocks() -> tp.Iterator[np.ndarray]:
+        for block in A.converted(source_blocks(), source.sample_rate, spec.sample_rate,
+                                 spec.channels):
+            counts["model"] += len(block)
+            yield block.T
+
+    writer = F.Writer(fo, header)
+    for packet in C.encode(codec, model_blocks(), n_q):
+        payload, flags = coder.encode(packet.codes)
+        writer.write_packet(len(packet.codes), payload, packet.scale, flags)
+    writer.finish(counts["model"], counts["source"])
+    return Result(seconds=counts["source"] / source.sample_rate)
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def decompress_stream(fo: tp.BinaryIO, open_sink: tp.Callable[[int, int], A.Sink],
+                      opts: DecompressOptions, progress: Progress = None) -> Result:
+    """Read an .ecdc stream and write its audio to the sink made by `open_sink(rate, channels)`."""
+    from . import codec as C
+    from .coders import make_decoder
+
+    reader = F.Reader(fo)
+    h = reader.header
+    codec = C.load_codec(h.model, opts.weights, opts.progress)
+    if codec.fingerprint != h.weights_fingerprint:
+        raise WeightsError(f"the file was compressed with other weights (fingerprint "
+                           f"{h.weights_fingerprint.hex()}, loaded {codec.fingerprint.hex()}); "
+                           f"pass the same --weights FILE")
+    coder = make_decoder(h, opts, codec.spec)
+    packets = (C.CodePacket(coder.decode(p), p.scale) for p in reader)
+
+    def model_length() -> tp.Optional[int]:
+        return h.num_samples if h.num_samples is not None else (
+            reader.end.num_samples if reader.end else None)
+
+    def source_length() -> tp.Optional[int]:
+        return h.source_num_samples if h.source_num_samples is not None else (
+            reader.end.source_num_samples if reader.end else None)
+
+    blocks = A.fit_length((a.T for a in C.decode(codec, packets)), model_length, HOP, h.channels)
+    rate, channels = h.sample_rate, h.channels
+    if not opts.model_format:
+        rate, channels = h.source_sample_rate, h.source_channels
+        resampled = A.converted(blocks, h.sample_rate, rate, h.channels)
+        blocks = A.fit_length((A.to_channels(b, channels) for b in resampled),
+                              source_length, 4096, channels)
+    sink = open_sink(rate, channels)
+    written = 0
+    try:
+        for block in blocks:
+            sink.write(block)
+            written += len(block)
+            if progress:
+                progress(len(block) / rate)
+    finally:
+        sink.close()
+    return Result(seconds=written / rate, clipped=sink.clipped)
+
+
+# ---------------------------------------------------------------- files
+
+@contextlib.contextmanager
+def atomic_path(path: str, force: bool) -> tp.Iterator[str]:
+    """A temporary path beside `path`, renamed onto it only if the block succeeds."""
+    if os.path.exists(path) and not force:
+        raise OptionError(f"{path} exists; use -f/--force to overwrite")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise OptionError(f"cannot write {path}: folder {folder} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
+                                   suffix=".part")
+    except OSError as e:
+        raise OptionError(f"cannot write {path}: {e.strerror}") from None
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def compress_file(src: str, dst: str, opts: CompressOptions = CompressOptions(),
+                  force: bool = False, progress: Progress = None) -> Result:
+    """Compress audio file `src` ('-': stdin) to `dst` ('-': stdout)."""
+    opts.check()
+    source = A.open_source(src)
+    try:
+        if dst == "-":
+            out = sys.stdout.buffer
+            result = compress_stream(source, out, opts, progress)
+            out.flush()
+            return result
+        with atomic_path(dst, force) as tmp, open(tmp, "wb") as f:
+            result = compress_stream(source, f, opts, progress)
+            result.bytes_written = f.tell()
+        return result
+    finally:
+        source.close()
+
+
+def _open_ecdc(src: str) -> tp.BinaryIO:
+    if src == "-":
+        return sys.stdin.buffer
+    if not os.path.exists(src):
+        raise AudioError(f"{src} does not exist")
+    if os.path.isdir(src):
+        raise AudioError(f"{src} is a folder, not an .ecdc file")
+    return open(src, "rb")
+
+
+def decompress_file(src: str, dst: str, opts: DecompressOptions = DecompressOptions(),
+                    force: bool = False, progress: Progress = None) -> Result:
+    """Decompress .ecdc file `src` ('-': stdin) to WAV/FLAC `dst` ('-': WAV on stdout)."""
+    if opts.bits not in A.SUBTYPES:
+        raise OptionError(f"unsupported bit depth {opts.bits}")
+    fo = _open_ecdc(src)
+    try:
+        if dst == "-":
+            out = sys.stdout.buffer
+            return decompress_stream(fo, lambda r, c: A.WavPipeSink(out, r, c, opts.bits),
+                                     opts, progress)
+        fmt = A.format_for(dst)
+        with atomic_path(dst, force) as tmp:
+            result = decompress_stream(fo, lambda r, c: A.FileSink(tmp, r, c, opts.bits, fmt),
+                                       opts, progress)
+            result.bytes_written = os.path.getsize(tmp)
+        return result
+    finally:
+        if fo is not sys.stdin.buffer:
+            fo.close()
+
+
+# ---------------------------------------------------------------- memory
+
+class _ArraySource:
+    def __init__(self, wav: np.ndarray, sample_rate: int):
+        wav = np.asarray(wav, dtype=np.float32)
+        self._wav = wav[:, None] if wav.ndim == 1 else wav
+        self.sample_rate, self.channels, self.frames = sample_rate, self._wav.shape[1], len(self._wav)
+
+    def blocks(self) -> tp.Iterator[np.ndarray]:
+        for i in range(0, len(self._wav), A.BLOCK):
+            yield self._wav[i:i + A.BLOCK]
+
+    def close(self) -> None:
+        pass
+
+
+class _ArraySink:
+    def __init__(self):
+        self.blocks: tp.List[np.ndarray] = []
+        self.clipped = 0
+
+    def write(self, x: np.ndarray) -> None:
+        self.blocks.append(x)
+
+    def close(self) -> None:
+        pass
+
+
+def compress(wav: np.ndarray, sample_rate: int, opts: CompressOptions = CompressOptions()) -> bytes:
+    """[frames, channels] (or [frames]) float audio -> .ecdc bytes."""
+    buf = io.BytesIO()
+    compress_stream(_ArraySource(wav, sample_rate), buf, opts)
+    return buf.getvalue()
+
+
+def decompress(data: bytes, opts: DecompressOptions = DecompressOptions()
+               ) -> tp.Tuple[np.ndarray, int]:
+    """.ecdc bytes -> ([frames, channels] float32 audio, sample rate)."""
+    sink = _ArraySink()
+    rate = {}
+
+    def open_sink(r: int, c: int) -> _ArraySink:
+        rate["r"], rate["c"] = r, c
+        return sink
+
+    decompress_stream(io.BytesIO(data), open_sink, opts)
+    wav = np.concatenate(sink.blocks) if sink.blocks else np.zeros((0, rate["c"]), np.float32)
+    return wav, rate["r"]

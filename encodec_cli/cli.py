@@ -1,0 +1,255 @@
+"""The `ecdc` command line. Thin: parse, call the API, turn errors into one-line messages.
+
+Torch is imported only by the commands that run a model, so `--help` and `info` are quick.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+import sys
+import typing as tp
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import EcdcError, OptionError
+
+WEIGHTS = click.Path(dir_okay=False, path_type=Path)
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _plan(inputs: tp.Sequence[str], output: tp.Optional[str], suffix: str) -> tp.List[tp.Tuple[str, str]]:
+    """Pair each input with its output path."""
+    to_dir = output is not None and output != "-" and (len(inputs) > 1 or os.path.isdir(output))
+    if len(inputs) > 1:
+        if "-" in inputs:
+            raise OptionError("'-' (stdin) cannot be one of several inputs")
+        if output is not None and not to_dir:
+            raise OptionError("with several inputs, -o must name a folder")
+        if output is not None and not os.path.isdir(output):
+            raise OptionError(f"output folder {output} does not exist")
+    plan = []
+    for src in inputs:
+        stem = os.path.splitext(os.path.basename(src))[0] + suffix
+        if to_dir:
+            dst = os.path.join(output, stem)
+        elif output is not None:
+            dst = output
+        elif src == "-":
+            dst = "-"
+        else:
+            dst = os.path.join(os.path.dirname(src), stem)
+        plan.append((src, dst))
+    dsts = [d for _, d in plan]
+    if len(set(dsts)) != len(dsts):
+        raise OptionError("two inputs would write the same output file")
+    return plan
+
+
+def _run(kind: str, src: str, dst: str, opts, force: bool, progress=None):
+    from . import api
+
+    fn = api.compress_file if kind == "compress" else api.decompress_file
+    return fn(src, dst, opts, force=force, progress=progress)
+
+
+def _worker_init(threads: int) -> None:
+    _set_threads(threads)
+
+
+def _duration(kind: str, src: str) -> tp.Optional[float]:
+    """Seconds of audio in `src`, if cheap to know (for the progress bar)."""
+    if src == "-":
+        return None
+    try:
+        if kind == "compress":
+            import soundfile as sf
+
+            return sf.info(src).duration
+        from . import container
+
+        with open(src, "rb") as f:
+            h = container.read_header(container._Input(f))
+        return None if h.num_samples is None else h.num_samples / h.sample_rate
+    except Exception:
+        return None  # errors are reported when the file is processed
+
+
+def _execute(kind: str, inputs, output, suffix, opts, force, quiet, threads, jobs) -> None:
+    from tqdm import tqdm
+
+    if threads < 1 or jobs < 1:
+        raise click.UsageError("--threads and --jobs take a positive number")
+    plan = _plan(inputs, output, suffix)
+    if kind == "compress" and any(d == "-" for _, d in plan) and sys.stdout.isatty():
+        raise OptionError("refusing to write compressed data to a terminal; use -o FILE or a pipe")
+    durations = [_duration(kind, s) for s, _ in plan]
+    total = sum(d for d in durations if d) if all(durations) else None
+    show = not quiet and sys.stderr.isatty() and all(d != "-" for _, d in plan)
+    failures: tp.List[str] = []
+    prefix = len(plan) > 1
+
+    def report(src: str, dst: str, result=None, error: tp.Optional[BaseException] = None) -> None:
+        if error is not None:
+            failures.append(f"{src}: {error}" if prefix else str(error))
+        elif result is not None and result.clipped and not quiet:
+            tqdm.write(f"note: {dst}: {result.clipped} samples clipped to full scale", file=sys.stderr)
+
+    with tqdm(total=total, unit="s", disable=not show, desc=kind, file=sys.stderr,
+              bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]"
+              if total else None) as bar:
+        if jobs == 1 or len(plan) == 1:
+            _set_threads(threads)
+            for src, dst in plan:
+                try:
+                    report(src, dst, _run(kind, src, dst, opts, force, bar.update))
+                except EcdcError as e:
+                    report(src, dst, error=e)
+        else:
+            with cf.ProcessPoolExecutor(min(jobs, len(plan)), initializer=_worker_init,
+                                        initargs=(threads,)) as pool:
+                futures = {pool.submit(_run, kind, s, d, opts, force): (s, d, dur)
+                           for (s, d), dur in zip(plan, durations)}
+                for fut in cf.as_completed(futures):
+                    src, dst, dur = futures[fut]
+                    try:
+                        report(src, dst, fut.result())
+                    except EcdcError as e:
+                        report(src, dst, error=e)
+                    bar.update(dur or 0)
+    if failures:
+        for line in failures[:-1]:
+            click.echo(f"Error: {line}", err=True)
+        raise click.ClickException(failures[-1])
+
+
+def _guard(fn):
+    """Turn library errors into `Error: ...` and exit 1, never a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EcdcError as e:
+            raise click.ClickException(str(e)) from None
+        except BrokenPipeError:
+            sys.stderr.close()  # the reader went away; nothing more to say
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("Error: interrupted", err=True)
+            sys.exit(130)
+        except OSError as e:
+            raise click.ClickException(f"{e.filename + ': ' if e.filename else ''}"
+                                       f"{e.strerror or e}") from None
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ecdc")
+def main() -> None:
+    """Neural audio compression with Meta's EnCodec: `ecdc compress in.wav -b 6`."""
+
+
+COMMON = [
+    click.option("-o", "--output", help="Output file, folder (several inputs) or '-' for stdout."),
+    click.option("--weights", type=WEIGHTS, help="Model checkpoint to use instead of the official one."),
+    click.option("--lm-weights", type=WEIGHTS, help="Language model checkpoint (with --lm files)."),
+    click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs."),
+    click.option("-q", "--quiet", is_flag=True, help="No progress bar or notes."),
+    click.option("--threads", type=int, default=1, show_default=True,
+                 help="Torch threads per file."),
+    click.option("-j", "--jobs", type=int, default=1, show_default=True,
+                 help="Files processed in parallel, one process each."),
+]
+
+
+def _common(fn):
+    for option in reversed(COMMON):
+        fn = option(fn)
+    return fn
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-b", "--bandwidth", type=float, default=6.0, show_default=True,
+              help="Target kbps: 1.5, 3, 6, 12, 24 (24khz); 3, 6, 12, 24 (48khz).")
+@click.option("--model", type=click.Choice(["24khz", "48khz"]), default="24khz", show_default=True,
+              help="24khz: mono, speech and general audio; 48khz: stereo music.")
+@click.option("--lm", is_flag=True, help="Entropy-code with EnCodec's language model (smaller, slower).")
+@_common
+@_guard
+def compress(inputs, output, bandwidth, model, lm, weights, lm_weights, force, quiet, threads, jobs):
+    """Compress audio files (WAV, FLAC, OGG, ...; '-' for stdin) to .ecdc."""
+    from .api import MODELS, CompressOptions
+
+    opts = CompressOptions(bandwidth, MODELS[model], weights, lm, lm_weights, progress=not quiet)
+    opts.check()
+    _execute("compress", inputs, output, ".ecdc", opts, force, quiet, threads, jobs)
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--bits", type=click.Choice(["16", "24", "float"]), default="16", show_default=True,
+              help="Sample format of the output.")
+@click.option("--model-format", is_flag=True,
+              help="Keep the model's sample rate and channels instead of restoring the original's.")
+@_common
+@_guard
+def decompress(inputs, output, bits, model_format, weights, lm_weights, force, quiet, threads, jobs):
+    """Decompress .ecdc files ('-' for stdin) to WAV or FLAC (by extension; stdout: WAV)."""
+    from .api import DecompressOptions
+
+    opts = DecompressOptions(weights, lm_weights, model_format, bits, progress=not quiet)
+    _execute("decompress", inputs, output, ".wav", opts, force, quiet, threads, jobs)
+
+
+@main.command()
+@click.argument("file")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@_guard
+def info(file, as_json):
+    """Describe an .ecdc file without decoding it."""
+    from . import container
+
+    if file != "-" and not os.path.isfile(file):
+        raise OptionError(f"{file} does not exist")
+    with (open(file, "rb") if file != "-" else sys.stdin.buffer) as f:
+        h, end, size = container.describe(f)
+    seconds = end.num_samples / h.sample_rate
+    data = {
+        "model": h.model, "sample_rate": h.sample_rate, "channels": h.channels,
+        "bandwidth_kbps": h.bandwidth, "codebooks": h.n_codebooks, "coder": h.coder,
+        "duration_s": round(seconds, 6), "frames": end.frames, "packets": end.packets,
+        "source_sample_rate": h.source_sample_rate, "source_channels": h.source_channels,
+        "source_samples": end.source_num_samples, "size_bytes": size,
+        "achieved_kbps": round(size * 8 / seconds / 1000, 3) if seconds else None,
+        "weights_fingerprint": h.weights_fingerprint.hex(),
+        "lm_fingerprint": h.lm_fingerprint.hex() if h.coder == "lm" else None,
+        "format_version": container.VERSION,
+    }
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    ch = {1: "mono", 2: "stereo"}
+    kbps = f"{data['achieved_kbps']:.2f} kbps achieved" if seconds else "empty"
+    rows = [
+        ("model", f"{h.model} ({h.sample_rate} Hz, {ch[h.channels]})"),
+        ("bandwidth", f"{h.bandwidth:g} kbps nominal, {h.n_codebooks} codebooks"),
+        ("coder", {"raw": "raw (10 bits per code)", "lm": "lm (language-model range coding)"}[h.coder]),
+        ("duration", f"{seconds:.3f} s ({end.frames} frames)"),
+        ("original", f"{h.source_sample_rate} Hz, {h.source_channels} channel"
+                     f"{'s' if h.source_channels > 1 else ''}, {end.source_num_samples} samples"),
+        ("size", f"{size} bytes, {kbps}"),
+        ("packets", str(end.packets)),
+        ("weights", h.weights_fingerprint.hex()),
+    ]
+    for key, value in rows:
+        click.echo(f"{key + ':':<11}{value}")

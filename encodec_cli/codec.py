@@ -1,0 +1,187 @@
+"""Streaming encode/decode of model-rate audio with a loaded EnCodec model.
+
+`encode` turns an iterator of [channels, n] float32 blocks into code packets as soon as
+they can be computed; `decode` turns packets back into audio blocks. Memory stays flat:
+the 24 kHz model keeps only its convolution and LSTM state between chunks, the 48 kHz
+model one 1 s segment and the overlap with the next.
+"""
+from __future__ import annotations
+
+import typing as tp
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import weights as W
+from .models import EncodecModel, ModelSpec, build_model
+
+CHUNK_SECONDS = 1.0      # encoder input per step, 24 kHz model
+DECODE_FRAMES = 75       # decoder input per step, 24 kHz model
+
+
+@dataclass
+class CodePacket:
+    codes: np.ndarray    # [frames, codebooks] uint16
+    scale: float = 1.0
+
+
+@dataclass
+class Codec:
+    model: EncodecModel
+    fingerprint: bytes
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.model.spec
+
+
+_CACHE: tp.Dict[tp.Tuple[str, tp.Optional[Path]], Codec] = {}
+
+
+def load_codec(name: str, weights: tp.Optional[Path] = None, progress: bool = True) -> Codec:
+    """Resolve, load strictly and fold the weights of model `name` (cached per process)."""
+    key = (name, weights)
+    if key not in _CACHE:
+        resolved = W.resolve(name, weights, progress=progress)
+        model = build_model(name)
+        W.load_strict(model, W.load_state_dict(resolved.path), resolved.path)
+        model.fold()
+        _CACHE[key] = Codec(model, resolved.fingerprint)
+    return _CACHE[key]
+
+
+def _codes(model: EncodecModel, emb: torch.Tensor, n_q: int) -> np.ndarray:
+    return model.quantizer.encode(emb, n_q)[0].t().numpy().astype(np.uint16)
+
+
+@torch.inference_mode()
+def encode(codec: Codec, blocks: tp.Iterable[np.ndarray], n_q: int) -> tp.Iterator[CodePacket]:
+    model, spec = codec.model, codec.spec
+    if spec.causal:
+        yield from _encode_stream(model, blocks, n_q, int(CHUNK_SECONDS * spec.sample_rate))
+    else:
+        yield from _encode_segments(model, blocks, n_q)
+
+
+def _rebuffer(blocks: tp.Iterable[np.ndarray], size: int, step: tp.Optional[int] = None
+              ) -> tp.Iterator[tp.Tuple[np.ndarray, bool]]:
+    """Windows of `size` samples every `step` (default: size), then the shorter rest.
+
+    Yields (window, is_last_full_window_or_rest) pairs; the rest windows follow the same
+    stepping until the input is used up, as the reference's segment loop does.
+    """
+    step = step or size
+    buf: tp.Optional[np.ndarray] = None
+    for block in blocks:
+        buf = block if buf is None else np.concatenate([buf, block], axis=-1)
+        while buf.shape[-1] >= size:
+            yield buf[:, :size], False
+            buf = buf[:, step:]
+    while buf is not None and buf.shape[-1] > 0:
+        yield buf[:, :size], True
+        buf = buf[:, step:]
+
+
+def _encode_stream(model, blocks, n_q, chunk) -> tp.Iterator[CodePacket]:
+    enc = model.encoder
+    enc.reset()
+    pending: tp.Optional[np.ndarray] = None
+    for window, _ in _rebuffer(blocks, chunk):
+        if pending is not None:
+            emb = enc.step(torch.from_numpy(pending)[None], final=False)
+            if emb.shape[-1]:
+                yield CodePacket(_codes(model, emb, n_q))
+        pending = np.ascontiguousarray(window)
+    if pending is not None:  # the last window closes the stream
+        emb = enc.step(torch.from_numpy(pending)[None], final=True)
+        if emb.shape[-1]:
+            yield CodePacket(_codes(model, emb, n_q))
+
+
+def _encode_segments(model, blocks, n_q) -> tp.Iterator[CodePacket]:
+    spec = model.spec
+    for window, _ in _rebuffer(blocks, spec.segment_length, spec.segment_stride):
+        x = torch.from_numpy(np.ascontiguousarray(window))[None]
+        mono = x.mean(dim=1, keepdim=True)
+        scale = 1e-8 + mono.pow(2).mean(dim=2, keepdim=True).sqrt()
+        emb = model.encoder(x / scale)
+        yield CodePacket(_codes(model, emb, n_q), float(scale))
+
+
+@torch.inference_mode()
+def decode(codec: Codec, packets: tp.Iterable[CodePacket]) -> tp.Iterator[np.ndarray]:
+    """Model-rate audio blocks [channels, n]; the end may overshoot the true length."""
+    if codec.spec.causal:
+        yield from _decode_stream(codec.model, packets)
+    else:
+        yield from _decode_segments(codec.model, packets)
+
+
+def _embed(model, codes: np.ndarray) -> torch.Tensor:
+    return model.quantizer.decode(torch.from_numpy(codes.astype(np.int64).T)[None])
+
+
+def _decode_stream(model, packets) -> tp.Iterator[np.ndarray]:
+    dec = model.decoder
+    dec.reset()
+    pending: tp.List[np.ndarray] = []
+    count = 0
+    for packet in packets:
+        pending.append(packet.codes)
+        count += packet.codes.shape[0]
+        if count >= DECODE_FRAMES:
+            y = dec.step(_embed(model, np.concatenate(pending)), final=False)
+            pending, count = [], 0
+            if y.shape[-1]:
+                yield y[0].numpy()
+    codes = np.concatenate(pending) if pending else np.zeros((0, 1), np.uint16)
+    y = dec.step(_embed(model, codes) if len(codes) else torch.zeros(1, model.spec.dimension, 0),
+                 final=True)
+    if y.shape[-1]:
+        yield y[0].numpy()
+
+
+class OverlapAdd:
+    """The reference's linear overlap-add of decoded segments, emitted as it settles."""
+
+    def __init__(self, stride: int):
+        self.stride = stride
+        self.weight: tp.Optional[torch.Tensor] = None
+        self.acc: tp.Optional[torch.Tensor] = None   # weighted sum from the current offset
+        self.wsum: tp.Optional[torch.Tensor] = None
+
+    def push(self, frame: torch.Tensor) -> torch.Tensor:
+        n = frame.shape[-1]
+        if self.weight is None:  # the reference derives the window from the first frame
+            t = torch.linspace(0, 1, n + 2, dtype=frame.dtype)[1:-1]
+            self.weight = 0.5 - (t - 0.5).abs()
+        w = self.weight[:n]
+        size = n if self.acc is None else max(n, self.acc.shape[-1])
+        acc = frame.new_zeros(*frame.shape[:-1], size)
+        wsum = frame.new_zeros(size)
+        if self.acc is not None:
+            acc[..., :self.acc.shape[-1]] += self.acc
+            wsum[:self.wsum.shape[-1]] += self.wsum
+        acc[..., :n] += w * frame
+        wsum[:n] += w
+        done = min(self.stride, size)
+        self.acc, self.wsum = acc[..., done:], wsum[done:]
+        return acc[..., :done] / wsum[:done]
+
+    def finish(self) -> torch.Tensor:
+        if self.acc is None or self.acc.shape[-1] == 0:
+            return torch.zeros(0)
+        return self.acc / self.wsum
+
+
+def _decode_segments(model, packets) -> tp.Iterator[np.ndarray]:
+    ola = OverlapAdd(model.spec.segment_stride)
+    for packet in packets:
+        out = model.decoder(_embed(model, packet.codes))
+        out = out * torch.tensor(packet.scale, dtype=torch.float32).view(-1, 1, 1)
+        yield ola.push(out[0]).numpy()
+    rest = ola.finish()
+    if rest.numel():
+        yield rest.numpy()

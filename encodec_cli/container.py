@@ -1,0 +1,275 @@
+"""The .ecdc container, version 1 (see formats/ecdc-v1.md). Imports no torch.
+
+A file is a header, then records: code packets and one end record. Every part carries
+a CRC-32, so corruption is reported with a byte offset instead of decoding to noise.
+"""
+from __future__ import annotations
+
+import struct
+import typing as tp
+import zlib
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .errors import CorruptError, FormatError, TruncatedError
+
+MAGIC = b"\x89ECDC\r\n\x1a"
+VERSION = 1
+UNKNOWN = 0xFFFF_FFFF_FFFF_FFFF  # a length not known when the header was written
+CODE_BITS = 10
+
+MODEL_IDS = {"encodec_24khz": 1, "encodec_48khz": 2}
+CODER_IDS = {"raw": 0, "lm": 1}
+
+_PREFIX = struct.Struct(">8sBH")             # magic, version, size of the body
+_BODY = struct.Struct(">BBBIIBIHQQ8s8s")      # see Header
+_CRC = struct.Struct(">I")
+_RECORD = struct.Struct(">BI")                # type, payload size
+_PACKET = struct.Struct(">IBf")               # frames, flags, scale
+_END = struct.Struct(">QQQI")                 # frames, samples, source samples, packets
+
+RECORD_PACKET = 1
+RECORD_END = 2
+FLAG_RAW = 1  # in an LM-coded file: this packet's codes are stored raw
+MAX_RECORD = 1 << 28
+
+
+@dataclass(frozen=True)
+class Header:
+    model: str                      # 'encodec_24khz' or 'encodec_48khz'
+    coder: str                      # 'raw' or 'lm'
+    n_codebooks: int
+    bandwidth: float                # kbps, nominal
+    sample_rate: int                # the model's
+    channels: int                   # the model's
+    source_sample_rate: int         # the input's, restored on decompression
+    source_channels: int
+    num_samples: tp.Optional[int]   # at the model's rate; None while unknown
+    source_num_samples: tp.Optional[int]
+    weights_fingerprint: bytes      # 8 bytes
+    lm_fingerprint: bytes = bytes(8)
+
+    def to_bytes(self) -> bytes:
+        def length(n: tp.Optional[int]) -> int:
+            return UNKNOWN if n is None else n
+
+        body = _BODY.pack(MODEL_IDS[self.model], CODER_IDS[self.coder], self.n_codebooks,
+                          round(self.bandwidth * 1000), self.sample_rate, self.channels,
+                          self.source_sample_rate, self.source_channels,
+                          length(self.num_samples), length(self.source_num_samples),
+                          self.weights_fingerprint, self.lm_fingerprint)
+        data = _PREFIX.pack(MAGIC, VERSION, len(body)) + body
+        return data + _CRC.pack(zlib.crc32(data))
+
+
+@dataclass(frozen=True)
+class Packet:
+    codes: np.ndarray               # [frames, codebooks] uint16 (None until decoded by the LM coder)
+    scale: float = 1.0              # 48 kHz segment RMS scale
+    flags: int = 0
+    payload: bytes = b""            # the coded codes as stored
+    offset: int = 0                 # byte offset of the record in the file
+
+    @property
+    def frames(self) -> int:
+        return self.codes.shape[0]
+
+
+@dataclass(frozen=True)
+class End:
+    frames: int
+    num_samples: int
+    source_num_samples: int
+    packets: int
+
+
+# ---------------------------------------------------------------- raw codes
+
+def pack_codes(codes: np.ndarray) -> bytes:
+    """[frames, codebooks] codes < 1024 -> 10 bits each, frame-major, MSB first."""
+    values = np.ascontiguousarray(codes, dtype=">u2").reshape(-1)
+    bits = np.unpackbits(values.view(np.uint8).reshape(-1, 2), axis=1)[:, 16 - CODE_BITS:]
+    return np.packbits(bits.reshape(-1)).tobytes()
+
+
+def unpack_codes(data: bytes, frames: int, codebooks: int) -> np.ndarray:
+    n = frames * codebooks
+    if len(data) != (n * CODE_BITS + 7) // 8:
+        raise FormatError(f"raw packet holds {len(data)} bytes, expected "
+                          f"{(n * CODE_BITS + 7) // 8} for {frames} frames")
+    bits = np.unpackbits(np.frombuffer(data, np.uint8))[:n * CODE_BITS].reshape(n, CODE_BITS)
+    weights = (1 << np.arange(CODE_BITS - 1, -1, -1)).astype(np.uint16)
+    return (bits.astype(np.uint16) @ weights).astype(np.uint16).reshape(frames, codebooks)
+
+
+# ---------------------------------------------------------------- writing
+
+class Writer:
+    """Writes a header, then packets as they come, then the end record.
+
+    On a seekable file the header's lengths are filled in at the end; on a pipe they
+    stay unknown and the end record carries them.
+    """
+
+    def __init__(self, fo: tp.BinaryIO, header: Header):
+        self.fo, self.header = fo, header
+        self.frames = self.packets = 0
+        fo.write(header.to_bytes())
+
+    def write_packet(self, frames: int, payload: bytes, scale: float = 1.0, flags: int = 0) -> None:
+        _write_record(self.fo, RECORD_PACKET, _PACKET.pack(frames, flags, scale) + payload)
+        self.frames += frames
+        self.packets += 1
+
+    def finish(self, num_samples: int, source_num_samples: int) -> End:
+        end = End(self.frames, num_samples, source_num_samples, self.packets)
+        _write_record(self.fo, RECORD_END, _END.pack(end.frames, end.num_samples,
+                                                     end.source_num_samples, end.packets))
+        if _seekable(self.fo):
+            pos = self.fo.tell()
+            self.fo.seek(0)
+            self.fo.write(replace(self.header, num_samples=num_samples,
+                                  source_num_samples=source_num_samples).to_bytes())
+            self.fo.seek(pos)
+        self.fo.flush()
+        return end
+
+
+def _seekable(fo) -> bool:
+    try:
+        return fo.seekable()
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _write_record(fo, kind: int, payload: bytes) -> None:
+    head = _RECORD.pack(kind, len(payload))
+    fo.write(head + payload + _CRC.pack(zlib.crc32(payload, zlib.crc32(head))))
+
+
+# ---------------------------------------------------------------- reading
+
+class _Input:
+    """Counts bytes so that errors can name an offset."""
+
+    def __init__(self, fo: tp.BinaryIO):
+        self.fo, self.pos = fo, 0
+
+    def read_exactly(self, n: int, what: str) -> bytes:
+        chunks, got = [], 0
+        while got < n:
+            chunk = self.fo.read(n - got)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        data = b"".join(chunks)
+        if len(data) != n:
+            raise TruncatedError(f"truncated file: {what} at byte {self.pos} needs {n} bytes, "
+                                 f"only {len(data)} left")
+        self.pos += n
+        return data
+
+
+def read_header(inp: _Input) -> Header:
+    prefix = inp.fo.read(_PREFIX.size)
+    inp.pos += len(prefix)
+    if len(prefix) < len(MAGIC) or not prefix.startswith(MAGIC):
+        if prefix.startswith(b"ECDC"):
+            raise FormatError("this is a file of Meta's encodec tool, not of ecdc; "
+                              "decode it with `encodec`")
+        raise FormatError("not an .ecdc file (no ecdc signature at the start)")
+    if len(prefix) < _PREFIX.size:
+        raise TruncatedError(f"truncated file: the header needs {_PREFIX.size} bytes, "
+                             f"only {len(prefix)} present")
+    _, version, size = _PREFIX.unpack(prefix)
+    if version != VERSION:
+        raise FormatError(f"unsupported .ecdc format version {version} (this ecdc reads "
+                          f"version {VERSION}); a newer ecdc may read it")
+    if size < _BODY.size:
+        raise CorruptError(f"corrupted header: body of {size} bytes is too short")
+    body = inp.read_exactly(size, "the header")
+    (crc,) = _CRC.unpack(inp.read_exactly(_CRC.size, "the header checksum"))
+    if zlib.crc32(prefix + body) != crc:
+        raise CorruptError("corrupted file: the header fails its CRC-32 check at byte 0")
+    (model_id, coder_id, n_codebooks, bandwidth, sample_rate, channels, source_sample_rate,
+     source_channels, num_samples, source_num_samples, weights_fp, lm_fp) = _BODY.unpack_from(body)
+    model = {v: k for k, v in MODEL_IDS.items()}.get(model_id)
+    coder = {v: k for k, v in CODER_IDS.items()}.get(coder_id)
+    if model is None:
+        raise FormatError(f"unknown model id {model_id} in the header")
+    if coder is None:
+        raise FormatError(f"unknown coder id {coder_id} in the header")
+    if not (1 <= n_codebooks <= 32 and channels in (1, 2) and source_channels >= 1
+            and sample_rate > 0 and source_sample_rate > 0):
+        raise FormatError("inconsistent header fields")
+    return Header(model, coder, n_codebooks, bandwidth / 1000, sample_rate, channels,
+                  source_sample_rate, source_channels,
+                  None if num_samples == UNKNOWN else num_samples,
+                  None if source_num_samples == UNKNOWN else source_num_samples,
+                  weights_fp, lm_fp)
+
+
+class Reader:
+    """Iterates over the packets of an .ecdc stream; `end` is set once read."""
+
+    def __init__(self, fo: tp.BinaryIO):
+        self._in = _Input(fo)
+        self.header = read_header(self._in)
+        self.end: tp.Optional[End] = None
+
+    def __iter__(self) -> tp.Iterator[Packet]:
+        inp, h = self._in, self.header
+        count = frames = 0
+        while True:
+            offset = inp.pos
+            head = inp.fo.read(_RECORD.size)
+            inp.pos += len(head)
+            if not head:
+                raise TruncatedError(f"truncated file: it ends at byte {offset} without its end "
+                                     f"record (after {count} packets)")
+            if len(head) < _RECORD.size:
+                raise TruncatedError(f"truncated file: record at byte {offset} is cut short")
+            kind, size = _RECORD.unpack(head)
+            if size > MAX_RECORD:
+                raise CorruptError(f"corrupted file: record at byte {offset} claims {size} bytes")
+            payload = inp.read_exactly(size, f"record {count + 1}")
+            (crc,) = _CRC.unpack(inp.read_exactly(_CRC.size, f"record {count + 1}'s checksum"))
+            if zlib.crc32(payload, zlib.crc32(head)) != crc:
+                raise CorruptError(f"corrupted file: record {count + 1} at byte {offset} fails "
+                                   f"its CRC-32 check")
+            if kind == RECORD_END:
+                if len(payload) < _END.size:
+                    raise CorruptError(f"corrupted file: end record at byte {offset} is too short")
+                end = End(*_END.unpack_from(payload))
+                if end.frames != frames or end.packets != count:
+                    raise CorruptError(f"corrupted file: end record at byte {offset} counts "
+                                       f"{end.packets} packets / {end.frames} frames, "
+                                       f"the file has {count} / {frames}")
+                if inp.fo.read(1):
+                    raise FormatError(f"unexpected data after the end record at byte {inp.pos}")
+                self.end = end
+                return
+            if kind != RECORD_PACKET:
+                continue  # a record type from a later minor revision: skip it
+            if len(payload) < _PACKET.size:
+                raise CorruptError(f"corrupted file: packet at byte {offset} is too short")
+            n, flags, scale = _PACKET.unpack_from(payload)
+            data = payload[_PACKET.size:]
+            codes = None
+            if h.coder == "raw" or flags & FLAG_RAW:
+                codes = unpack_codes(data, n, h.n_codebooks)
+            count += 1
+            frames += n
+            yield Packet(codes if codes is not None else np.empty((n, 0), np.uint16),
+                         scale, flags, data, offset)
+
+
+def describe(fo: tp.BinaryIO) -> tp.Tuple[Header, End, int]:
+    """Header, end record and file size, reading every record (for `ecdc info`)."""
+    reader = Reader(fo)
+    for _ in reader:
+        pass
+    assert reader.end is not None
+    return reader.header, reader.end, reader._in.pos

@@ -1,0 +1,402 @@
+"""EnCodec networks: SEANet encoder/decoder and residual vector quantizer.
+
+Module names mirror the official checkpoints, so their state dicts load strictly;
+weight norm is folded into plain weights once, at load time.
+
+The causal 24 kHz networks run in streaming mode: each convolution and LSTM keeps
+the state it needs between calls of `step(x, final)`, and a whole input given as one
+final step is computed exactly like the reference does on the whole file.
+The 48 kHz networks are not causal (time-group norm over a whole segment) and run
+with `forward` on one segment at a time.
+"""
+from __future__ import annotations
+
+import math
+import typing as tp
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What distinguishes the two official EnCodec models."""
+    name: str
+    sample_rate: int
+    channels: int
+    causal: bool
+    norm: str                  # 'weight_norm' or 'time_group_norm'
+    normalize: bool            # per-segment RMS scaling
+    segment: tp.Optional[float]  # seconds, None for whole-stream
+    bandwidths: tp.Tuple[float, ...]
+    overlap: float = 0.01
+    ratios: tp.Tuple[int, ...] = (8, 5, 4, 2)
+    dimension: int = 128
+    n_filters: int = 32
+    bins: int = 1024
+
+    @property
+    def hop_length(self) -> int:
+        return math.prod(self.ratios)
+
+    @property
+    def frame_rate(self) -> int:
+        return math.ceil(self.sample_rate / self.hop_length)
+
+    @property
+    def n_q(self) -> int:
+        return int(1000 * self.bandwidths[-1] // (self.frame_rate * 10))
+
+    @property
+    def segment_length(self) -> tp.Optional[int]:
+        return None if self.segment is None else int(self.segment * self.sample_rate)
+
+    @property
+    def segment_stride(self) -> tp.Optional[int]:
+        length = self.segment_length
+        return None if length is None else max(1, int((1 - self.overlap) * length))
+
+    def codebooks_for(self, bandwidth: float) -> int:
+        bw_per_q = math.log2(self.bins) * self.frame_rate / 1000
+        return int(max(1, math.floor(bandwidth / bw_per_q)))
+
+
+SPECS: tp.Dict[str, ModelSpec] = {
+    "encodec_24khz": ModelSpec("encodec_24khz", 24_000, 1, causal=True, norm="weight_norm",
+                               normalize=False, segment=None,
+                               bandwidths=(1.5, 3.0, 6.0, 12.0, 24.0)),
+    "encodec_48khz": ModelSpec("encodec_48khz", 48_000, 2, causal=False, norm="time_group_norm",
+                               normalize=True, segment=1.0,
+                               bandwidths=(3.0, 6.0, 12.0, 24.0)),
+}
+
+
+# ---------------------------------------------------------------- padding rules
+
+def extra_padding(length: int, kernel_size: int, stride: int, padding_total: int) -> int:
+    """Right padding that makes the last convolution window full (reference rule)."""
+    n_frames = (length - kernel_size + padding_total) / stride + 1
+    ideal_length = (math.ceil(n_frames) - 1) * stride + (kernel_size - padding_total)
+    return ideal_length - length
+
+
+def pad1d_reflect(x: torch.Tensor, left: int, right: int) -> torch.Tensor:
+    """Reflect padding that also works on inputs shorter than the padding."""
+    length = x.shape[-1]
+    max_pad = max(left, right)
+    extra = 0
+    if length <= max_pad:
+        extra = max_pad - length + 1
+        x = F.pad(x, (0, extra))
+    padded = F.pad(x, (left, right), "reflect")
+    return padded[..., :padded.shape[-1] - extra]
+
+
+# ---------------------------------------------------------------- layers
+
+class _Params(nn.Module):
+    """The parameters of one convolution, named as in the checkpoints."""
+
+    def __init__(self, shape: tp.Tuple[int, int, int], bias_size: int, weight_norm: bool):
+        super().__init__()
+        if weight_norm:
+            self.weight_g = nn.Parameter(torch.ones(shape[0], 1, 1))
+            self.weight_v = nn.Parameter(torch.zeros(shape))
+        else:
+            self.weight = nn.Parameter(torch.zeros(shape))
+        self.bias = nn.Parameter(torch.zeros(bias_size))
+
+    def fold(self) -> None:
+        if hasattr(self, "weight_g"):
+            weight = torch._weight_norm(self.weight_v.data, self.weight_g.data, 0)
+            del self.weight_g, self.weight_v
+            self.weight = nn.Parameter(weight.contiguous())
+
+
+class _NormConv(nn.Module):
+    def __init__(self, shape, bias_size, norm: str, transposed: bool):
+        super().__init__()
+        # the checkpoints call the inner module 'conv' or 'convtr'
+        self._pname = "convtr" if transposed else "conv"
+        self.add_module(self._pname, _Params(shape, bias_size, weight_norm=(norm == "weight_norm")))
+        self.norm = nn.GroupNorm(1, bias_size) if norm == "time_group_norm" else None
+
+    @property
+    def params(self) -> _Params:
+        return self._modules[self._pname]
+
+
+class SConv1d(nn.Module):
+    """Conv1d with the reference's padding rules; streams when causal."""
+
+    def __init__(self, cin: int, cout: int, kernel_size: int, stride: int = 1,
+                 dilation: int = 1, causal: bool = False, norm: str = "weight_norm"):
+        super().__init__()
+        self.conv = _NormConv((cout, cin, kernel_size), cout, norm, transposed=False)
+        self.kernel_size, self.stride, self.dilation, self.causal = kernel_size, stride, dilation, causal
+        self.k_eff = (kernel_size - 1) * dilation + 1
+        self.padding_total = self.k_eff - stride
+        self.reset()
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.conv.params
+        y = F.conv1d(x, p.weight, p.bias, self.stride, 0, self.dilation)
+        if self.conv.norm is not None:
+            y = self.conv.norm(y)
+        return y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pt = self.padding_total
+        extra = extra_padding(x.shape[-1], self.kernel_size, self.stride, pt)
+        if self.causal:
+            x = pad1d_reflect(x, pt, extra)
+        else:
+            right = pt // 2
+            x = pad1d_reflect(x, pt - right, right + extra)
+        return self._conv(x)
+
+    def reset(self) -> None:
+        self._buf: tp.Optional[torch.Tensor] = None
+        self._total = 0
+        self._started = False
+
+    def step(self, x: torch.Tensor, final: bool) -> torch.Tensor:
+        assert self.causal
+        pt = self.padding_total
+        self._total += x.shape[-1]
+        buf = x if self._buf is None else torch.cat([self._buf, x], -1)
+        if not self._started:
+            if buf.shape[-1] <= pt:
+                if not final:
+                    self._buf = buf
+                    return buf[..., :0].new_empty(buf.shape[0], self.conv.params.bias.shape[0], 0)
+                self._buf = None
+                return self.forward(buf)
+            if pt:
+                buf = torch.cat([buf[..., 1:pt + 1].flip(-1), buf], -1)
+            self._started = True
+        if final:
+            extra = extra_padding(self._total, self.kernel_size, self.stride, pt)
+            if extra:
+                buf = torch.cat([buf, buf[..., -extra - 1:-1].flip(-1)], -1)
+        n = (buf.shape[-1] - self.k_eff) // self.stride + 1 if buf.shape[-1] >= self.k_eff else 0
+        self._buf = buf[..., n * self.stride:]
+        if n == 0:
+            return buf.new_empty(buf.shape[0], self.conv.params.bias.shape[0], 0)
+        return self._conv(buf[..., :(n - 1) * self.stride + self.k_eff])
+
+
+class SConvTranspose1d(nn.Module):
+    """ConvTranspose1d with the reference's trimming; streams when causal."""
+
+    def __init__(self, cin: int, cout: int, kernel_size: int, stride: int,
+                 causal: bool = False, norm: str = "weight_norm"):
+        super().__init__()
+        self.convtr = _NormConv((cin, cout, kernel_size), cout, norm, transposed=True)
+        self.kernel_size, self.stride, self.causal = kernel_size, stride, causal
+        self.reset()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.convtr.params
+        y = F.conv_transpose1d(x, p.weight, p.bias, self.stride)
+        if self.convtr.norm is not None:
+            y = self.convtr.norm(y)
+        pt = self.kernel_size - self.stride
+        right = pt if self.causal else pt // 2
+        return y[..., pt - right:y.shape[-1] - right]
+
+    def reset(self) -> None:
+        self._tail: tp.Optional[torch.Tensor] = None
+
+    def step(self, x: torch.Tensor, final: bool) -> torch.Tensor:
+        # The last kernel - stride outputs overlap the next call's; the reference trims
+        # them at the end of the stream, so the final call just drops its tail.
+        assert self.causal and self.convtr.norm is None
+        p = self.convtr.params
+        if x.shape[-1] == 0:
+            return x.new_empty(x.shape[0], p.bias.shape[0], 0)
+        y = F.conv_transpose1d(x, p.weight, None, self.stride)
+        if self._tail is not None:
+            y[..., :self._tail.shape[-1]] += self._tail
+        n = x.shape[-1] * self.stride
+        self._tail = y[..., n:]
+        return y[..., :n] + p.bias[:, None]
+
+
+class SLSTM(nn.Module):
+    """Two-layer LSTM with a skip connection, in convolutional layout."""
+
+    def __init__(self, dim: int, num_layers: int = 2):
+        super().__init__()
+        self.lstm = nn.LSTM(dim, dim, num_layers)
+        self.reset()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(2, 0, 1)
+        y, _ = self.lstm(x)
+        return (y + x).permute(1, 2, 0)
+
+    def reset(self) -> None:
+        self._state: tp.Optional[tp.Tuple[torch.Tensor, torch.Tensor]] = None
+
+    def step(self, x: torch.Tensor, final: bool) -> torch.Tensor:
+        if x.shape[-1] == 0:
+            return x
+        x = x.permute(2, 0, 1)
+        y, self._state = self.lstm(x, self._state)
+        return (y + x).permute(1, 2, 0)
+
+
+def _step(module: nn.Module, x: torch.Tensor, final: bool) -> torch.Tensor:
+    step = getattr(module, "step", None)
+    return step(x, final) if step is not None else module(x)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, dim: int, causal: bool, norm: str, dilation: int = 1):
+        super().__init__()
+        hidden = dim // 2
+        self.block = nn.Sequential(
+            nn.ELU(), SConv1d(dim, hidden, 3, dilation=dilation, causal=causal, norm=norm),
+            nn.ELU(), SConv1d(hidden, dim, 1, causal=causal, norm=norm))
+        self.shortcut = SConv1d(dim, dim, 1, causal=causal, norm=norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shortcut(x) + self.block(x)
+
+    def step(self, x: torch.Tensor, final: bool) -> torch.Tensor:
+        y = x
+        for layer in self.block:
+            y = _step(layer, y, final)
+        s = self.shortcut.step(x, final)
+        assert s.shape == y.shape, "streaming branches out of step"
+        return s + y
+
+
+class _Streamable(nn.Module):
+    model: nn.Sequential
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def reset(self) -> None:
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset"):
+                m.reset()
+
+    def step(self, x: torch.Tensor, final: bool) -> torch.Tensor:
+        for layer in self.model:
+            x = _step(layer, x, final)
+        return x
+
+
+class SEANetEncoder(_Streamable):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        c, n, norm = spec.causal, spec.n_filters, spec.norm
+        mult = 1
+        layers: tp.List[nn.Module] = [SConv1d(spec.channels, n, 7, causal=c, norm=norm)]
+        for ratio in reversed(spec.ratios):
+            layers += [ResnetBlock(mult * n, c, norm), nn.ELU(),
+                       SConv1d(mult * n, mult * n * 2, ratio * 2, stride=ratio, causal=c, norm=norm)]
+            mult *= 2
+        layers += [SLSTM(mult * n), nn.ELU(), SConv1d(mult * n, spec.dimension, 7, causal=c, norm=norm)]
+        self.model = nn.Sequential(*layers)
+
+
+class SEANetDecoder(_Streamable):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        c, n, norm = spec.causal, spec.n_filters, spec.norm
+        mult = 2 ** len(spec.ratios)
+        layers: tp.List[nn.Module] = [SConv1d(spec.dimension, mult * n, 7, causal=c, norm=norm),
+                                      SLSTM(mult * n)]
+        for ratio in spec.ratios:
+            layers += [nn.ELU(),
+                       SConvTranspose1d(mult * n, mult * n // 2, ratio * 2, ratio, causal=c, norm=norm),
+                       ResnetBlock(mult * n // 2, c, norm)]
+            mult //= 2
+        layers += [nn.ELU(), SConv1d(n, spec.channels, 7, causal=c, norm=norm)]
+        self.model = nn.Sequential(*layers)
+
+
+class _Codebook(nn.Module):
+    def __init__(self, dim: int, bins: int):
+        super().__init__()
+        self.register_buffer("inited", torch.ones(1))
+        self.register_buffer("cluster_size", torch.zeros(bins))
+        self.register_buffer("embed", torch.zeros(bins, dim))
+        self.register_buffer("embed_avg", torch.zeros(bins, dim))
+
+    def fold(self) -> None:
+        # training statistics are not needed for coding
+        del self.inited, self.cluster_size, self.embed_avg
+        self.embed_t = self.embed.t().contiguous()
+        self.embed_sq = self.embed_t.pow(2).sum(0, keepdim=True)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        # same expression as the reference, so ties and rounding agree
+        dist = -(x.pow(2).sum(1, keepdim=True) - 2 * x @ self.embed_t + self.embed_sq)
+        return dist.max(dim=-1).indices
+
+
+class _VQ(nn.Module):
+    def __init__(self, dim: int, bins: int):
+        super().__init__()
+        self._codebook = _Codebook(dim, bins)
+
+
+class _RVQ(nn.Module):
+    def __init__(self, dim: int, bins: int, n_q: int):
+        super().__init__()
+        self.layers = nn.ModuleList([_VQ(dim, bins) for _ in range(n_q)])
+
+
+class ResidualVectorQuantizer(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.vq = _RVQ(spec.dimension, spec.bins, spec.n_q)
+
+    def encode(self, emb: torch.Tensor, n_q: int) -> torch.Tensor:
+        """[B, D, T] embeddings -> [B, K, T] codes."""
+        B, D, T = emb.shape
+        residual = emb.transpose(1, 2).reshape(B * T, D)
+        codes = []
+        for layer in self.vq.layers[:n_q]:
+            cb = layer._codebook
+            idx = cb.encode(residual)
+            residual = residual - F.embedding(idx, cb.embed)
+            codes.append(idx)
+        return torch.stack(codes).view(n_q, B, T).transpose(0, 1)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """[B, K, T] codes -> [B, D, T] embeddings."""
+        out = torch.tensor(0.0)
+        for k in range(codes.shape[1]):
+            out = out + F.embedding(codes[:, k], self.vq.layers[k]._codebook.embed)
+        return out.transpose(1, 2)
+
+
+class EncodecModel(nn.Module):
+    """Encoder, quantizer and decoder of one official model."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        self.encoder = SEANetEncoder(spec)
+        self.quantizer = ResidualVectorQuantizer(spec)
+        self.decoder = SEANetDecoder(spec)
+
+    def fold(self) -> None:
+        """Fold weight norm and drop training buffers; call once after loading."""
+        for m in list(self.modules()):
+            if isinstance(m, (_Params, _Codebook)):
+                m.fold()
+        self.requires_grad_(False)
+        self.eval()
+
+
+def build_model(name: str) -> EncodecModel:
+    return EncodecModel(SPECS[name])

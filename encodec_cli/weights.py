@@ -1,0 +1,155 @@
+"""Where model weights come from: a registry of the official files and their resolution.
+
+Order: an explicit file (`--weights`) > $ECDC_WEIGHTS_DIR > torch hub's checkpoint folder
+(shared with Meta's encodec package) > a verified download into that folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import typing as tp
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import WeightsError
+
+ROOT_URL = "https://dl.fbaipublicfiles.com/encodec/v0/"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    filename: str
+
+    @property
+    def sha256_prefix(self) -> str:
+        return self.filename.rsplit("-", 1)[1].split(".")[0]
+
+    @property
+    def url(self) -> str:
+        return os.environ.get("ECDC_WEIGHTS_URL", ROOT_URL).rstrip("/") + "/" + self.filename
+
+
+REGISTRY: tp.Dict[str, Checkpoint] = {
+    "encodec_24khz": Checkpoint("encodec_24khz-d7cc33bc.th"),
+    "encodec_48khz": Checkpoint("encodec_48khz-7e698e3e.th"),
+    "encodec_lm_24khz": Checkpoint("encodec_lm_24khz-1608e3c0.th"),
+    "encodec_lm_48khz": Checkpoint("encodec_lm_48khz-7add9fc3.th"),
+}
+
+
+def hub_dir() -> Path:
+    """torch.hub's checkpoint folder, computed as torch does, without importing torch."""
+    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch")
+    return Path(torch_home) / "hub" / "checkpoints"
+
+
+def file_digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+@dataclass(frozen=True)
+class Resolved:
+    path: Path
+    fingerprint: bytes  # first 8 bytes of the file's sha256, recorded in .ecdc headers
+
+
+def resolve(name: str, explicit: tp.Optional[Path] = None, download: bool = True,
+            progress: bool = True) -> Resolved:
+    """Find (or fetch) the checkpoint `name` and fingerprint it."""
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise WeightsError(f"weights file {path} does not exist")
+        return Resolved(path, bytes.fromhex(file_digest(path)[:16]))
+    ck = REGISTRY[name]
+    env = os.environ.get("ECDC_WEIGHTS_DIR")
+    folders = ([Path(env)] if env else []) + [hub_dir()]
+    for folder in folders:
+        path = folder / ck.filename
+        if path.is_file():
+            return _verified(path, ck)
+    target = folders[0]
+    if not download:
+        raise WeightsError(_missing(ck, target, "not found"))
+    _download(ck, target, progress)
+    return _verified(target / ck.filename, ck)
+
+
+def _verified(path: Path, ck: Checkpoint) -> Resolved:
+    digest = file_digest(path)
+    if not digest.startswith(ck.sha256_prefix):
+        raise WeightsError(f"{path} is damaged (sha256 {digest[:8]}, expected "
+                           f"{ck.sha256_prefix}); delete it to download it again")
+    return Resolved(path, bytes.fromhex(digest[:16]))
+
+
+def _missing(ck: Checkpoint, folder: Path, why: str) -> str:
+    return (f"cannot get weights {ck.filename} ({why}); download {ck.url} into {folder}/ "
+            f"or pass --weights FILE")
+
+
+def _download(ck: Checkpoint, folder: Path, progress: bool) -> None:
+    from tqdm import tqdm
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=ck.filename + ".", suffix=".part", dir=folder)
+    except OSError as e:
+        raise WeightsError(_missing(ck, folder, f"cannot write there: {e.strerror}")) from None
+    try:
+        sha = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(ck.url, timeout=30) as resp:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=ck.filename,
+                      disable=not progress, leave=False) as bar:
+                for block in iter(lambda: resp.read(1 << 20), b""):
+                    out.write(block)
+                    sha.update(block)
+                    bar.update(len(block))
+        if not sha.hexdigest().startswith(ck.sha256_prefix):
+            raise WeightsError(_missing(ck, folder, "the download has the wrong checksum"))
+        os.replace(tmp, folder / ck.filename)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e)
+        raise WeightsError(_missing(ck, folder, f"download failed: {reason}")) from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_state_dict(path: Path) -> tp.Dict[str, tp.Any]:
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a bad file
+        raise WeightsError(f"cannot load weights {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path} does not hold a state dict")
+    return state
+
+
+def load_strict(module, state: tp.Dict[str, tp.Any], path: Path) -> None:
+    """Load `state` into `module`, reporting any key or shape difference in one line."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        if wrong:
+            parts.append(f"{len(wrong)} shape mismatches (e.g. {wrong[0]})")
+        raise WeightsError(f"{path} does not fit this model: " + ", ".join(parts))
+    module.load_state_dict(state, strict=True)
