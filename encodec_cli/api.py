@@ -100,6 +100,7 @@ def compress_stream(source: A.Source, fo: tp.BinaryIO, opts: CompressOptions,
     for packet in C.encode(codec, model_blocks(), n_q):
         payload, flags = coder.encode(packet.codes)
         writer.write_packet(len(packet.codes), payload, packet.scale, flags)
+        fo.flush()  # a reader on a pipe gets each packet as soon as it exists
     writer.finish(counts["model"], counts["source"])
     return Result(seconds=counts["source"] / source.sample_rate)
 

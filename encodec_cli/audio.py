@@ -295,6 +295,7 @@ class WavPipeSink:
                 v = np.round(x.astype(np.float64) * 8388607).astype("<i4").reshape(-1)
                 data = v.view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
         self._fo.write(data)
+        self._fo.flush()
 
     def close(self) -> None:
         self._fo.flush()

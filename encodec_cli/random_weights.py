@@ -34,11 +34,11 @@ def randomize(template: tp.Dict[str, torch.Tensor], seed: int) -> tp.Dict[str, t
             return (torch.rand(shape, generator=g) * 2 - 1) * bound
 
         if leaf in ("weight_v", "weight") and len(shape) == 3:
-            t = uniform(1 / math.sqrt(shape[1] * shape[2]))
+            t = uniform(math.sqrt(3 / (shape[1] * shape[2])))
         elif leaf == "weight_g":
             continue  # set from weight_v below
-        elif leaf == "embed":
-            t = torch.randn(shape, generator=g)
+        elif leaf == "embed":  # codebooks at the scale of the embeddings they quantize
+            t = 0.25 * torch.randn(shape, generator=g)
         elif leaf == "embed_avg":
             continue
         elif leaf == "inited":
@@ -54,7 +54,7 @@ def randomize(template: tp.Dict[str, torch.Tensor], seed: int) -> tp.Dict[str, t
         elif len(shape) == 2:
             t = uniform(1 / math.sqrt(shape[1]))
         else:
-            t = uniform(0.05)
+            t = uniform(0.01)
         out[key] = t.float()
     for key in template:
         if key.endswith("weight_g"):

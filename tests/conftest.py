@@ -1,0 +1,59 @@
+"""Shared fixtures: full-size seeded random checkpoints, made once per test session."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from encodec_cli.random_weights import write_checkpoints
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict:
+    """name -> path of random checkpoints under their official file names."""
+    return write_checkpoints(tmp_path_factory.mktemp("weights"), seed=1234)
+
+
+@pytest.fixture(scope="session")
+def w24(checkpoints) -> Path:
+    return checkpoints["encodec_24khz"]
+
+
+@pytest.fixture(scope="session")
+def w48(checkpoints) -> Path:
+    return checkpoints["encodec_48khz"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_weights(monkeypatch, tmp_path):
+    """Never look at (or download into) the user's real caches during tests."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.delenv("ECDC_WEIGHTS_DIR", raising=False)
+    monkeypatch.setenv("ECDC_WEIGHTS_URL", "http://127.0.0.1:9/encodec")
+
+
+def tone(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """A reproducible signal with some structure: chirp plus noise, [frames, channels]."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    base = 0.3 * np.sin(2 * np.pi * (220 + 400 * t) * t) + 0.05 * rng.standard_normal(len(t))
+    return np.stack([np.roll(base, 37 * c) for c in range(channels)], 1).astype(np.float32)
+
+
+def write_audio(path: Path, seconds: float, rate: int, channels: int = 1,
+                subtype: str = "PCM_16", seed: int = 0) -> Path:
+    sf.write(path, tone(seconds, rate, channels, seed), rate, subtype=subtype)
+    return path
+
+
+def shared_audio(name: str) -> Path:
+    path = SHARED / "audio" / name
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    return path

@@ -1,0 +1,120 @@
+"""Our EnCodec against the reference: strict loading and golden vectors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from encodec_cli import codec as C
+from encodec_cli.errors import WeightsError
+from encodec_cli.models import SPECS, build_model
+from encodec_cli.weights import REGISTRY, load_state_dict, load_strict
+
+from .conftest import GOLDEN, SHARED, shared_audio
+
+RECORDINGS = {"encodec_24khz": "test_24k.wav", "encodec_48khz": "test_48k.wav"}
+
+
+def manifest() -> dict:
+    path = SHARED / "reference" / "state_dict_manifest.txt"
+    if not path.exists():
+        pytest.skip("reference manifest not present")
+    blocks, current = {}, None
+    for line in path.read_text().splitlines():
+        if line.startswith("["):
+            current = blocks.setdefault(line[1:line.index("]")], {})
+        elif current is not None and line.strip() and not line.startswith("#"):
+            key, shape, dtype = line.split("\t")
+            current[key] = (tuple(int(d) for d in shape.split("x")), dtype)
+    return blocks
+
+
+@pytest.mark.parametrize("name", ["encodec_24khz", "encodec_48khz"])
+def test_state_dict_matches_official_manifest(name):
+    expected = manifest()[REGISTRY[name].filename]
+    ours = {k: (tuple(v.shape), str(v.dtype).replace("torch.", ""))
+            for k, v in build_model(name).state_dict().items()}
+    assert ours == expected
+
+
+@pytest.fixture(scope="module")
+def codecs(checkpoints):
+    return {name: C.load_codec(name, checkpoints[name]) for name in RECORDINGS}
+
+
+def test_loading_is_strict(checkpoints, tmp_path):
+    state = load_state_dict(checkpoints["encodec_24khz"])
+    del state["decoder.model.0.conv.conv.bias"]
+    with pytest.raises(WeightsError, match="1 missing keys"):
+        load_strict(build_model("encodec_24khz"), state, tmp_path / "x.th")
+    state = load_state_dict(checkpoints["encodec_48khz"])
+    with pytest.raises(WeightsError, match="does not fit"):
+        load_strict(build_model("encodec_24khz"), state, tmp_path / "x.th")
+
+
+def test_weight_norm_is_folded(codecs):
+    names = [n for n, _ in codecs["encodec_24khz"].model.named_parameters()]
+    assert names and not any("weight_g" in n or "weight_v" in n for n in names)
+
+
+def _encode(codec, wav: np.ndarray, whole: bool, monkeypatch) -> list:
+    if whole:
+        monkeypatch.setattr(C, "CHUNK_SECONDS", 1e6)
+    blocks = [wav[:, i:i + 10_000] for i in range(0, wav.shape[1], 10_000)]
+    return list(C.encode(codec, blocks, codec.spec.n_q))
+
+
+@pytest.mark.parametrize("name", list(RECORDINGS))
+@pytest.mark.parametrize("whole", [True, False], ids=["whole", "streamed"])
+def test_golden_codes_and_audio(codecs, name, whole, monkeypatch):
+    """Same codes as the reference, and audio within 1e-4, at every bandwidth."""
+    gold = np.load(GOLDEN / f"{name}.npz")
+    codec = codecs[name]
+    wav = sf.read(shared_audio(RECORDINGS[name]), dtype="float32", always_2d=True)[0].T.copy()
+    packets = _encode(codec, wav, whole, monkeypatch)
+    codes = np.concatenate([p.codes for p in packets])
+    assert codes.shape == gold["codes"].shape
+    same = (codes == gold["codes"]).mean()
+    if whole or not SPECS[name].causal:
+        assert same == 1.0
+        if not SPECS[name].causal:
+            assert [len(p.codes) for p in packets] == gold["segment_frames"].tolist()
+            np.testing.assert_array_equal([p.scale for p in packets], gold["scales"])
+    else:
+        assert same >= 0.999, f"streamed codes {same:.4%} identical"
+    stride = int(gold["stride"])
+    for bw in gold["bandwidths"]:
+        n_q = codec.spec.codebooks_for(float(bw))
+        audio = np.concatenate(list(C.decode(
+            codec, [C.CodePacket(p.codes[:, :n_q], p.scale) for p in packets])), -1)
+        assert audio.shape[-1] >= wav.shape[-1]
+        err = np.abs(audio[:, :wav.shape[-1]][:, ::stride] - gold[f"audio_{bw:g}"]).max()
+        assert err <= 1e-4, f"{bw} kbps: max error {err}"
+
+
+def test_streamed_equals_whole_24khz(codecs, monkeypatch):
+    """Carried conv/LSTM state: chunked encoding matches one pass over the file."""
+    codec = codecs["encodec_24khz"]
+    wav = sf.read(shared_audio("test_24k.wav"), dtype="float32", always_2d=True)[0].T.copy()
+    streamed = np.concatenate([p.codes for p in _encode(codec, wav, False, monkeypatch)])
+    whole = np.concatenate([p.codes for p in _encode(codec, wav, True, monkeypatch)])
+    assert (streamed == whole).mean() >= 0.999
+    a = np.concatenate(list(C.decode(codec, [C.CodePacket(whole)])), -1)
+    b = np.concatenate(list(C.decode(codec, [C.CodePacket(whole[i:i + 7])
+                                             for i in range(0, len(whole), 7)])), -1)
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1e-3
+
+
+@pytest.mark.parametrize("length", [1, 5, 319, 320, 321, 2000])
+def test_tiny_inputs_match_whole_file_rule(codecs, length):
+    """Inputs shorter than the receptive field follow the reference's padding rule."""
+    codec = codecs["encodec_24khz"]
+    wav = np.random.default_rng(length).standard_normal((1, length)).astype(np.float32) * 0.1
+    packets = list(C.encode(codec, [wav], codec.spec.n_q))
+    codes = np.concatenate([p.codes for p in packets])
+    assert codes.shape == (-(-length // 320), codec.spec.n_q)
+    with torch.inference_mode():
+        ref = codec.model.quantizer.encode(codec.model.encoder(torch.from_numpy(wav)[None]),
+                                           codec.spec.n_q)[0].T.numpy()
+    np.testing.assert_array_equal(codes, ref)
