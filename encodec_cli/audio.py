@@ -132,7 +132,8 @@ class WavPipeSource:
             want = BLOCK * self._align
             if self._remaining is not None:
                 want = min(want, self._remaining)
-            raw = self._fo.read(want)
+            read = getattr(self._fo, "read1", self._fo.read)  # what has arrived, without waiting
+            raw = read(want)
             if not raw:
                 break
             if self._remaining is not None:
@@ -285,15 +286,16 @@ class WavPipeSink:
                  struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", 0xFFFFFFFF))
 
     def write(self, x: np.ndarray) -> None:
+        # integer scaling as libsndfile does it, so pipes and files hold the same samples
         if self._bits == "float":
             data = x.astype("<f4").tobytes()
+        elif self._bits == "16":
+            v = np.floor(_clip(x, self).astype(np.float64) * 32768)
+            data = np.clip(v, -32768, 32767).astype("<i2").tobytes()
         else:
-            x = _clip(x, self)
-            if self._bits == "16":
-                data = np.round(x * 32767).astype("<i2").tobytes()
-            else:
-                v = np.round(x.astype(np.float64) * 8388607).astype("<i4").reshape(-1)
-                data = v.view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+            v = np.floor(_clip(x, self).astype(np.float64) * 8388608)
+            v = np.clip(v, -8388608, 8388607).astype("<i4").reshape(-1)
+            data = v.view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
         self._fo.write(data)
         self._fo.flush()
 

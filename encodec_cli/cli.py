@@ -31,8 +31,6 @@ def _plan(inputs: tp.Sequence[str], output: tp.Optional[str], suffix: str) -> tp
     if len(inputs) > 1:
         if "-" in inputs:
             raise OptionError("'-' (stdin) cannot be one of several inputs")
-        if output is not None and not to_dir:
-            raise OptionError("with several inputs, -o must name a folder")
         if output is not None and not os.path.isdir(output):
             raise OptionError(f"output folder {output} does not exist")
     plan = []

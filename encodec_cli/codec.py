@@ -67,10 +67,10 @@ def encode(codec: Codec, blocks: tp.Iterable[np.ndarray], n_q: int) -> tp.Iterat
 
 def _rebuffer(blocks: tp.Iterable[np.ndarray], size: int, step: tp.Optional[int] = None
               ) -> tp.Iterator[tp.Tuple[np.ndarray, bool]]:
-    """Windows of `size` samples every `step` (default: size), then the shorter rest.
+    """Windows of `size` samples every `step` (default: size) as the input arrives.
 
-    Yields (window, is_last_full_window_or_rest) pairs; the rest windows follow the same
-    stepping until the input is used up, as the reference's segment loop does.
+    Yields (window, after_end) pairs: once the input has ended, the windows left (shorter,
+    same stepping, as the reference's segment loop) come with after_end=True.
     """
     step = step or size
     buf: tp.Optional[np.ndarray] = None
@@ -87,17 +87,17 @@ def _rebuffer(blocks: tp.Iterable[np.ndarray], size: int, step: tp.Optional[int]
 def _encode_stream(model, blocks, n_q, chunk) -> tp.Iterator[CodePacket]:
     enc = model.encoder
     enc.reset()
-    pending: tp.Optional[np.ndarray] = None
-    for window, _ in _rebuffer(blocks, chunk):
-        if pending is not None:
-            emb = enc.step(torch.from_numpy(pending)[None], final=False)
-            if emb.shape[-1]:
-                yield CodePacket(_codes(model, emb, n_q))
-        pending = np.ascontiguousarray(window)
-    if pending is not None:  # the last window closes the stream
-        emb = enc.step(torch.from_numpy(pending)[None], final=True)
+    rest = np.zeros((model.spec.channels, 0), np.float32)
+    for window, last in _rebuffer(blocks, chunk):
+        if last:  # the shorter rest of the input closes the stream below
+            rest = window
+            break
+        emb = enc.step(torch.from_numpy(np.ascontiguousarray(window))[None], final=False)
         if emb.shape[-1]:
             yield CodePacket(_codes(model, emb, n_q))
+    emb = enc.step(torch.from_numpy(np.ascontiguousarray(rest))[None], final=True)
+    if emb.shape[-1]:
+        yield CodePacket(_codes(model, emb, n_q))
 
 
 def _encode_segments(model, blocks, n_q) -> tp.Iterator[CodePacket]:

@@ -80,7 +80,8 @@ def test_golden_codes_and_audio(codecs, name, whole, monkeypatch):
         assert same == 1.0
         if not SPECS[name].causal:
             assert [len(p.codes) for p in packets] == gold["segment_frames"].tolist()
-            np.testing.assert_array_equal([p.scale for p in packets], gold["scales"])
+            # the RMS reduction may round differently with the thread count: float32 precision
+            np.testing.assert_allclose([p.scale for p in packets], gold["scales"], rtol=3e-7)
     else:
         assert same >= 0.999, f"streamed codes {same:.4%} identical"
     stride = int(gold["stride"])

@@ -1,0 +1,124 @@
+"""Write the golden .ecdc version 1 files in formats/golden/ and their expected codes.
+
+    python scripts/make_format_golden.py
+
+Run once per format version; the tests read these files forever after, so that every later
+ecdc still decodes version 1. The LM-coded file uses the seeded random LM (seed 1234) and
+codes that this LM predicts well, so that its packets really are range coded.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from encodec_cli import container as F
+from encodec_cli.lm import build_lm
+from encodec_cli.lmcoder import LMEncoder
+from encodec_cli.models import SPECS
+from encodec_cli.random_weights import lm_state
+
+OUT = Path(__file__).resolve().parents[1] / "formats" / "golden"
+FP = bytes.fromhex("0123456789abcdef")
+LM_FP = bytes.fromhex("fedcba9876543210")
+
+
+def header(model: str, coder: str, k: int, bw: float, src_rate: int, src_ch: int,
+           n=None, src_n=None) -> F.Header:
+    spec = SPECS[model]
+    return F.Header(model, coder, k, bw, spec.sample_rate, spec.channels, src_rate, src_ch,
+                    n, src_n, FP, LM_FP if coder == "lm" else bytes(8))
+
+
+def save(name: str, data: bytes, h: F.Header, packets: list, end: F.End) -> None:
+    (OUT / f"{name}.ecdc").write_bytes(data)
+    doc = {
+        "header": {"model": h.model, "coder": h.coder, "codebooks": h.n_codebooks,
+                   "bandwidth": h.bandwidth, "sample_rate": h.sample_rate,
+                   "channels": h.channels, "source_sample_rate": h.source_sample_rate,
+                   "source_channels": h.source_channels, "weights_fp": h.weights_fingerprint.hex(),
+                   "lm_fp": h.lm_fingerprint.hex()},
+        "packets": [{"flags": f, "scale": s, "codes": c.tolist()} for c, s, f in packets],
+        "end": {"frames": end.frames, "num_samples": end.num_samples,
+                "source_samples": end.source_num_samples, "packets": end.packets},
+    }
+    (OUT / f"{name}.codes.json").write_text(json.dumps(doc) + "\n")
+    print(name, len(data), "bytes")
+
+
+def raw_24khz() -> None:
+    rng = np.random.default_rng(24)
+    h = header("encodec_24khz", "raw", 8, 6.0, 44100, 2)
+    buf = io.BytesIO()
+    w = F.Writer(buf, h)
+    packets = []
+    for i, frames in enumerate([75, 40]):
+        codes = rng.integers(0, 1024, (frames, 8)).astype(np.uint16)
+        codes[0, :2] = [1023, 0]  # the extremes
+        w.write_packet(frames, F.pack_codes(codes))
+        packets.append((codes, 1.0, 0))
+        if i == 0:  # a record type from the future, which readers skip
+            F._write_record(buf, 7, b"future record")
+    end = w.finish(115 * 320 - 100, round((115 * 320 - 100) * 44100 / 24000))
+    save("v1_raw_24khz", buf.getvalue(), h, packets, end)
+
+
+class _Pipe(io.BytesIO):
+    def seekable(self) -> bool:
+        return False
+
+
+def raw_48khz_pipe() -> None:
+    rng = np.random.default_rng(48)
+    h = header("encodec_48khz", "raw", 4, 6.0, 48000, 2)
+    buf = _Pipe()
+    w = F.Writer(buf, h)
+    packets = []
+    for frames, scale in [(150, 0.125), (4, 0.0625)]:
+        codes = rng.integers(0, 1024, (frames, 4)).astype(np.uint16)
+        w.write_packet(frames, F.pack_codes(codes), scale)
+        packets.append((codes, scale, 0))
+    end = w.finish(47520 + 1000, 47520 + 1000)
+    save("v1_raw_48khz_pipe", buf.getvalue(), h, packets, end)
+
+
+def lm_24khz() -> None:
+    torch.manual_seed(0)
+    lm = build_lm("encodec_24khz")
+    lm.load_state_dict(lm_state("encodec_24khz", 1234))
+    lm.fold()
+    k = 4
+    # codes the LM itself finds likely: greedy steps of the LM
+    state, codes = lm.start(k), []
+    for _ in range(60):
+        frame = state.step().argmax(dim=-1)
+        state.push(frame)
+        codes.append(frame.numpy().astype(np.uint16))
+    codes = np.stack(codes)
+    codes[50:] = np.random.default_rng(3).integers(0, 1024, (10, k))  # unlikely: stored raw
+    enc = LMEncoder(lm, LM_FP, SPECS["encodec_24khz"], k)
+    h = header("encodec_24khz", "lm", k, 3.0, 24000, 1)
+    buf = io.BytesIO()
+    w = F.Writer(buf, h)
+    packets = []
+    for part in (codes[:25], codes[25:50], codes[50:]):
+        payload, flags = enc.encode(part)
+        w.write_packet(len(part), payload, 1.0, flags)
+        packets.append((part, 1.0, flags))
+    assert [p[2] for p in packets] == [0, 0, F.FLAG_RAW]
+    end = w.finish(60 * 320, 60 * 320)
+    save("v1_lm_24khz", buf.getvalue(), h, packets, end)
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    raw_24khz()
+    raw_48khz_pipe()
+    lm_24khz()
+
+
+if __name__ == "__main__":
+    main()

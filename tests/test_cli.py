@@ -1,0 +1,352 @@
+"""The ecdc command line, in process: round trips, odd inputs, batches and bad input."""
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+from encodec_cli import audio as A
+from encodec_cli import codec as C
+from encodec_cli import container as F
+from encodec_cli.cli import main
+from encodec_cli.lmcoder import LMDecoder, LMEncoder, load_lm
+from encodec_cli.models import SPECS
+from encodec_cli.random_weights import model_state
+
+from .conftest import tone, write_audio
+from .test_lm import likely_codes
+
+BANDWIDTHS = [("24khz", b) for b in (1.5, 3, 6, 12, 24)] + [("48khz", b) for b in (3, 6, 12, 24)]
+
+
+def run(*args, ok=True, stdin=None):
+    result = CliRunner().invoke(main, [str(a) for a in args], input=stdin)
+    if ok:
+        assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def weights_for(model, checkpoints):
+    return checkpoints[f"encodec_{model}"]
+
+
+def read_codes(path: Path) -> np.ndarray:
+    with open(path, "rb") as f:
+        return np.concatenate([p.codes for p in F.Reader(f)])
+
+
+def assert_one_line_error(result, pattern: str):
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert "Traceback" not in result.output
+    assert pattern in lines[0], lines[0]
+
+
+def listing(folder: Path) -> set:
+    return {p.name for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("model,bw", BANDWIDTHS)
+def test_round_trip_every_bandwidth(tmp_path, checkpoints, model, bw):
+    """The file path gives exactly the codes and audio of the model run directly."""
+    spec = SPECS[f"encodec_{model}"]
+    w = weights_for(model, checkpoints)
+    src = write_audio(tmp_path / "in.wav", 1.3, spec.sample_rate, spec.channels, "FLOAT")
+    run("compress", src, "-b", bw, "--model", model, "--weights", w, "-q")
+    codec = C.load_codec(spec.name, w)
+    wav = sf.read(src, dtype="float32", always_2d=True)[0].T.copy()
+    expected = list(C.encode(codec, [wav], spec.codebooks_for(bw)))
+    codes = read_codes(tmp_path / "in.ecdc")
+    np.testing.assert_array_equal(codes, np.concatenate([p.codes for p in expected]))
+    assert codes.shape[1] == spec.codebooks_for(bw)
+    run("decompress", tmp_path / "in.ecdc", "-o", tmp_path / "out.wav", "--weights", w,
+        "--bits", "float", "-q")
+    out, rate = sf.read(tmp_path / "out.wav", dtype="float32", always_2d=True)
+    direct = np.concatenate(list(C.decode(codec, expected)), -1)[:, :wav.shape[1]].T
+    assert rate == spec.sample_rate and out.shape == wav.T.shape
+    np.testing.assert_allclose(out, direct, atol=1e-6)
+
+
+ODD = {
+    "8k_mono": (8000, 1, "PCM_16", 1.0),
+    "44k_stereo": (44100, 2, "PCM_16", 1.0),
+    "6_channels": (48000, 6, "PCM_16", 0.5),
+    "24_bit": (22050, 1, "PCM_24", 0.7),
+    "float": (16000, 2, "FLOAT", 0.7),
+}
+
+
+@pytest.mark.parametrize("case", list(ODD))
+@pytest.mark.parametrize("model", ["24khz", "48khz"])
+def test_odd_inputs_restore_rate_channels_length(tmp_path, checkpoints, case, model):
+    rate, channels, subtype, seconds = ODD[case]
+    src = write_audio(tmp_path / "in.flac" if subtype != "FLOAT" else tmp_path / "in.wav",
+                      seconds, rate, channels, subtype)
+    w = weights_for(model, checkpoints)
+    run("compress", src, "-o", tmp_path / "x.ecdc", "--model", model, "--weights", w, "-q")
+    run("decompress", tmp_path / "x.ecdc", "-o", tmp_path / "out.flac", "--weights", w, "-q")
+    info = sf.info(tmp_path / "out.flac")
+    assert (info.samplerate, info.channels, info.frames) == (rate, channels, sf.info(src).frames)
+    assert info.subtype == "PCM_16"
+    run("decompress", tmp_path / "x.ecdc", "-o", tmp_path / "native.wav", "--weights", w,
+        "--model-format", "-q")
+    spec = SPECS[f"encodec_{model}"]
+    native = sf.info(tmp_path / "native.wav")
+    assert (native.samplerate, native.channels) == (spec.sample_rate, spec.channels)
+    with open(tmp_path / "x.ecdc", "rb") as f:
+        h, end, _ = F.describe(f)
+    assert native.frames == end.num_samples == h.num_samples
+
+
+@pytest.mark.parametrize("signal", ["one_sample", "silence"])
+def test_one_sample_and_silence(tmp_path, checkpoints, signal):
+    x = np.zeros((1, 1) if signal == "one_sample" else (24000, 1), np.float32)
+    if signal == "one_sample":
+        x[0] = 0.5
+    sf.write(tmp_path / "in.wav", x, 24000)
+    w = checkpoints["encodec_24khz"]
+    run("compress", tmp_path / "in.wav", "--weights", w, "-q")
+    assert read_codes(tmp_path / "in.ecdc").shape == (len(x) // 320 + (len(x) % 320 > 0), 8)
+    run("decompress", tmp_path / "in.ecdc", "-o", tmp_path / "out.wav", "--weights", w, "-q")
+    out, _ = sf.read(tmp_path / "out.wav")
+    assert len(out) == len(x) and np.isfinite(out).all()
+
+
+def test_several_files_into_folder_and_next_to_inputs(tmp_path, checkpoints):
+    w = checkpoints["encodec_24khz"]
+    srcs = [write_audio(tmp_path / f"f{i}.wav", 0.5 + i * 0.2, 24000, seed=i) for i in range(3)]
+    (tmp_path / "out").mkdir()
+    run("compress", *srcs, "-o", tmp_path / "out", "--weights", w, "-q")
+    assert listing(tmp_path / "out") == {"f0.ecdc", "f1.ecdc", "f2.ecdc"}
+    run("compress", *srcs, "--weights", w, "-q")
+    for i in range(3):
+        assert (tmp_path / f"f{i}.ecdc").read_bytes() == (tmp_path / "out" / f"f{i}.ecdc").read_bytes()
+    ecdcs = sorted((tmp_path / "out").iterdir())
+    run("decompress", *ecdcs, "--weights", w, "-q")
+    for i in range(3):
+        assert sf.info(tmp_path / "out" / f"f{i}.wav").frames == sf.info(srcs[i]).frames
+
+
+def test_jobs_give_the_same_files(tmp_path, checkpoints):
+    w = checkpoints["encodec_24khz"]
+    srcs = [write_audio(tmp_path / f"f{i}.wav", 0.6, 24000, seed=i) for i in range(3)]
+    for d in ("one", "two"):
+        (tmp_path / d).mkdir()
+    run("compress", *srcs, "-o", tmp_path / "one", "--weights", w, "-q")
+    run("compress", *srcs, "-o", tmp_path / "two", "--weights", w, "-q", "--jobs", "2")
+    for i in range(3):
+        assert (tmp_path / "one" / f"f{i}.ecdc").read_bytes() == (tmp_path / "two" / f"f{i}.ecdc").read_bytes()
+
+
+def test_info_human_and_json(tmp_path, checkpoints):
+    w = checkpoints["encodec_24khz"]
+    src = write_audio(tmp_path / "in.wav", 2.0, 44100, 2)
+    run("compress", src, "-b", "3", "--weights", w, "-q")
+    text = run("info", tmp_path / "in.ecdc").output
+    assert "encodec_24khz" in text and "3 kbps nominal, 4 codebooks" in text
+    assert "44100 Hz, 2 channels, 88200 samples" in text and "kbps achieved" in text
+    data = json.loads(run("info", "--json", tmp_path / "in.ecdc").output)
+    size = (tmp_path / "in.ecdc").stat().st_size
+    assert data["size_bytes"] == size and data["coder"] == "raw" and data["frames"] == 150
+    assert data["achieved_kbps"] == pytest.approx(size * 8 / 2.0 / 1000, rel=1e-3)
+
+
+def test_lm_round_trip_and_info(tmp_path, checkpoints):
+    w, lw = checkpoints["encodec_24khz"], checkpoints["encodec_lm_24khz"]
+    src = write_audio(tmp_path / "in.wav", 1.5, 24000)
+    run("compress", src, "-o", tmp_path / "raw.ecdc", "--weights", w, "-q")
+    run("compress", src, "-o", tmp_path / "lm.ecdc", "--weights", w, "--lm", "--lm-weights", lw, "-q")
+    np.testing.assert_array_equal(read_codes(tmp_path / "raw.ecdc"), read_codes(tmp_path / "lm.ecdc"))
+    data = json.loads(run("info", "--json", tmp_path / "lm.ecdc").output)
+    assert data["coder"] == "lm" and data["lm_fingerprint"]
+    for name in ("raw", "lm"):
+        run("decompress", tmp_path / f"{name}.ecdc", "--weights", w, "--lm-weights", lw, "-q")
+    assert (tmp_path / "raw.wav").read_bytes() == (tmp_path / "lm.wav").read_bytes()
+
+
+def lm_coded_file(path: Path, checkpoints) -> np.ndarray:
+    """An LM-coded file whose packets really are range coded (codes the LM likes)."""
+    w, lw = checkpoints["encodec_24khz"], checkpoints["encodec_lm_24khz"]
+    codec = C.load_codec("encodec_24khz", w)
+    lm, lm_fp = load_lm("encodec_24khz", lw)
+    codes = likely_codes(lm, 4, 80)
+    spec = SPECS["encodec_24khz"]
+    h = F.Header(spec.name, "lm", 4, 3.0, 24000, 1, 24000, 1, None, None, codec.fingerprint, lm_fp)
+    with open(path, "wb") as f:
+        writer = F.Writer(f, h)
+        enc = LMEncoder(lm, lm_fp, spec, 4)
+        for part in (codes[:40], codes[40:]):
+            payload, flags = enc.encode(part)
+            assert flags == 0
+            writer.write_packet(len(part), payload, 1.0, flags)
+        writer.finish(80 * 320, 80 * 320)
+    return codes
+
+
+def test_lm_decoder_with_other_arithmetic_stops_cleanly(tmp_path, checkpoints, monkeypatch):
+    lm_coded_file(tmp_path / "x.ecdc", checkpoints)
+    args = ("decompress", tmp_path / "x.ecdc", "-o", tmp_path / "x.wav",
+            "--weights", checkpoints["encodec_24khz"], "--lm-weights", checkpoints["encodec_lm_24khz"])
+    run(*args)
+    os.unlink(tmp_path / "x.wav")
+    original = LMDecoder.probabilities
+    monkeypatch.setattr(LMDecoder, "probabilities",
+                        lambda self, state: np.roll(original(self, state), 1, axis=-1))
+    assert_one_line_error(run(*args, ok=False), "fail their checksum")
+    assert listing(tmp_path) == {"x.ecdc"}
+
+
+# ---------------------------------------------------------------- bad input
+
+@pytest.fixture()
+def ecdc_file(tmp_path, checkpoints) -> Path:
+    src = write_audio(tmp_path / "in.wav", 1.0, 24000)
+    run("compress", src, "--weights", checkpoints["encodec_24khz"], "-q")
+    os.unlink(src)
+    return tmp_path / "in.ecdc"
+
+
+def test_missing_input(tmp_path, checkpoints):
+    assert_one_line_error(run("compress", tmp_path / "nope.wav", ok=False), "does not exist")
+    assert_one_line_error(run("decompress", tmp_path / "nope.ecdc", ok=False), "does not exist")
+    assert listing(tmp_path) == set()
+
+
+def test_unreadable_and_empty_audio(tmp_path, checkpoints):
+    w = checkpoints["encodec_24khz"]
+    (tmp_path / "text.wav").write_text("hello, not audio")
+    (tmp_path / "zero.wav").write_bytes(b"")
+    sf.write(tmp_path / "empty.wav", np.zeros((0, 1)), 24000)
+    before = listing(tmp_path)
+    assert_one_line_error(run("compress", tmp_path / "text.wav", "--weights", w, ok=False),
+                          "cannot read audio from")
+    assert_one_line_error(run("compress", tmp_path / "zero.wav", "--weights", w, ok=False),
+                          "cannot read audio from")
+    assert_one_line_error(run("compress", tmp_path / "empty.wav", "--weights", w, ok=False),
+                          "no audio samples")
+    assert listing(tmp_path) == before
+
+
+def test_not_ecdc(tmp_path, checkpoints):
+    src = write_audio(tmp_path / "in.wav", 0.2, 24000)
+    assert_one_line_error(run("decompress", src, "-o", tmp_path / "o.wav", ok=False),
+                          "not an .ecdc file")
+    assert_one_line_error(run("info", src, ok=False), "not an .ecdc file")
+    assert listing(tmp_path) == {"in.wav"}
+
+
+def test_truncated_ecdc(ecdc_file, checkpoints):
+    data = ecdc_file.read_bytes()
+    ecdc_file.write_bytes(data[:len(data) - 30])
+    r = run("decompress", ecdc_file, "--weights", checkpoints["encodec_24khz"], ok=False)
+    assert_one_line_error(r, "truncated file")
+    assert listing(ecdc_file.parent) == {"in.ecdc"}
+
+
+def test_corrupted_ecdc_names_the_byte(ecdc_file, checkpoints):
+    data = bytearray(ecdc_file.read_bytes())
+    data[200] ^= 0xFF
+    ecdc_file.write_bytes(bytes(data))
+    r = run("decompress", ecdc_file, "--weights", checkpoints["encodec_24khz"], ok=False)
+    assert_one_line_error(r, "fails its CRC-32 check")
+    assert "at byte" in r.stderr
+    assert listing(ecdc_file.parent) == {"in.ecdc"}
+
+
+def test_unknown_version(ecdc_file, checkpoints):
+    data = bytearray(ecdc_file.read_bytes())
+    data[8] = 9
+    ecdc_file.write_bytes(bytes(data))
+    r = run("decompress", ecdc_file, "--weights", checkpoints["encodec_24khz"], ok=False)
+    assert_one_line_error(r, "unsupported .ecdc format version 9")
+
+
+@pytest.fixture(scope="module")
+def other_weights(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("other") / "other-24khz.th"
+    torch.save(model_state("encodec_24khz", seed=99), path)
+    return path
+
+
+def test_wrong_weights(ecdc_file, other_weights):
+    r = run("decompress", ecdc_file, "--weights", other_weights, ok=False)
+    assert_one_line_error(r, "compressed with other weights")
+    assert listing(ecdc_file.parent) == {"in.ecdc"}
+
+
+def test_weights_of_another_model(tmp_path, checkpoints):
+    src = write_audio(tmp_path / "in.wav", 0.2, 24000)
+    r = run("compress", src, "--weights", checkpoints["encodec_48khz"], ok=False)
+    assert_one_line_error(r, "does not fit this model")
+    assert listing(tmp_path) == {"in.wav"}
+
+
+@pytest.mark.parametrize("model,bw", [("24khz", 5), ("48khz", 1.5), ("24khz", 48)])
+def test_unsupported_bandwidth(tmp_path, model, bw):
+    src = write_audio(tmp_path / "in.wav", 0.2, 24000)
+    r = run("compress", src, "--model", model, "-b", bw, ok=False)
+    assert_one_line_error(r, "kbps, not")
+    assert listing(tmp_path) == {"in.wav"}
+
+
+def test_existing_output_needs_force(ecdc_file, checkpoints):
+    w = checkpoints["encodec_24khz"]
+    out = ecdc_file.parent / "in.wav"
+    out.write_bytes(b"precious")
+    r = run("decompress", ecdc_file, "--weights", w, ok=False)
+    assert_one_line_error(r, "exists; use -f/--force")
+    assert out.read_bytes() == b"precious"
+    run("decompress", ecdc_file, "--weights", w, "-f", "-q")
+    assert sf.info(out).frames == 24000
+
+
+def test_offline_without_weights_says_what_to_do(tmp_path):
+    src = write_audio(tmp_path / "in.wav", 0.2, 24000)
+    r = run("compress", src, "-q", ok=False)
+    assert_one_line_error(r, "encodec_24khz-d7cc33bc.th")
+    line = r.stderr
+    assert "http://127.0.0.1:9/encodec/encodec_24khz-d7cc33bc.th" in line
+    assert str(tmp_path / "torch-home" / "hub" / "checkpoints") in line and "--weights" in line
+    assert listing(tmp_path) == {"in.wav", "torch-home"} or listing(tmp_path) == {"in.wav"}
+
+
+def test_usage_errors_are_click_errors(tmp_path):
+    r = run("compress", ok=False)
+    assert r.exit_code == 2
+    r = run("compress", tmp_path / "a.wav", tmp_path / "b.wav", "-o", tmp_path / "x.ecdc", ok=False)
+    assert_one_line_error(r, "output folder")
+
+
+def test_clipping_is_counted_and_saturates(tmp_path):
+    sink = A.FileSink(str(tmp_path / "c.wav"), 8000, 1, "16", "WAV")
+    sink.write(np.array([[1.5], [-2.0], [0.5]], np.float32))
+    sink.close()
+    assert sink.clipped == 2
+    data, _ = sf.read(tmp_path / "c.wav", dtype="int16")
+    assert data.tolist() == [32767, -32768, 16384]
+    buf = io.BytesIO()
+    pipe = A.WavPipeSink(buf, 8000, 1, "16")
+    pipe.write(np.array([[1.5], [-2.0]], np.float32))
+    assert pipe.clipped == 2 and buf.getvalue()[-4:] == np.array([32767, -32768], "<i2").tobytes()
+
+
+def test_help_lists_every_option():
+    text = run("compress", "--help").output
+    for opt in ("--bandwidth", "--model", "--weights", "--lm", "--lm-weights", "--force",
+                "--quiet", "--output", "--threads", "--jobs"):
+        assert opt in text
+    text = run("decompress", "--help").output
+    for opt in ("--bits", "--model-format", "--weights", "--force"):
+        assert opt in text
+
+
+def test_tone_helper_is_deterministic():
+    np.testing.assert_array_equal(tone(0.1, 8000, 2), tone(0.1, 8000, 2))

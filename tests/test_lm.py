@@ -1,0 +1,143 @@
+"""The language model against the reference, and the LM range coder."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from encodec_cli import container as F
+from encodec_cli.errors import CorruptError
+from encodec_cli.lm import build_lm
+from encodec_cli.lmcoder import LMDecoder, LMEncoder
+from encodec_cli.models import SPECS
+from encodec_cli.random_weights import lm_state
+from encodec_cli.weights import REGISTRY
+
+from .conftest import GOLDEN
+from .test_models import manifest
+
+FORMATS = Path(__file__).resolve().parents[1] / "formats" / "golden"
+
+
+def random_lm(name: str):
+    lm = build_lm(name)
+    lm.load_state_dict(lm_state(name, 1234))
+    lm.fold()
+    return lm
+
+
+@pytest.mark.parametrize("name", ["encodec_24khz", "encodec_48khz"])
+def test_lm_state_dict_matches_official_manifest(name):
+    lm_name = name.replace("encodec_", "encodec_lm_")
+    expected = manifest()[REGISTRY[lm_name].filename]
+    ours = {k: (tuple(v.shape), str(v.dtype).replace("torch.", ""))
+            for k, v in build_lm(name).state_dict().items()}
+    assert ours == expected
+
+
+@pytest.mark.parametrize("name", ["encodec_24khz", "encodec_48khz"])
+def test_lm_probabilities_match_reference(name):
+    gold = np.load(GOLDEN / f"lm_{name}.npz")
+    codes, steps = gold["codes"], gold["steps"].tolist()
+    state = random_lm(name).start(codes.shape[1])
+    got = []
+    for t in range(len(codes)):
+        p = state.step()
+        if t in steps:
+            got.append(p.numpy())
+        state.push(torch.from_numpy(codes[t].astype(np.int64)))
+    err = np.abs(np.stack(got) - gold["probs"]).max()
+    assert err <= 1e-5, err
+
+
+def likely_codes(lm, k: int, frames: int) -> np.ndarray:
+    state, out = lm.start(k), []
+    for _ in range(frames):
+        frame = state.step().argmax(-1)
+        state.push(frame)
+        out.append(frame.numpy().astype(np.uint16))
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def lm24():
+    return random_lm("encodec_24khz")
+
+
+def code_packets(encoder, parts):
+    return [F.Packet(np.empty((len(p), 0), np.uint16), 1.0, flags, payload)
+            if not flags else F.Packet(p, 1.0, flags, payload)
+            for p, (payload, flags) in ((p, encoder.encode(p)) for p in parts)]
+
+
+def test_round_trip_is_smaller_than_raw_when_predictable(lm24):
+    spec = SPECS["encodec_24khz"]
+    codes = likely_codes(lm24, 8, 90)
+    enc = LMEncoder(lm24, bytes(8), spec, 8)
+    parts = [codes[:40], codes[40:]]
+    packets = code_packets(enc, parts)
+    assert all(p.flags == 0 for p in packets)
+    assert sum(len(p.payload) for p in packets) < 0.8 * len(F.pack_codes(codes))
+    dec = LMDecoder(lm24, spec, 8)
+    np.testing.assert_array_equal(np.concatenate([dec.decode(p) for p in packets]), codes)
+
+
+def test_unpredictable_packet_falls_back_to_raw_and_keeps_state(lm24):
+    spec = SPECS["encodec_24khz"]
+    likely = likely_codes(lm24, 4, 60)
+    noise = np.random.default_rng(0).integers(0, 1024, (30, 4)).astype(np.uint16)
+    enc = LMEncoder(lm24, bytes(8), spec, 4)
+    parts = [likely[:30], noise, likely[30:]]
+    packets = code_packets(enc, parts)
+    assert [p.flags for p in packets] == [0, F.FLAG_RAW, 0]
+    assert len(packets[1].payload) == len(F.pack_codes(noise))
+    dec = LMDecoder(lm24, spec, 4)
+    for packet, part in zip(packets, parts):
+        np.testing.assert_array_equal(dec.decode(packet), part)
+
+
+def test_48khz_restarts_the_lm_every_segment():
+    lm = random_lm("encodec_48khz")
+    spec = SPECS["encodec_48khz"]
+    codes = likely_codes(lm, 4, 20)
+    enc = LMEncoder(lm, bytes(8), spec, 4)
+    first, second = enc.encode(codes), enc.encode(codes)
+    assert first == second  # same codes from a fresh state give the same bytes
+
+
+def test_golden_lm_file_decodes(lm24):
+    doc = json.loads((FORMATS / "v1_lm_24khz.codes.json").read_text())
+    reader = F.Reader(io.BytesIO((FORMATS / "v1_lm_24khz.ecdc").read_bytes()))
+    dec = LMDecoder(lm24, SPECS["encodec_24khz"], reader.header.n_codebooks)
+    for packet, expected in zip(reader, doc["packets"]):
+        np.testing.assert_array_equal(dec.decode(packet), np.array(expected["codes"]))
+
+
+def test_range_coder_bytes_are_stable(lm24):
+    """An upgrade of constriction or torch that changes the bitstream is caught here."""
+    packets = list(F.Reader(io.BytesIO((FORMATS / "v1_lm_24khz.ecdc").read_bytes())))
+    doc = json.loads((FORMATS / "v1_lm_24khz.codes.json").read_text())
+    enc = LMEncoder(lm24, bytes(8), SPECS["encodec_24khz"], 4)
+    for packet, expected in zip(packets, doc["packets"]):
+        payload, flags = enc.encode(np.array(expected["codes"], np.uint16))
+        assert (payload, flags) == (packet.payload, packet.flags)
+
+
+def test_perturbed_probabilities_fail_loudly(lm24, monkeypatch):
+    spec = SPECS["encodec_24khz"]
+    codes = likely_codes(lm24, 8, 60)
+    packets = code_packets(LMEncoder(lm24, bytes(8), spec, 8), [codes])
+    original = LMDecoder.probabilities
+
+    def perturbed(self, state):
+        p = original(self, state)
+        noise = np.random.default_rng(int(p[0, 0] * 1e9) % 2**32).random(p.shape) * 1e-3
+        return p + noise
+
+    monkeypatch.setattr(LMDecoder, "probabilities", perturbed)
+    with pytest.raises(CorruptError, match="fail their checksum"):
+        LMDecoder(lm24, spec, 8).decode(packets[0])

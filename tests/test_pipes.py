@@ -1,0 +1,104 @@
+"""Real processes through pipes, as people use ecdc in shells."""
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+
+import numpy as np
+import soundfile as sf
+
+from encodec_cli import audio as A
+
+from .conftest import tone, write_audio
+
+ECDC = [sys.executable, "-m", "encodec_cli"]
+
+
+def env():
+    e = dict(os.environ)
+    e["PYTHONUNBUFFERED"] = "1"
+    return e
+
+
+def test_shell_pipeline(tmp_path, w24):
+    src = write_audio(tmp_path / "a.wav", 2.0, 44100, 2)
+    cmd = (f"cat {src} | {sys.executable} -m encodec_cli compress - -o - --weights {w24} -q "
+           f"| {sys.executable} -m encodec_cli decompress - -o - --weights {w24} -q > {tmp_path}/b.wav")
+    subprocess.run(cmd, shell=True, check=True, env=env(), timeout=120)
+    out = sf.info(tmp_path / "b.wav")
+    assert (out.samplerate, out.channels, out.frames) == (44100, 2, 88200)
+    # same codes as through files
+    subprocess.run(ECDC + ["compress", str(src), "-o", str(tmp_path / "f.ecdc"), "--weights", str(w24), "-q"],
+                   check=True, env=env(), timeout=120)
+    subprocess.run(ECDC + ["decompress", str(tmp_path / "f.ecdc"), "-o", str(tmp_path / "f.wav"),
+                           "--weights", str(w24), "-q"], check=True, env=env(), timeout=120)
+    a, _ = sf.read(tmp_path / "b.wav", dtype="int16")
+    b, _ = sf.read(tmp_path / "f.wav", dtype="int16")
+    np.testing.assert_array_equal(a, b)
+
+
+def test_flac_on_stdin_is_spooled(tmp_path, w24):
+    src = write_audio(tmp_path / "a.flac", 1.0, 16000)
+    with open(src, "rb") as f:
+        p = subprocess.run(ECDC + ["compress", "-", "-o", str(tmp_path / "x.ecdc"), "--weights", str(w24), "-q"],
+                           stdin=f, env=env(), timeout=120, capture_output=True)
+    assert p.returncode == 0, p.stderr
+    r = subprocess.run(ECDC + ["info", "--json", str(tmp_path / "x.ecdc")], capture_output=True, text=True)
+    assert '"source_sample_rate": 16000' in r.stdout
+
+
+def _wav_header(rate: int) -> bytes:
+    import io
+    buf = io.BytesIO()
+    A.WavPipeSink(buf, rate, 1, "16")
+    return buf.getvalue()
+
+
+def _read_available(fd: int, wait: float) -> bytes:
+    data, end = b"", time.time() + wait
+    while time.time() < end:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+def test_output_flows_before_input_ends(w24):
+    """Packets come out while the input is still open: a live stream, not a file."""
+    p = subprocess.Popen(ECDC + ["compress", "-", "-o", "-", "--weights", str(w24), "-q"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
+    try:
+        x = np.round(tone(4.0, 24000)[:, 0] * 32767).astype("<i2").tobytes()
+        p.stdin.write(_wav_header(24000) + x)
+        p.stdin.flush()
+        early = _read_available(p.stdout.fileno(), 60)
+        assert early.startswith(b"\x89ECDC"), p.stderr.read() if p.poll() is not None else early[:20]
+        assert len(early) > 65 + 3 * 760  # header and three 1 s packets of 750 bytes
+        p.stdin.close()
+        rest = p.stdout.read()
+        assert p.wait(60) == 0
+        assert len(rest) > 0
+    finally:
+        p.kill()
+
+
+def test_error_in_pipeline_is_one_line(tmp_path):
+    p = subprocess.run(ECDC + ["decompress", "-", "-o", "-"], input=b"garbage bytes",
+                       capture_output=True, env=env(), timeout=60)
+    assert p.returncode == 1
+    assert p.stderr.decode().strip() == "Error: not an .ecdc file (no ecdc signature at the start)"
+    assert p.stdout == b""
+
+
+def test_refuses_binary_to_terminal_only_when_terminal(tmp_path):
+    # stdout is a pipe here: allowed
+    src = write_audio(tmp_path / "a.wav", 0.1, 24000)
+    p = subprocess.run(ECDC + ["compress", str(src), "-o", "-", "--weights", "/nonexistent"],
+                       capture_output=True, env=env(), timeout=60)
+    assert p.stderr.decode().startswith("Error: weights file /nonexistent does not exist")
