@@ -34,7 +34,8 @@ def load_lm(codec_name: str, weights: tp.Optional[Path], progress: bool = True
     key = (codec_name, weights)
     if key not in _CACHE:
         resolved = W.resolve(checkpoint_name(codec_name), weights, progress=progress)
-        lm = build_lm(codec_name)
+        with torch.device("meta"):
+            lm = build_lm(codec_name)
         W.load_strict(lm, W.load_state_dict(resolved.path), resolved.path)
         lm.fold()
         _CACHE[key] = (lm, resolved.fingerprint)

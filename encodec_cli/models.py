@@ -142,7 +142,20 @@ class SConv1d(nn.Module):
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         p = self.conv.params
-        y = F.conv1d(x, p.weight, p.bias, self.stride, 0, self.dilation)
+        cout, cin, k = p.weight.shape
+        if self.dilation == 1 and cin <= 2 and k > 1:
+            # audio in: one GEMM over unfolded windows is ~10x faster than the conv kernel
+            cols = x.unfold(-1, k, self.stride)  # [B, cin, T, k]
+            cols = cols.permute(0, 1, 3, 2).reshape(x.shape[0], cin * k, -1)
+            y = torch.matmul(p.weight.view(cout, cin * k), cols).add_(p.bias[:, None])
+        elif self.dilation == 1 and cout <= 2 and self.stride == 1:
+            # audio out: a GEMM per tap is ~3x faster than the conv kernel
+            n = x.shape[-1] - k + 1
+            y = torch.matmul(p.weight[:, :, 0], x[..., :n]).add_(p.bias[:, None])
+            for j in range(1, k):
+                y.add_(torch.matmul(p.weight[:, :, j], x[..., j:j + n]))
+        else:
+            y = F.conv1d(x, p.weight, p.bias, self.stride, 0, self.dilation)
         if self.conv.norm is not None:
             y = self.conv.norm(y)
         return y
@@ -182,7 +195,7 @@ class SConv1d(nn.Module):
             if extra:
                 buf = torch.cat([buf, buf[..., -extra - 1:-1].flip(-1)], -1)
         n = (buf.shape[-1] - self.k_eff) // self.stride + 1 if buf.shape[-1] >= self.k_eff else 0
-        self._buf = buf[..., n * self.stride:]
+        self._buf = buf[..., n * self.stride:].clone()  # not a view: frees this step's input
         if n == 0:
             return buf.new_empty(buf.shape[0], self.conv.params.bias.shape[0], 0)
         return self._conv(buf[..., :(n - 1) * self.stride + self.k_eff])
@@ -221,7 +234,7 @@ class SConvTranspose1d(nn.Module):
         if self._tail is not None:
             y[..., :self._tail.shape[-1]] += self._tail
         n = x.shape[-1] * self.stride
-        self._tail = y[..., n:]
+        self._tail = y[..., n:].clone()
         return y[..., :n] + p.bias[:, None]
 
 
@@ -267,12 +280,11 @@ class ResnetBlock(nn.Module):
         return self.shortcut(x) + self.block(x)
 
     def step(self, x: torch.Tensor, final: bool) -> torch.Tensor:
-        y = x
-        for layer in self.block:
-            y = _step(layer, y, final)
+        h = self.block[1].step(F.elu(x), final)
+        y = self.block[3].step(F.elu_(h), final)
         s = self.shortcut.step(x, final)
         assert s.shape == y.shape, "streaming branches out of step"
-        return s + y
+        return y.add_(s)
 
 
 class _Streamable(nn.Module):

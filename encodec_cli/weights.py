@@ -152,4 +152,6 @@ def load_strict(module, state: tp.Dict[str, tp.Any], path: Path) -> None:
         if wrong:
             parts.append(f"{len(wrong)} shape mismatches (e.g. {wrong[0]})")
         raise WeightsError(f"{path} does not fit this model: " + ", ".join(parts))
-    module.load_state_dict(state, strict=True)
+    # assign: the loaded tensors become the parameters (a model built on the meta device
+    # then costs no second copy of the weights)
+    module.load_state_dict(state, strict=True, assign=True)

@@ -1,0 +1,144 @@
+"""Weight resolution: explicit file > $ECDC_WEIGHTS_DIR > torch hub folder > verified download."""
+from __future__ import annotations
+
+import hashlib
+import http.server
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from encodec_cli import weights as W
+from encodec_cli.errors import WeightsError
+
+
+def fake_checkpoint(folder: Path, content: bytes = b"weights!") -> W.Checkpoint:
+    """A registry entry whose name carries the sha256 prefix of `content`, like the official ones."""
+    digest = hashlib.sha256(content).hexdigest()[:8]
+    ck = W.Checkpoint(f"encodec_24khz-{digest}.th")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ck.filename).write_bytes(content)
+    return ck
+
+
+@pytest.fixture()
+def registry(monkeypatch, tmp_path):
+    ck = fake_checkpoint(tmp_path / "served")
+    monkeypatch.setitem(W.REGISTRY, "encodec_24khz", ck)
+    return ck
+
+
+def test_hub_dir_follows_torch_rules(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    assert W.hub_dir() == tmp_path / "th" / "hub" / "checkpoints"
+    monkeypatch.delenv("TORCH_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert W.hub_dir() == tmp_path / "xdg" / "torch" / "hub" / "checkpoints"
+
+
+def test_explicit_file_wins(tmp_path, registry, monkeypatch):
+    mine = tmp_path / "finetuned.th"
+    mine.write_bytes(b"my own")
+    monkeypatch.setenv("ECDC_WEIGHTS_DIR", str(tmp_path / "served"))
+    r = W.resolve("encodec_24khz", mine)
+    assert r.path == mine and r.fingerprint == hashlib.sha256(b"my own").digest()[:8]
+    with pytest.raises(WeightsError, match="does not exist"):
+        W.resolve("encodec_24khz", tmp_path / "missing.th")
+
+
+def test_env_dir_before_hub(tmp_path, registry, monkeypatch):
+    hub = W.hub_dir()
+    fake_checkpoint(hub)
+    monkeypatch.setenv("ECDC_WEIGHTS_DIR", str(tmp_path / "served"))
+    assert W.resolve("encodec_24khz").path == tmp_path / "served" / registry.filename
+    monkeypatch.delenv("ECDC_WEIGHTS_DIR")
+    assert W.resolve("encodec_24khz").path == hub / registry.filename
+
+
+def test_damaged_cached_file(tmp_path, registry, monkeypatch):
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / registry.filename).write_bytes(b"half a downl")
+    monkeypatch.setenv("ECDC_WEIGHTS_DIR", str(folder))
+    with pytest.raises(WeightsError, match="is damaged.*delete it"):
+        W.resolve("encodec_24khz")
+
+
+@pytest.fixture()
+def server(tmp_path):
+    root = tmp_path / "served"
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, directory=str(root), **k)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", root
+    httpd.shutdown()
+
+
+def test_download_verified_into_hub(registry, server, monkeypatch):
+    url, _ = server
+    monkeypatch.setenv("ECDC_WEIGHTS_URL", url)
+    r = W.resolve("encodec_24khz", progress=False)
+    assert r.path == W.hub_dir() / registry.filename
+    assert r.path.read_bytes() == b"weights!"
+    assert [p.name for p in W.hub_dir().iterdir()] == [registry.filename]  # no .part left
+
+
+def test_download_into_env_dir(registry, server, monkeypatch, tmp_path):
+    url, _ = server
+    monkeypatch.setenv("ECDC_WEIGHTS_URL", url)
+    monkeypatch.setenv("ECDC_WEIGHTS_DIR", str(tmp_path / "mine"))
+    assert W.resolve("encodec_24khz", progress=False).path == tmp_path / "mine" / registry.filename
+
+
+def test_download_with_wrong_checksum_leaves_nothing(registry, server, monkeypatch):
+    url, root = server
+    (root / registry.filename).write_bytes(b"tampered")
+    monkeypatch.setenv("ECDC_WEIGHTS_URL", url)
+    with pytest.raises(WeightsError, match="wrong checksum"):
+        W.resolve("encodec_24khz", progress=False)
+    assert not W.hub_dir().exists() or list(W.hub_dir().iterdir()) == []
+
+
+def test_offline_error_names_file_url_and_folder(registry):
+    with pytest.raises(WeightsError) as info:
+        W.resolve("encodec_24khz", progress=False)
+    msg = str(info.value)
+    assert registry.filename in msg and registry.url in msg
+    assert str(W.hub_dir()) in msg and "--weights" in msg and "\n" not in msg
+
+
+def test_missing_on_server(registry, server, monkeypatch):
+    url, root = server
+    shutil.rmtree(root)
+    root.mkdir()
+    monkeypatch.setenv("ECDC_WEIGHTS_URL", url)
+    with pytest.raises(WeightsError, match="download failed"):
+        W.resolve("encodec_24khz", progress=False)
+
+
+def test_official_registry():
+    assert {c.filename for c in W.REGISTRY.values()} == {
+        "encodec_24khz-d7cc33bc.th", "encodec_48khz-7e698e3e.th",
+        "encodec_lm_24khz-1608e3c0.th", "encodec_lm_48khz-7add9fc3.th"}
+    assert W.REGISTRY["encodec_48khz"].sha256_prefix == "7e698e3e"
+
+
+def test_checkpoints_load_with_weights_only(tmp_path):
+    import torch
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.th")
+    with pytest.raises(WeightsError, match="cannot load weights"):
+        W.load_state_dict(tmp_path / "evil.th")
