@@ -23,6 +23,7 @@ from .errors import AudioError, OptionError, WeightsError
 MODELS = {"24khz": "encodec_24khz", "48khz": "encodec_48khz"}
 BANDWIDTHS = {"encodec_24khz": (1.5, 3.0, 6.0, 12.0, 24.0), "encodec_48khz": (3.0, 6.0, 12.0, 24.0)}
 HOP = 320
+PACKET_SECONDS = 8.0  # long enough that packet framing costs <1% of an LM-coded stream
 
 
 @dataclass(frozen=True)
@@ -97,12 +98,33 @@ def compress_stream(source: A.Source, fo: tp.BinaryIO, opts: CompressOptions,
             yield block.T
 
     writer = F.Writer(fo, header)
-    for packet in C.encode(codec, model_blocks(), n_q):
-        payload, flags = coder.encode(packet.codes)
-        writer.write_packet(len(packet.codes), payload, packet.scale, flags)
+    for codes, segments in _grouped(C.encode(codec, model_blocks(), n_q), spec):
+        payload, flags = coder.encode(codes, segments)
+        writer.write_packet(segments, payload, flags)
         fo.flush()  # a reader on a pipe gets each packet as soon as it exists
     writer.finish(counts["model"], counts["source"])
     return Result(seconds=counts["source"] / source.sample_rate)
+
+
+def _grouped(code_packets, spec) -> tp.Iterator[tp.Tuple[np.ndarray, tp.List[F.Segment]]]:
+    """Gather the codec's output into container packets of about PACKET_SECONDS.
+
+    The 24 kHz stream is continuous: a packet is one segment. The 48 kHz model's 1 s
+    segments keep their own frame counts and scales.
+    """
+    limit = PACKET_SECONDS * spec.frame_rate
+    codes: tp.List[np.ndarray] = []
+    segments: tp.List[F.Segment] = []
+    frames = 0
+    for cp in code_packets:
+        codes.append(cp.codes)
+        frames += len(cp.codes)
+        segments = [(frames, 1.0)] if spec.causal else segments + [(len(cp.codes), cp.scale)]
+        if frames >= limit:
+            yield np.concatenate(codes), segments
+            codes, segments, frames = [], [], 0
+    if codes:
+        yield np.concatenate(codes), segments
 
 
 def _chain(first, rest):
@@ -124,7 +146,12 @@ def decompress_stream(fo: tp.BinaryIO, open_sink: tp.Callable[[int, int], A.Sink
                            f"{h.weights_fingerprint.hex()}, loaded {codec.fingerprint.hex()}); "
                            f"pass the same --weights FILE")
     coder = make_decoder(h, opts, codec.spec)
-    packets = (C.CodePacket(coder.decode(p), p.scale) for p in reader)
+    def packets() -> tp.Iterator[C.CodePacket]:
+        for packet in reader:
+            codes, start = coder.decode(packet), 0
+            for frames, scale in packet.segments:
+                yield C.CodePacket(codes[start:start + frames], scale)
+                start += frames
 
     def model_length() -> tp.Optional[int]:
         return h.num_samples if h.num_samples is not None else (
@@ -134,7 +161,7 @@ def decompress_stream(fo: tp.BinaryIO, open_sink: tp.Callable[[int, int], A.Sink
         return h.source_num_samples if h.source_num_samples is not None else (
             reader.end.source_num_samples if reader.end else None)
 
-    blocks = A.fit_length((a.T for a in C.decode(codec, packets)), model_length, HOP, h.channels)
+    blocks = A.fit_length((a.T for a in C.decode(codec, packets())), model_length, HOP, h.channels)
     rate, channels = h.sample_rate, h.channels
     if not opts.model_format:
         rate, channels = h.source_sample_rate, h.source_channels

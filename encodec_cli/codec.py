@@ -127,19 +127,16 @@ def _embed(model, codes: np.ndarray) -> torch.Tensor:
 def _decode_stream(model, packets) -> tp.Iterator[np.ndarray]:
     dec = model.decoder
     dec.reset()
-    pending: tp.List[np.ndarray] = []
-    count = 0
+    pending = np.zeros((0, 0), np.uint16)
     for packet in packets:
-        pending.append(packet.codes)
-        count += packet.codes.shape[0]
-        if count >= DECODE_FRAMES:
-            y = dec.step(_embed(model, np.concatenate(pending)), final=False)
-            pending, count = [], 0
+        pending = np.concatenate([pending, packet.codes]) if len(pending) else packet.codes
+        while len(pending) >= DECODE_FRAMES:  # fixed steps: flat memory, cache-sized work
+            y = dec.step(_embed(model, pending[:DECODE_FRAMES]), final=False)
+            pending = pending[DECODE_FRAMES:]
             if y.shape[-1]:
                 yield y[0].numpy()
-    codes = np.concatenate(pending) if pending else np.zeros((0, 1), np.uint16)
-    y = dec.step(_embed(model, codes) if len(codes) else torch.zeros(1, model.spec.dimension, 0),
-                 final=True)
+    emb = _embed(model, pending) if len(pending) else torch.zeros(1, model.spec.dimension, 0)
+    y = dec.step(emb, final=True)
     if y.shape[-1]:
         yield y[0].numpy()
 

@@ -16,7 +16,7 @@ class RawEncoder:
     name = "raw"
     fingerprint = bytes(8)
 
-    def encode(self, codes: np.ndarray) -> tp.Tuple[bytes, int]:
+    def encode(self, codes: np.ndarray, segments: tp.Sequence[F.Segment]) -> tp.Tuple[bytes, int]:
         return F.pack_codes(codes), 0
 
 

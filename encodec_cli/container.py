@@ -26,7 +26,8 @@ _PREFIX = struct.Struct(">8sBH")             # magic, version, size of the body
 _BODY = struct.Struct(">BBBIIBIHQQ8s8s")      # see Header
 _CRC = struct.Struct(">I")
 _RECORD = struct.Struct(">BI")                # type, payload size
-_PACKET = struct.Struct(">IBf")               # frames, flags, scale
+_PACKET = struct.Struct(">BB")                # flags, number of segments
+_SEGMENT = struct.Struct(">Hf")               # frames, scale
 _END = struct.Struct(">QQQI")                 # frames, samples, source samples, packets
 
 RECORD_PACKET = 1
@@ -63,10 +64,13 @@ class Header:
         return data + _CRC.pack(zlib.crc32(data))
 
 
+Segment = tp.Tuple[int, float]  # (frames, scale)
+
+
 @dataclass(frozen=True)
 class Packet:
-    codes: np.ndarray               # [frames, codebooks] uint16 (None until decoded by the LM coder)
-    scale: float = 1.0              # 48 kHz segment RMS scale
+    codes: np.ndarray               # [frames, codebooks] uint16; [frames, 0] until the LM decodes it
+    segments: tp.Tuple[Segment, ...]  # 48 kHz: one per 1 s segment; 24 kHz: one
     flags: int = 0
     payload: bytes = b""            # the coded codes as stored
     offset: int = 0                 # byte offset of the record in the file
@@ -117,9 +121,10 @@ class Writer:
         self.frames = self.packets = 0
         fo.write(header.to_bytes())
 
-    def write_packet(self, frames: int, payload: bytes, scale: float = 1.0, flags: int = 0) -> None:
-        _write_record(self.fo, RECORD_PACKET, _PACKET.pack(frames, flags, scale) + payload)
-        self.frames += frames
+    def write_packet(self, segments: tp.Sequence[Segment], payload: bytes, flags: int = 0) -> None:
+        head = _PACKET.pack(flags, len(segments)) + b"".join(_SEGMENT.pack(*s) for s in segments)
+        _write_record(self.fo, RECORD_PACKET, head + payload)
+        self.frames += sum(n for n, _ in segments)
         self.packets += 1
 
     def finish(self, num_samples: int, source_num_samples: int) -> End:
@@ -255,15 +260,21 @@ class Reader:
                 continue  # a record type from a later minor revision: skip it
             if len(payload) < _PACKET.size:
                 raise CorruptError(f"corrupted file: packet at byte {offset} is too short")
-            n, flags, scale = _PACKET.unpack_from(payload)
-            data = payload[_PACKET.size:]
-            codes = None
+            flags, nseg = _PACKET.unpack_from(payload)
+            start = _PACKET.size + nseg * _SEGMENT.size
+            if nseg == 0 or len(payload) < start:
+                raise CorruptError(f"corrupted file: packet at byte {offset} has a bad segment table")
+            segments = tuple(_SEGMENT.unpack_from(payload, _PACKET.size + i * _SEGMENT.size)
+                             for i in range(nseg))
+            n = sum(f for f, _ in segments)
+            data = payload[start:]
             if h.coder == "raw" or flags & FLAG_RAW:
                 codes = unpack_codes(data, n, h.n_codebooks)
+            else:
+                codes = np.empty((n, 0), np.uint16)
             count += 1
             frames += n
-            yield Packet(codes if codes is not None else np.empty((n, 0), np.uint16),
-                         scale, flags, data, offset)
+            yield Packet(codes, segments, flags, data, offset)
 
 
 def describe(fo: tp.BinaryIO) -> tp.Tuple[Header, End, int]:

@@ -53,16 +53,19 @@ def codes_crc(codes: np.ndarray) -> int:
 
 
 class _Stream:
-    """The LM state of a stream; 48 kHz files restart it at every 1 s segment."""
+    """The LM state of a stream: carried across a 24 kHz file, fresh at every 48 kHz segment."""
 
-    def __init__(self, lm: LanguageModel, n_q: int, per_packet: bool):
-        self.lm, self.n_q, self.per_packet = lm, n_q, per_packet
+    def __init__(self, lm: LanguageModel, n_q: int, per_segment: bool):
+        self.lm, self.n_q, self.per_segment = lm, n_q, per_segment
         self.state: tp.Optional[LMState] = None
 
-    def begin_packet(self) -> LMState:
-        if self.state is None or self.per_packet:
-            self.state = self.lm.start(self.n_q)
-        return self.state
+    def states(self, segments: tp.Sequence[F.Segment]) -> tp.Iterator[LMState]:
+        """The state to use for each frame of a packet, in order."""
+        for frames, _ in segments:
+            if self.state is None or self.per_segment:
+                self.state = self.lm.start(self.n_q)
+            for _ in range(frames):
+                yield self.state
 
 
 class LMEncoder:
@@ -70,23 +73,27 @@ class LMEncoder:
 
     def __init__(self, lm: LanguageModel, fingerprint: bytes, spec: ModelSpec, n_q: int):
         self.fingerprint = fingerprint
-        self._stream = _Stream(lm, n_q, per_packet=not spec.causal)
+        self._stream = _Stream(lm, n_q, per_segment=not spec.causal)
 
     @classmethod
     def load(cls, spec: ModelSpec, n_q: int, weights: tp.Optional[Path], progress: bool = True):
         lm, fp = load_lm(spec.name, weights, progress)
         return cls(lm, fp, spec, n_q)
 
-    def encode(self, codes: np.ndarray) -> tp.Tuple[bytes, int]:
-        state = self._stream.begin_packet()
+    def encode_lm(self, codes: np.ndarray, segments: tp.Sequence[F.Segment]) -> bytes:
+        """The packet's LM-coded data (codes checksum and range coder words)."""
         probs = []
-        for frame in codes:
+        for state, frame in zip(self._stream.states(segments), codes):
             probs.append(state.step())
             state.push(torch.from_numpy(frame.astype(np.int64)))
         coder = constriction.stream.queue.RangeEncoder()
         coder.encode(codes.reshape(-1).astype(np.int32), _MODEL,
                      quantize(torch.cat(probs)) if probs else np.zeros((0, 1024)))
-        payload = struct.pack(">I", codes_crc(codes)) + coder.get_compressed().astype(">u4").tobytes()
+        return struct.pack(">I", codes_crc(codes)) + coder.get_compressed().astype(">u4").tobytes()
+
+    def encode(self, codes: np.ndarray, segments: tp.Sequence[F.Segment]) -> tp.Tuple[bytes, int]:
+        """(data, flags) of a packet: LM-coded, or raw when that is not smaller."""
+        payload = self.encode_lm(codes, segments)
         raw = F.pack_codes(codes)
         if len(payload) >= len(raw):
             return raw, F.FLAG_RAW  # never worse than 10 bits per code
@@ -95,7 +102,7 @@ class LMEncoder:
 
 class LMDecoder:
     def __init__(self, lm: LanguageModel, spec: ModelSpec, n_q: int):
-        self._stream = _Stream(lm, n_q, per_packet=not spec.causal)
+        self._stream = _Stream(lm, n_q, per_segment=not spec.causal)
         self.n_q = n_q
         self.packets = 0
 
@@ -113,10 +120,9 @@ class LMDecoder:
 
     def decode(self, packet: F.Packet) -> np.ndarray:
         self.packets += 1
-        state = self._stream.begin_packet()
-        n = packet.frames
+        states = self._stream.states(packet.segments)
         if packet.flags & F.FLAG_RAW:
-            for frame in packet.codes:  # keep the LM state in step with the encoder's
+            for state, frame in zip(states, packet.codes):  # keep in step with the encoder
                 state.step()
                 state.push(torch.from_numpy(frame.astype(np.int64)))
             return packet.codes
@@ -126,8 +132,8 @@ class LMDecoder:
         (crc,) = struct.unpack_from(">I", data)
         words = np.frombuffer(data, ">u4", offset=4).astype(np.uint32)
         coder = constriction.stream.queue.RangeDecoder(words)
-        codes = np.empty((n, self.n_q), np.uint16)
-        for t in range(n):
+        codes = np.empty((packet.frames, self.n_q), np.uint16)
+        for t, state in enumerate(states):
             frame = coder.decode(_MODEL, self.probabilities(state))
             codes[t] = frame
             state.push(torch.from_numpy(frame.astype(np.int64)))

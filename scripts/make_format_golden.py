@@ -41,7 +41,8 @@ def save(name: str, data: bytes, h: F.Header, packets: list, end: F.End) -> None
                    "channels": h.channels, "source_sample_rate": h.source_sample_rate,
                    "source_channels": h.source_channels, "weights_fp": h.weights_fingerprint.hex(),
                    "lm_fp": h.lm_fingerprint.hex()},
-        "packets": [{"flags": f, "scale": s, "codes": c.tolist()} for c, s, f in packets],
+        "packets": [{"flags": f, "segments": [list(x) for x in seg], "codes": c.tolist()}
+                    for c, seg, f in packets],
         "end": {"frames": end.frames, "num_samples": end.num_samples,
                 "source_samples": end.source_num_samples, "packets": end.packets},
     }
@@ -58,8 +59,8 @@ def raw_24khz() -> None:
     for i, frames in enumerate([75, 40]):
         codes = rng.integers(0, 1024, (frames, 8)).astype(np.uint16)
         codes[0, :2] = [1023, 0]  # the extremes
-        w.write_packet(frames, F.pack_codes(codes))
-        packets.append((codes, 1.0, 0))
+        w.write_packet([(frames, 1.0)], F.pack_codes(codes))
+        packets.append((codes, [(frames, 1.0)], 0))
         if i == 0:  # a record type from the future, which readers skip
             F._write_record(buf, 7, b"future record")
     end = w.finish(115 * 320 - 100, round((115 * 320 - 100) * 44100 / 24000))
@@ -77,11 +78,11 @@ def raw_48khz_pipe() -> None:
     buf = _Pipe()
     w = F.Writer(buf, h)
     packets = []
-    for frames, scale in [(150, 0.125), (4, 0.0625)]:
-        codes = rng.integers(0, 1024, (frames, 4)).astype(np.uint16)
-        w.write_packet(frames, F.pack_codes(codes), scale)
-        packets.append((codes, scale, 0))
-    end = w.finish(47520 + 1000, 47520 + 1000)
+    for segments in ([(150, 0.125), (150, 0.25)], [(4, 0.0625)]):
+        codes = rng.integers(0, 1024, (sum(n for n, _ in segments), 4)).astype(np.uint16)
+        w.write_packet(segments, F.pack_codes(codes))
+        packets.append((codes, segments, 0))
+    end = w.finish(2 * 47520 + 1000, 2 * 47520 + 1000)
     save("v1_raw_48khz_pipe", buf.getvalue(), h, packets, end)
 
 
@@ -105,9 +106,9 @@ def lm_24khz() -> None:
     w = F.Writer(buf, h)
     packets = []
     for part in (codes[:25], codes[25:50], codes[50:]):
-        payload, flags = enc.encode(part)
-        w.write_packet(len(part), payload, 1.0, flags)
-        packets.append((part, 1.0, flags))
+        payload, flags = enc.encode(part, [(len(part), 1.0)])
+        w.write_packet([(len(part), 1.0)], payload, flags)
+        packets.append((part, [(len(part), 1.0)], flags))
     assert [p[2] for p in packets] == [0, 0, F.FLAG_RAW]
     end = w.finish(60 * 320, 60 * 320)
     save("v1_lm_24khz", buf.getvalue(), h, packets, end)

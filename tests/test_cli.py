@@ -184,9 +184,9 @@ def lm_coded_file(path: Path, checkpoints) -> np.ndarray:
         writer = F.Writer(f, h)
         enc = LMEncoder(lm, lm_fp, spec, 4)
         for part in (codes[:40], codes[40:]):
-            payload, flags = enc.encode(part)
+            payload, flags = enc.encode(part, [(len(part), 1.0)])
             assert flags == 0
-            writer.write_packet(len(part), payload, 1.0, flags)
+            writer.write_packet([(len(part), 1.0)], payload, flags)
         writer.finish(80 * 320, 80 * 320)
     return codes
 

@@ -35,8 +35,8 @@ def small_file(seekable: bool = True) -> bytes:
     buf = Pipe()
     w = F.Writer(buf, header())
     codes = (np.arange(30 * 8).reshape(30, 8) * 37 % 1024).astype(np.uint16)
-    w.write_packet(30, F.pack_codes(codes))
-    w.write_packet(5, F.pack_codes(codes[:5]))
+    w.write_packet([(30, 1.0)], F.pack_codes(codes))
+    w.write_packet([(5, 1.0)], F.pack_codes(codes[:5]))
     w.finish(35 * 320 - 7, 20000)
     return buf.getvalue()
 
@@ -77,6 +77,7 @@ def test_round_trip_and_lengths_patched_when_seekable():
     assert reader.header.num_samples == 35 * 320 - 7
     assert reader.header.source_num_samples == 20000
     assert [p.frames for p in packets] == [30, 5]
+    assert [p.segments for p in packets] == [((30, 1.0),), ((5, 1.0),)]
     assert reader.end == F.End(35, 35 * 320 - 7, 20000, 2)
 
 
@@ -100,7 +101,8 @@ def test_golden_files_still_read(name):
     assert len(packets) == len(doc["packets"])
     for packet, expected in zip(packets, doc["packets"]):
         assert packet.frames == len(expected["codes"])
-        assert packet.scale == expected["scale"] and packet.flags == expected["flags"]
+        assert [list(x) for x in packet.segments] == expected["segments"]
+        assert packet.flags == expected["flags"]
         if h.coder == "raw" or packet.flags & F.FLAG_RAW:
             np.testing.assert_array_equal(packet.codes, np.array(expected["codes"]))
     assert reader.end.num_samples == doc["end"]["num_samples"]
@@ -148,6 +150,22 @@ def test_crc_error_names_record_and_offset():
     data[first_record + 20] ^= 1
     with pytest.raises(CorruptError, match=f"record 1 at byte {first_record} fails its CRC-32"):
         read_all(bytes(data))
+
+
+def test_segment_table_must_cover_the_data():
+    h = header()
+    buf = io.BytesIO()
+    w = F.Writer(buf, h)
+    w.write_packet([(150, 0.5), (4, 0.25)], F.pack_codes(np.zeros((154, 8), np.uint16)))
+    w.finish(1, 1)
+    reader, packets = read_all(buf.getvalue())
+    assert packets[0].segments == ((150, 0.5), (4, 0.25)) and packets[0].frames == 154
+    bad = io.BytesIO()
+    w = F.Writer(bad, h)
+    w.write_packet([(150, 0.5)], F.pack_codes(np.zeros((154, 8), np.uint16)))
+    w.finish(1, 1)
+    with pytest.raises(FormatError, match="expected"):
+        read_all(bad.getvalue())
 
 
 def test_trailing_data_rejected():

@@ -68,10 +68,15 @@ def lm24():
     return random_lm("encodec_24khz")
 
 
-def code_packets(encoder, parts):
-    return [F.Packet(np.empty((len(p), 0), np.uint16), 1.0, flags, payload)
-            if not flags else F.Packet(p, 1.0, flags, payload)
-            for p, (payload, flags) in ((p, encoder.encode(p)) for p in parts)]
+def code_packets(encoder, parts, segments=None):
+    """Encode each part as one packet and read it back as the container would give it."""
+    packets = []
+    for i, part in enumerate(parts):
+        segs = segments[i] if segments else ((len(part), 1.0),)
+        payload, flags = encoder.encode(part, segs)
+        codes = part if flags else np.empty((len(part), 0), np.uint16)
+        packets.append(F.Packet(codes, tuple(segs), flags, payload))
+    return packets
 
 
 def test_round_trip_is_smaller_than_raw_when_predictable(lm24):
@@ -105,8 +110,12 @@ def test_48khz_restarts_the_lm_every_segment():
     spec = SPECS["encodec_48khz"]
     codes = likely_codes(lm, 4, 20)
     enc = LMEncoder(lm, bytes(8), spec, 4)
-    first, second = enc.encode(codes), enc.encode(codes)
-    assert first == second  # same codes from a fresh state give the same bytes
+    one = enc.encode(codes, [(20, 1.0)])
+    assert enc.encode(codes, [(20, 1.0)]) == one  # a fresh state at each segment
+    both = np.concatenate([codes, codes])
+    packets = code_packets(enc, [both], [((20, 1.0), (20, 1.0))])
+    assert packets[0].flags == 0 and len(packets[0].payload) < 2 * len(one[0])
+    np.testing.assert_array_equal(LMDecoder(lm, spec, 4).decode(packets[0]), both)
 
 
 def test_golden_lm_file_decodes(lm24):
@@ -123,7 +132,8 @@ def test_range_coder_bytes_are_stable(lm24):
     doc = json.loads((FORMATS / "v1_lm_24khz.codes.json").read_text())
     enc = LMEncoder(lm24, bytes(8), SPECS["encodec_24khz"], 4)
     for packet, expected in zip(packets, doc["packets"]):
-        payload, flags = enc.encode(np.array(expected["codes"], np.uint16))
+        codes = np.array(expected["codes"], np.uint16)
+        payload, flags = enc.encode(codes, [tuple(x) for x in expected["segments"]])
         assert (payload, flags) == (packet.payload, packet.flags)
 
 

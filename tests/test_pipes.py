@@ -74,10 +74,10 @@ def test_output_flows_before_input_ends(w24):
     p = subprocess.Popen(ECDC + ["compress", "-", "-o", "-", "--weights", str(w24), "-q"],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
     try:
-        x = np.round(tone(4.0, 24000)[:, 0] * 32767).astype("<i2").tobytes()
+        x = np.round(tone(20.0, 24000)[:, 0] * 32767).astype("<i2").tobytes()
         p.stdin.write(_wav_header(24000) + x)
         p.stdin.flush()
-        enough = 65 + 3 * 760  # the header and three 1 s packets of 750 bytes
+        enough = 65 + 2 * 6000  # the header and two 8 s packets of 6000 bytes
         early = _read_available(p.stdout.fileno(), 60, enough)
         assert early.startswith(b"\x89ECDC"), p.stderr.read() if p.poll() is not None else early[:20]
         assert len(early) >= enough

@@ -1,0 +1,325 @@
+"""ecdc against Meta's reference `encodec` package, side by side, single-threaded.
+
+    python scripts/bench.py [--ref-python /tmp/refenv/bin/python] [--repeats 2] [--quick]
+    python scripts/bench.py --lm          # the --lm coders instead
+
+Both run on the same seeded random weights of the official architecture (speed does not
+depend on the values) and the same inputs: the shared recordings looped to several
+minutes. Runs alternate between the two tools; each is a whole process (start-up, model
+loading, file I/O included), timed by wall clock, with its peak RSS from wait4().
+Also printed: a breakdown of ecdc's time by stage, the model's FLOPs per second of audio,
+the GFLOP/s ecdc attains, a measured single-core matrix-product peak, and --jobs scaling.
+
+The reference needs its own environment (see ../shared/reference/README.md):
+    python3 -m venv /tmp/refenv
+    /tmp/refenv/bin/pip install torch==2.13.0 soundfile soxr numpy einops
+    /tmp/refenv/bin/pip install --no-deps encodec==0.1.1
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+REFCODEC = SHARED / "reference" / "refcodec.py"
+ENV1 = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def run(cmd: list, env: dict | None = None) -> tuple:
+    """Wall seconds and peak RSS (MB) of one whole process."""
+    full_env = dict(os.environ, **ENV1, **(env or {}))
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t
+    err = p.stderr.read().decode()
+    p.stderr.close()
+    if status:
+        sys.exit(f"failed ({status}): {' '.join(map(str, cmd))}\n{err[-3000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def looped(src: Path, seconds: float, dst: Path) -> Path:
+    base, rate = sf.read(src, dtype="float32", always_2d=True)
+    reps = int(np.ceil(seconds * rate / len(base)))
+    sf.write(dst, np.concatenate([base] * reps)[:int(seconds * rate)], rate, subtype="PCM_16")
+    return dst
+
+
+def matmul_peak() -> float:
+    torch.set_num_threads(1)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    best = 0.0
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        best = max(best, 5 * 2 * 1024 ** 3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def model_flops(name: str) -> dict:
+    """FLOPs (2 x multiply-adds) per second of audio, counted layer by layer."""
+    from encodec_cli.models import SConv1d, SConvTranspose1d, SLSTM, build_model
+
+    model = build_model(name)
+    model.fold()
+    spec = model.spec
+    counts = {"encoder": 0, "decoder": 0}
+
+    def wshape(p) -> tuple:
+        return tuple((p.weight_v if hasattr(p, "weight_v") else p.weight).shape)
+
+    def hook(part):
+        def f(mod, inp, out):
+            x = inp[0]
+            if isinstance(mod, SConv1d):
+                cout, cin, k = wshape(mod.conv.params)
+                counts[part] += 2 * cout * cin * k * out.shape[-1]
+            elif isinstance(mod, SConvTranspose1d):
+                cin, cout, k = wshape(mod.convtr.params)
+                counts[part] += 2 * cin * cout * k * x.shape[-1]
+            elif isinstance(mod, SLSTM):
+                h = mod.lstm.hidden_size
+                counts[part] += 2 * mod.lstm.num_layers * 4 * h * (h + h) * x.shape[-1]
+        return f
+
+    for part in counts:
+        for m in getattr(model, part).modules():
+            if isinstance(m, (SConv1d, SConvTranspose1d, SLSTM)):
+                m.register_forward_hook(hook(part))
+    with torch.no_grad():
+        seg = spec.segment_length or spec.sample_rate
+        emb = model.encoder(torch.zeros(1, spec.channels, seg))
+        model.decoder(emb)
+    n_q = spec.codebooks_for(6.0)
+    frames = spec.frame_rate
+    counts["quantizer"] = 2 * n_q * frames * spec.bins * spec.dimension
+    scale = spec.sample_rate / seg
+    return {k: v * scale for k, v in counts.items()}
+
+
+def breakdown(name: str, wav: Path, weights: Path) -> dict:
+    """ecdc's time by stage, in process (the same calls the CLI makes)."""
+    from encodec_cli import audio as A
+    from encodec_cli import codec as C
+    from encodec_cli import container as F
+
+    torch.set_num_threads(1)
+    codec = C.load_codec(name, weights)
+    spec, model = codec.spec, codec.model
+    n_q = spec.codebooks_for(6.0)
+    t = {k: 0.0 for k in ("read+resample", "encoder", "quantizer", "coder+container",
+                          "container+coder (dec)", "dequantize", "decoder", "resample+write")}
+    clock = time.perf_counter
+
+    t0 = clock()
+    src = A.open_source(str(wav))
+    blocks = [b.T for b in A.converted(src.blocks(), src.sample_rate, spec.sample_rate, spec.channels)]
+    t["read+resample"] += clock() - t0
+
+    enc_step, q_encode = model.encoder.step, model.quantizer.encode
+    enc_fwd = model.encoder.forward
+
+    def timed(fn, key):
+        def wrapper(*a, **k):
+            s = clock()
+            out = fn(*a, **k)
+            t[key] += clock() - s
+            return out
+        return wrapper
+
+    model.encoder.step = timed(enc_step, "encoder")
+    model.encoder.forward = timed(enc_fwd, "encoder")
+    model.quantizer.encode = timed(q_encode, "quantizer")
+    packets = list(C.encode(codec, blocks, n_q))
+    model.encoder.step, model.encoder.forward, model.quantizer.encode = enc_step, enc_fwd, q_encode
+
+    t0 = clock()
+    import io
+    buf = io.BytesIO()
+    h = F.Header(spec.name, "raw", n_q, 6.0, spec.sample_rate, spec.channels, spec.sample_rate,
+                 spec.channels, None, None, codec.fingerprint)
+    w = F.Writer(buf, h)
+    for p in packets:
+        w.write_packet([(len(p.codes), p.scale)], F.pack_codes(p.codes))
+    w.finish(sum(b.shape[-1] for b in blocks), sum(b.shape[-1] for b in blocks))
+    t["coder+container"] += clock() - t0
+
+    t0 = clock()
+    decoded = [C.CodePacket(p.codes, p.scale) for p in F.Reader(io.BytesIO(buf.getvalue()))]
+    t["container+coder (dec)"] += clock() - t0
+    dec_step, dec_fwd, q_decode = model.decoder.step, model.decoder.forward, model.quantizer.decode
+    model.decoder.step = timed(dec_step, "decoder")
+    model.decoder.forward = timed(dec_fwd, "decoder")
+    model.quantizer.decode = timed(q_decode, "dequantize")
+    out = list(C.decode(codec, decoded))
+    model.decoder.step, model.decoder.forward, model.quantizer.decode = dec_step, dec_fwd, q_decode
+
+    t0 = clock()
+    with tempfile.TemporaryDirectory() as d:
+        sink = A.FileSink(str(Path(d) / "o.wav"), spec.sample_rate, spec.channels, "16", "WAV")
+        for y in out:
+            sink.write(y.T)
+        sink.close()
+    t["resample+write"] += clock() - t0
+    return t
+
+
+def ecdc_cmd(*args) -> list:
+    return [sys.executable, "-m", "encodec_cli", *map(str, args)]
+
+
+def ref_cmd(ref_python: str, *args) -> list:
+    return [ref_python, str(REFCODEC), *map(str, args)]
+
+
+def codec_bench(a, work: Path, weights: dict) -> None:
+    configs = [("encodec_24khz", "24khz", SHARED / "audio" / "test_24k.wav", a.minutes24),
+               ("encodec_48khz", "48khz", SHARED / "audio" / "test_48k.wav", a.minutes48)]
+    peak = matmul_peak()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"single-core float32 matrix-product peak: {peak:.0f} GFLOP/s\n")
+    rows = []
+    for name, flag, src, minutes in configs:
+        seconds = minutes * 60
+        wav = looped(src, seconds, work / f"{flag}.wav")
+        w = weights[name]
+        res = {k: [] for k in ("ec", "ed", "rc", "rd")}
+        for _ in range(a.repeats):
+            res["ec"].append(run(ecdc_cmd("compress", wav, "-o", work / "e.ecdc", "-f", "-q",
+                                          "--model", flag, "-b", 6, "--weights", w)))
+            res["rc"].append(run(ref_cmd(a.ref_python, "compress", wav, work / "r.ecdc", "-b", 6,
+                                         "--weights", work / "weights")
+                                 + (["--hq"] if flag == "48khz" else []),
+                                 {"PYTHONPATH": str(SHARED / "reference" / "refshim")}))
+            res["ed"].append(run(ecdc_cmd("decompress", work / "e.ecdc", "-o", work / "e.wav",
+                                          "-f", "-q", "--weights", w)))
+            res["rd"].append(run(ref_cmd(a.ref_python, "decompress", work / "r.ecdc", work / "r.wav",
+                                         "--weights", work / "weights"),
+                                 {"PYTHONPATH": str(SHARED / "reference" / "refshim")}))
+        best = {k: min(v) for k, v in res.items()}  # (wall, rss) of the fastest run
+        flops = model_flops(name)
+        parts = breakdown(name, wav, w)
+        enc_gf = (flops["encoder"] + flops["quantizer"]) * seconds / (parts["encoder"] + parts["quantizer"]) / 1e9
+        dec_gf = flops["decoder"] * seconds / parts["decoder"] / 1e9
+        for direction, e, r, gf, fl in (("compress", "ec", "rc", enc_gf, flops["encoder"] + flops["quantizer"]),
+                                        ("decompress", "ed", "rd", dec_gf, flops["decoder"])):
+            rows.append((f"{flag} 6 kbps, {minutes:g} min", direction, seconds / best[e][0],
+                         seconds / best[r][0], best[r][0] / best[e][0], best[e][1], best[r][1],
+                         fl / 1e9, gf))
+        print(f"{flag}: ecdc time by stage for {minutes:g} min (s): " +
+              ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+    print("\n| input | direction | ecdc RTF | reference RTF | speed-up | ecdc peak RSS | reference peak RSS "
+          "| model GFLOP per s of audio | ecdc GFLOP/s attained |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]:.1f}x | {r[3]:.1f}x | **{r[4]:.2f}x** | {r[5]:.0f} MB | "
+              f"{r[6]:.0f} MB | {r[7]:.2f} | {r[8]:.0f} |")
+    jobs_bench(work, weights["encodec_24khz"])
+
+
+def jobs_bench(work: Path, w: Path) -> None:
+    base, rate = sf.read(SHARED / "audio" / "test_24k.wav", dtype="float32")
+    files = []
+    for i in range(4):
+        files.append(work / f"job{i}.wav")
+        sf.write(files[-1], np.concatenate([base] * 3), rate)  # 1 min each
+    times = {}
+    for jobs in (1, 2):
+        out = work / f"jobs{jobs}"
+        out.mkdir(exist_ok=True)
+        times[jobs] = run(ecdc_cmd("compress", *files, "-o", out, "-f", "-q", "--jobs", jobs,
+                                   "--weights", w))[0]
+    print(f"\n--jobs on 4 one-minute files (24 kHz, 6 kbps, {os.cpu_count()} cores): "
+          f"1 job {times[1]:.1f} s, 2 jobs {times[2]:.1f} s, throughput x{times[1] / times[2]:.2f}")
+
+
+def lm_bench(a, work: Path, weights: dict) -> None:
+    """--lm: speed side by side, and sizes (with and without ecdc's raw fallback)."""
+    from encodec_cli import codec as C
+    from encodec_cli import container as F
+    from encodec_cli.api import _grouped
+    from encodec_cli.lmcoder import LMEncoder, load_lm
+
+    refenv = {"PYTHONPATH": str(SHARED / "reference" / "refshim")}
+    print("| input | direction | ecdc --lm RTF | reference --lm RTF | speed-up |")
+    print("|---|---|---|---|---|")
+    sizes = []
+    for name, flag, src, seconds in (("encodec_24khz", "24khz", SHARED / "audio" / "test_24k.wav", a.lm_seconds),
+                                     ("encodec_48khz", "48khz", SHARED / "audio" / "test_48k.wav", a.lm_seconds)):
+        wav = looped(src, seconds, work / f"lm_{flag}.wav")
+        w, lw = weights[name], weights[name.replace("encodec_", "encodec_lm_")]
+        best = {}
+        for _ in range(a.repeats):
+            for key, cmd, env in (
+                ("ec", ecdc_cmd("compress", wav, "-o", work / "e.ecdc", "-f", "-q", "--model", flag,
+                                "--lm", "--lm-weights", lw, "--weights", w), None),
+                ("rc", ref_cmd(a.ref_python, "compress", wav, work / "r.ecdc", "-b", 6, "--lm",
+                               "--weights", work / "weights") + (["--hq"] if flag == "48khz" else []), refenv),
+                ("ed", ecdc_cmd("decompress", work / "e.ecdc", "-o", work / "e.wav", "-f", "-q",
+                                "--weights", w, "--lm-weights", lw), None),
+                ("rd", ref_cmd(a.ref_python, "decompress", work / "r.ecdc", work / "r.wav",
+                               "--weights", work / "weights"), refenv)):
+                wall = run(cmd, env)[0]
+                best[key] = min(best.get(key, wall), wall)
+        for direction, e, r in (("compress", "ec", "rc"), ("decompress", "ed", "rd")):
+            print(f"| {flag} 6 kbps, {seconds:g} s | {direction} | {seconds / best[e]:.1f}x | "
+                  f"{seconds / best[r]:.2f}x | **{best[r] / best[e]:.1f}x** |")
+        # sizes: the codes are the same on both sides; compare the coded bits
+        codec = C.load_codec(name, w)
+        n_q = codec.spec.codebooks_for(6.0)
+        x = sf.read(wav, dtype="float32", always_2d=True)[0].T.copy()
+        packets = list(C.encode(codec, [x], n_q))
+        lm, fp = load_lm(name, lw)
+        enc = LMEncoder(lm, fp, codec.spec, n_q)
+        grouped = list(_grouped(packets, codec.spec))
+        pure = sum(len(enc.encode_lm(c, s)) for c, s in grouped)
+        enc = LMEncoder(lm, fp, codec.spec, n_q)
+        with_fallback = sum(len(enc.encode(c, s)[0]) for c, s in grouped)
+        raw = sum(len(F.pack_codes(c)) for c, _ in grouped)
+        sizes.append((flag, (work / "r.ecdc").stat().st_size, (work / "e.ecdc").stat().st_size,
+                      pure, with_fallback, raw))
+    print("\n| input | reference --lm file | ecdc --lm file | ecdc LM payload, no fallback "
+          "| ecdc LM payload with raw fallback | raw payload |")
+    print("|---|---|---|---|---|---|")
+    for s in sizes:
+        print(f"| {s[0]} | {s[1]} B | {s[2]} B ({100 * (s[2] / s[1] - 1):+.1f}%) | {s[3]} B | {s[4]} B | {s[5]} B |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ref-python", default="/tmp/refenv/bin/python")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--minutes24", type=float, default=3.0)
+    ap.add_argument("--minutes48", type=float, default=2.0)
+    ap.add_argument("--lm", action="store_true", help="benchmark the --lm coders")
+    ap.add_argument("--lm-seconds", type=float, default=30.0)
+    ap.add_argument("--quick", action="store_true", help="short inputs, one repeat")
+    a = ap.parse_args()
+    if a.quick:
+        a.repeats, a.minutes24, a.minutes48, a.lm_seconds = 1, 0.5, 0.5, 10
+    from encodec_cli.random_weights import write_checkpoints
+
+    print(f"ecdc benchmark, {datetime.date.today()}, torch {torch.__version__}, single thread\n")
+    with tempfile.TemporaryDirectory(prefix="ecdc-bench-") as d:
+        work = Path(d)
+        weights = write_checkpoints(work / "weights")
+        (lm_bench if a.lm else codec_bench)(a, work, weights)
+
+
+if __name__ == "__main__":
+    main()

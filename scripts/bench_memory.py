@@ -1,0 +1,74 @@
+"""Peak memory of ecdc on a long file: compress and decompress, measured by /usr/bin/time -v.
+
+    python scripts/bench_memory.py [--hours 2] [--model 24khz] [--workdir /tmp/ecdc-mem]
+
+Writes a WAV of the given length (the shared recording looped, written block by block),
+random official-architecture weights, then runs the installed `ecdc` on it.
+The requirement: peak RSS at most 500 MB for a two-hour 24 kHz file, both directions.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from encodec_cli.random_weights import write_checkpoints
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORDING = {"24khz": ROOT.parent / "shared" / "audio" / "test_24k.wav",
+             "48khz": ROOT.parent / "shared" / "audio" / "test_48k.wav"}
+
+
+def long_wav(path: Path, hours: float, model: str) -> None:
+    base, rate = sf.read(RECORDING[model], dtype="float32", always_2d=True)
+    total = int(hours * 3600 * rate)
+    with sf.SoundFile(path, "w", rate, base.shape[1], subtype="PCM_16") as f:
+        done = 0
+        while done < total:
+            n = min(len(base), total - done)
+            f.write(base[:n])
+            done += n
+
+
+def measured(cmd: list) -> tuple:
+    t = time.perf_counter()
+    p = subprocess.run(["/usr/bin/time", "-v"] + cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if p.returncode:
+        sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr[-2000:]}")
+    rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1))
+    return wall, rss_kb / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--hours", type=float, default=2.0)
+    ap.add_argument("--model", choices=["24khz", "48khz"], default="24khz")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/ecdc-mem"))
+    a = ap.parse_args()
+    a.workdir.mkdir(parents=True, exist_ok=True)
+    weights = write_checkpoints(a.workdir / "weights", lm=False)[f"encodec_{a.model}"]
+    wav = a.workdir / f"long_{a.model}.wav"
+    if not wav.exists() or sf.info(wav).duration != a.hours * 3600:
+        long_wav(wav, a.hours, a.model)
+    seconds = sf.info(wav).duration
+    ecdc = [sys.executable, "-m", "encodec_cli"]
+    t1, m1 = measured(ecdc + ["compress", str(wav), "-o", str(a.workdir / "long.ecdc"), "-f",
+                              "--model", a.model, "--weights", str(weights), "-q"])
+    t2, m2 = measured(ecdc + ["decompress", str(a.workdir / "long.ecdc"), "-o",
+                              str(a.workdir / "long_out.wav"), "-f", "--weights", str(weights), "-q"])
+    print(f"{a.model}, {seconds / 3600:.2f} h of audio ({wav.stat().st_size / 2**20:.0f} MiB WAV)")
+    print(f"| direction | wall time | real-time factor | peak RSS |")
+    print(f"|---|---|---|---|")
+    print(f"| compress | {t1:.0f} s | {seconds / t1:.1f}x | {m1:.0f} MB |")
+    print(f"| decompress | {t2:.0f} s | {seconds / t2:.1f}x | {m2:.0f} MB |")
+
+
+if __name__ == "__main__":
+    main()
