@@ -19,6 +19,7 @@ from .models import EncodecModel, ModelSpec, build_model
 
 CHUNK_SECONDS = 2.0      # encoder input per step, 24 kHz model (fastest measured)
 DECODE_FRAMES = 150      # decoder input per step, 24 kHz model
+SEGMENT_BATCH = 4        # 48 kHz segments whose LSTM steps run as one batch
 
 
 @dataclass
@@ -103,12 +104,25 @@ def _encode_stream(model, blocks, n_q, chunk) -> tp.Iterator[CodePacket]:
 
 def _encode_segments(model, blocks, n_q) -> tp.Iterator[CodePacket]:
     spec = model.spec
+    batch: tp.List[np.ndarray] = []
     for window, _ in _rebuffer(blocks, spec.segment_length, spec.segment_stride):
-        x = torch.from_numpy(np.ascontiguousarray(window))[None]
+        batch.append(np.ascontiguousarray(window))
+        if len(batch) == SEGMENT_BATCH:
+            yield from _encode_batch(model, batch, n_q)
+            batch = []
+    yield from _encode_batch(model, batch, n_q)
+
+
+def _encode_batch(model, windows: tp.List[np.ndarray], n_q: int) -> tp.Iterator[CodePacket]:
+    xs, scales = [], []
+    for window in windows:
+        x = torch.from_numpy(window)[None]
         mono = x.mean(dim=1, keepdim=True)
         scale = 1e-8 + mono.pow(2).mean(dim=2, keepdim=True).sqrt()
-        emb = model.encoder(x / scale)
-        yield CodePacket(_codes(model, emb, n_q), float(scale))
+        xs.append(x / scale)
+        scales.append(float(scale))
+    for emb, scale in zip(model.encoder.forward_many(xs), scales):
+        yield CodePacket(_codes(model, emb, n_q), scale)
 
 
 @torch.inference_mode()
@@ -176,10 +190,21 @@ class OverlapAdd:
 
 def _decode_segments(model, packets) -> tp.Iterator[np.ndarray]:
     ola = OverlapAdd(model.spec.segment_stride)
+    batch: tp.List[CodePacket] = []
+
+    def flush() -> tp.Iterator[np.ndarray]:
+        outs = model.decoder.forward_many([_embed(model, p.codes) for p in batch])
+        for out, packet in zip(outs, batch):
+            out = out * torch.tensor(packet.scale, dtype=torch.float32).view(-1, 1, 1)
+            yield ola.push(out[0]).numpy()
+
     for packet in packets:
-        out = model.decoder(_embed(model, packet.codes))
-        out = out * torch.tensor(packet.scale, dtype=torch.float32).view(-1, 1, 1)
-        yield ola.push(out[0]).numpy()
+        batch.append(packet)
+        if len(batch) == SEGMENT_BATCH:
+            yield from flush()
+            batch = []
+    if batch:
+        yield from flush()
     rest = ola.finish()
     if rest.numel():
         yield rest.numpy()

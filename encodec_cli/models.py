@@ -83,15 +83,20 @@ def extra_padding(length: int, kernel_size: int, stride: int, padding_total: int
 
 
 def pad1d_reflect(x: torch.Tensor, left: int, right: int) -> torch.Tensor:
-    """Reflect padding that also works on inputs shorter than the padding."""
+    """Reflect padding (the reference's rule, also for inputs shorter than the padding)."""
+    if not left and not right:
+        return x
     length = x.shape[-1]
-    max_pad = max(left, right)
-    extra = 0
-    if length <= max_pad:
-        extra = max_pad - length + 1
-        x = F.pad(x, (0, extra))
-    padded = F.pad(x, (left, right), "reflect")
-    return padded[..., :padded.shape[-1] - extra]
+    if length <= max(left, right):  # reflect over zeros appended first, as the reference does
+        extra = max(left, right) - length + 1
+        padded = F.pad(F.pad(x, (0, extra)), (left, right), "reflect")
+        return padded[..., :padded.shape[-1] - extra]
+    # the same values as F.pad(..., "reflect"), several times faster on CPU
+    parts = [x[..., 1:left + 1].flip(-1)] if left else []
+    parts.append(x)
+    if right:
+        parts.append(x[..., length - right - 1:length - 1].flip(-1))
+    return torch.cat(parts, -1)
 
 
 # ---------------------------------------------------------------- layers
@@ -292,6 +297,20 @@ class _Streamable(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def forward_many(self, xs: tp.Sequence[torch.Tensor]) -> tp.List[torch.Tensor]:
+        """`forward` on independent segments, with the LSTM run on all of them as one batch.
+
+        The LSTM is a memory-bound recurrence: a batch reads its weights once per step for
+        all segments. Convolutions stay per segment, so memory does not grow.
+        """
+        cut = next(i for i, m in enumerate(self.model) if isinstance(m, SLSTM))
+        hs = [self.model[:cut](x) for x in xs]
+        if len({h.shape for h in hs}) == 1 and len(hs) > 1:
+            hs = list(self.model[cut](torch.cat(hs)).split(1))
+        else:
+            hs = [self.model[cut](h) for h in hs]
+        return [self.model[cut + 1:](h) for h in hs]
 
     def reset(self) -> None:
         for m in self.modules():

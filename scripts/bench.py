@@ -38,17 +38,20 @@ ENV1 = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def run(cmd: list, env: dict | None = None) -> tuple:
-    """Wall seconds and peak RSS (MB) of one whole process."""
+    """Wall seconds and peak RSS (MB) of one whole process.
+
+    The RSS comes from /usr/bin/time: a child forked straight from this (large) process
+    would inherit its high-water mark through exec and report it as its own.
+    """
     full_env = dict(os.environ, **ENV1, **(env or {}))
-    t = time.perf_counter()
-    p = subprocess.Popen(cmd, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t
-    err = p.stderr.read().decode()
-    p.stderr.close()
-    if status:
-        sys.exit(f"failed ({status}): {' '.join(map(str, cmd))}\n{err[-3000:]}")
-    return wall, usage.ru_maxrss / 1024
+    with tempfile.NamedTemporaryFile("r") as rss:
+        t = time.perf_counter()
+        p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss.name] + [str(c) for c in cmd],
+                           env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wall = time.perf_counter() - t
+        if p.returncode:
+            sys.exit(f"failed: {' '.join(map(str, cmd))}\n{p.stderr.decode()[-3000:]}")
+        return wall, int(rss.read().split()[-1]) / 1024
 
 
 def looped(src: Path, seconds: float, dst: Path) -> Path:
@@ -160,7 +163,7 @@ def breakdown(name: str, wav: Path, weights: Path) -> dict:
     t["coder+container"] += clock() - t0
 
     t0 = clock()
-    decoded = [C.CodePacket(p.codes, p.scale) for p in F.Reader(io.BytesIO(buf.getvalue()))]
+    decoded = [C.CodePacket(p.codes, p.segments[0][1]) for p in F.Reader(io.BytesIO(buf.getvalue()))]
     t["container+coder (dec)"] += clock() - t0
     dec_step, dec_fwd, q_decode = model.decoder.step, model.decoder.forward, model.quantizer.decode
     model.decoder.step = timed(dec_step, "decoder")

@@ -103,3 +103,20 @@ def test_refuses_binary_to_terminal_only_when_terminal(tmp_path):
     p = subprocess.run(ECDC + ["compress", str(src), "-o", "-", "--weights", "/nonexistent"],
                        capture_output=True, env=env(), timeout=60)
     assert p.stderr.decode().startswith("Error: weights file /nonexistent does not exist")
+
+
+def test_help_and_info_do_not_import_torch(tmp_path):
+    golden = os.path.join(os.path.dirname(__file__), "..", "formats", "golden", "v1_raw_24khz.ecdc")
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from encodec_cli.cli import main\n"
+        "r = CliRunner().invoke(main, ['--help'])\n"
+        "assert r.exit_code == 0\n"
+        f"r = CliRunner().invoke(main, ['info', '--json', {golden!r}])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "assert 'torch' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.stdout.strip() == "ok", p.stderr
