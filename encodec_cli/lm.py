@@ -57,67 +57,88 @@ class LanguageModel(nn.Module):
         self.linears = nn.ModuleList([nn.Linear(DIM, CARD) for _ in range(n_q)])
 
     def fold(self) -> None:
-        """Stack the heads for one batched product; call once after loading."""
+        """Stack embeddings and heads for single gathers and products; once after loading."""
+        self.emb_table = torch.stack([e.weight for e in self.emb])            # [n_q, 1025, D]
         self.head_w = torch.stack([lin.weight for lin in self.linears]).transpose(1, 2).contiguous()
         self.head_b = torch.stack([lin.bias for lin in self.linears])[:, None, :].contiguous()
-        half = DIM // 2
-        adim = torch.arange(half).view(1, 1, -1)
-        self._inv_period = MAX_PERIOD ** (adim / (half - 1))
+        self._positions = torch.zeros(0, DIM)
         self.requires_grad_(False)
         self.eval()
+
+    def position(self, offset: int) -> torch.Tensor:
+        """The reference's sinusoidal embedding of one position, from a growing table."""
+        if offset >= len(self._positions):
+            half = DIM // 2
+            adim = torch.arange(half).view(1, 1, -1)
+            positions = torch.arange(max(1024, 2 * offset + 1)).view(1, -1, 1)
+            phase = positions / (MAX_PERIOD ** (adim / (half - 1)))
+            self._positions = torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)[0]
+        return self._positions[offset:offset + 1]
 
     def start(self, n_q: int) -> "LMState":
         return LMState(self, n_q)
 
 
 class LMState:
-    """One stream: the K/V cache of each layer, the position and the previous codes."""
+    """One stream: the K/V cache of each layer, the position and the previous codes.
+
+    Keys and values live in a buffer twice the context long; the window slides along it
+    and is moved back to the front when it reaches the end (amortised, no copy per step).
+    """
 
     def __init__(self, lm: LanguageModel, n_q: int):
         self.lm, self.n_q = lm, n_q
         self.offset = 0
         self.prev = torch.zeros(n_q, dtype=torch.long)
+        self._codebooks = torch.arange(n_q)
+        self.capacity = 2 * (lm.past_context + 1)
+        hd = DIM // HEADS
+        self.keys = [torch.zeros(HEADS, self.capacity, hd) for _ in lm.transformer.layers]
+        self.values = [torch.zeros(HEADS, self.capacity, hd) for _ in lm.transformer.layers]
         # the reference starts its past with one all-zero input row
         zero = torch.zeros(1, DIM)
-        self.keys, self.values = [], []
-        for layer in lm.transformer.layers:
-            k, v = self._kv(layer, zero)
-            self.keys.append(k)
-            self.values.append(v)
+        for i, layer in enumerate(lm.transformer.layers):
+            _, k, v = self._qkv(layer, zero)
+            self.keys[i][:, 0] = k[:, 0]
+            self.values[i][:, 0] = v[:, 0]
+        self.start, self.count = 0, 1
 
     @staticmethod
-    def _kv(layer: _Layer, x: torch.Tensor) -> tp.Tuple[torch.Tensor, torch.Tensor]:
+    def _qkv(layer: _Layer, x: torch.Tensor) -> tp.Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         a = layer.self_attn
-        w, b = a.in_proj_weight, a.in_proj_bias
-        k = F.linear(x, w[DIM:2 * DIM], b[DIM:2 * DIM])
-        v = F.linear(x, w[2 * DIM:], b[2 * DIM:])
-        return k.view(-1, HEADS, DIM // HEADS).transpose(0, 1), v.view(-1, HEADS, DIM // HEADS).transpose(0, 1)
+        qkv = F.linear(x, a.in_proj_weight, a.in_proj_bias).view(3, HEADS, 1, DIM // HEADS)
+        return qkv[0], qkv[1], qkv[2]
 
     @torch.inference_mode()
     def step(self) -> torch.Tensor:
         """Probabilities [n_q, 1024] of the next frame's codes."""
         lm = self.lm
-        x = lm.emb[0](self.prev[0:1])
-        for k in range(1, self.n_q):
-            x = x + lm.emb[k](self.prev[k:k + 1])
+        x = lm.emb_table[self._codebooks, self.prev].sum(0, keepdim=True)
         tr = lm.transformer
-        x = tr.norm_in(x)
-        phase = torch.tensor([[[self.offset]]]) / lm._inv_period
-        x = x + torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)[0]
+        x = F.layer_norm(x, (DIM,), tr.norm_in.weight, tr.norm_in.bias)
+        x = x + lm.position(self.offset)
+        pos = self.start + self.count
+        if pos == self.capacity:  # slide the window back to the front of the buffers
+            for buf in self.keys + self.values:
+                buf[:, :self.count] = buf[:, self.start:pos].clone()
+            self.start, pos = 0, self.count
         for i, layer in enumerate(tr.layers):
             a = layer.self_attn
-            q = F.linear(x, a.in_proj_weight[:DIM], a.in_proj_bias[:DIM])
-            k, v = self._kv(layer, x)
-            keys = torch.cat([self.keys[i], k], dim=1)
-            values = torch.cat([self.values[i], v], dim=1)
-            q = q.view(1, HEADS, DIM // HEADS).transpose(0, 1)
-            att = F.scaled_dot_product_attention(q, keys, values)
+            q, k, v = self._qkv(layer, x)
+            self.keys[i][:, pos] = k[:, 0]
+            self.values[i][:, pos] = v[:, 0]
+            att = F.scaled_dot_product_attention(q, self.keys[i][:, self.start:pos + 1],
+                                                 self.values[i][:, self.start:pos + 1])
             att = F.linear(att.transpose(0, 1).reshape(1, DIM), a.out_proj.weight, a.out_proj.bias)
-            # the cache keeps the last past_context inputs (the current one included)
-            self.keys[i] = keys[:, -lm.past_context:]
-            self.values[i] = values[:, -lm.past_context:]
-            x = layer.norm1(x + att)
-            x = layer.norm2(x + layer.linear2(F.gelu(layer.linear1(x))))
+            x = F.layer_norm(x + att, (DIM,), layer.norm1.weight, layer.norm1.bias)
+            ff = F.linear(F.gelu(F.linear(x, layer.linear1.weight, layer.linear1.bias)),
+                          layer.linear2.weight, layer.linear2.bias)
+            x = F.layer_norm(x + ff, (DIM,), layer.norm2.weight, layer.norm2.bias)
+        # the cache keeps the last past_context inputs (the current one included)
+        self.count += 1
+        if self.count > lm.past_context:
+            self.start += self.count - lm.past_context
+            self.count = lm.past_context
         logits = torch.baddbmm(lm.head_b[:self.n_q], x.expand(self.n_q, 1, DIM),
                                lm.head_w[:self.n_q])[:, 0]
         self.offset += 1

@@ -134,9 +134,6 @@ def breakdown(name: str, wav: Path, weights: Path) -> dict:
     blocks = [b.T for b in A.converted(src.blocks(), src.sample_rate, spec.sample_rate, spec.channels)]
     t["read+resample"] += clock() - t0
 
-    enc_step, q_encode = model.encoder.step, model.quantizer.encode
-    enc_fwd = model.encoder.forward
-
     def timed(fn, key):
         def wrapper(*a, **k):
             s = clock()
@@ -145,11 +142,17 @@ def breakdown(name: str, wav: Path, weights: Path) -> dict:
             return out
         return wrapper
 
-    model.encoder.step = timed(enc_step, "encoder")
-    model.encoder.forward = timed(enc_fwd, "encoder")
-    model.quantizer.encode = timed(q_encode, "quantizer")
+    def patch(obj, names, key):
+        saved = {n: getattr(obj, n) for n in names}
+        for n in names:
+            setattr(obj, n, timed(saved[n], key))
+        return lambda: [setattr(obj, n, f) for n, f in saved.items()]
+
+    restore = [patch(model.encoder, ("step", "forward_many"), "encoder"),
+               patch(model.quantizer, ("encode",), "quantizer")]
     packets = list(C.encode(codec, blocks, n_q))
-    model.encoder.step, model.encoder.forward, model.quantizer.encode = enc_step, enc_fwd, q_encode
+    for r in restore:
+        r()
 
     t0 = clock()
     import io
@@ -165,12 +168,11 @@ def breakdown(name: str, wav: Path, weights: Path) -> dict:
     t0 = clock()
     decoded = [C.CodePacket(p.codes, p.segments[0][1]) for p in F.Reader(io.BytesIO(buf.getvalue()))]
     t["container+coder (dec)"] += clock() - t0
-    dec_step, dec_fwd, q_decode = model.decoder.step, model.decoder.forward, model.quantizer.decode
-    model.decoder.step = timed(dec_step, "decoder")
-    model.decoder.forward = timed(dec_fwd, "decoder")
-    model.quantizer.decode = timed(q_decode, "dequantize")
+    restore = [patch(model.decoder, ("step", "forward_many"), "decoder"),
+               patch(model.quantizer, ("decode",), "dequantize")]
     out = list(C.decode(codec, decoded))
-    model.decoder.step, model.decoder.forward, model.quantizer.decode = dec_step, dec_fwd, q_decode
+    for r in restore:
+        r()
 
     t0 = clock()
     with tempfile.TemporaryDirectory() as d:
