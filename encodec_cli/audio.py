@@ -12,7 +12,6 @@ import struct
 import sys
 import tempfile
 import typing as tp
-from dataclasses import dataclass
 
 import numpy as np
 import soundfile as sf

@@ -76,7 +76,7 @@ def matmul_peak() -> float:
 
 def model_flops(name: str) -> dict:
     """FLOPs (2 x multiply-adds) per second of audio, counted layer by layer."""
-    from encodec_cli.models import SConv1d, SConvTranspose1d, SLSTM, build_model
+    from encodec_cli.models import SLSTM, SConv1d, SConvTranspose1d, build_model
 
     model = build_model(name)
     model.fold()

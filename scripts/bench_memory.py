@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 
 from encodec_cli.random_weights import write_checkpoints
@@ -64,8 +63,8 @@ def main() -> None:
     t2, m2 = measured(ecdc + ["decompress", str(a.workdir / "long.ecdc"), "-o",
                               str(a.workdir / "long_out.wav"), "-f", "--weights", str(weights), "-q"])
     print(f"{a.model}, {seconds / 3600:.2f} h of audio ({wav.stat().st_size / 2**20:.0f} MiB WAV)")
-    print(f"| direction | wall time | real-time factor | peak RSS |")
-    print(f"|---|---|---|---|")
+    print("| direction | wall time | real-time factor | peak RSS |")
+    print("|---|---|---|---|")
     print(f"| compress | {t1:.0f} s | {seconds / t1:.1f}x | {m1:.0f} MB |")
     print(f"| decompress | {t2:.0f} s | {seconds / t2:.1f}x | {m2:.0f} MB |")
 

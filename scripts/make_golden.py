@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-
 from encodec.model import EncodecModel, LMModel
 
 from encodec_cli.random_weights import lm_state, model_state
