@@ -368,9 +368,11 @@ class _Codebook(nn.Module):
         self.embed_sq = self.embed_t.pow(2).sum(0, keepdim=True)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        # same expression as the reference, so ties and rounding agree
-        dist = -(x.pow(2).sum(1, keepdim=True) - 2 * x @ self.embed_t + self.embed_sq)
-        return dist.max(dim=-1).indices
+        # The reference takes argmax of -(|x|^2 - 2 x.e + |e|^2). The same operations in
+        # the same order, in place: (-2 x.e) + |x|^2 equals |x|^2 - 2 x.e exactly, and
+        # argmin of d equals argmax of -d, first index on ties for both.
+        d = torch.mm(x, self.embed_t).mul_(-2).add_(x.pow(2).sum(1, keepdim=True))
+        return d.add_(self.embed_sq).min(dim=-1).indices
 
 
 class _VQ(nn.Module):
