@@ -86,6 +86,8 @@ def compress_stream(source: A.Source, fo: tp.BinaryIO, opts: CompressOptions,
 
     def source_blocks() -> tp.Iterator[np.ndarray]:
         for block in _chain(first, blocks):
+            if not np.isfinite(block).all():  # NaN or inf in a float file: silence / full scale
+                block = np.nan_to_num(block, nan=0.0, posinf=1.0, neginf=-1.0)
             counts["source"] += len(block)
             if progress:
                 progress(len(block) / source.sample_rate)

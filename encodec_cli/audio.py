@@ -248,10 +248,10 @@ class Sink(tp.Protocol):
 
 
 def _clip(x: np.ndarray, sink) -> np.ndarray:
-    over = np.abs(x) > 1.0
+    over = ~(np.abs(x) <= 1.0)  # NaN counts as out of range too
     if over.any():
         sink.clipped += int(over.sum())
-        x = np.clip(x, -1.0, 1.0)
+        x = np.clip(np.nan_to_num(x, nan=0.0), -1.0, 1.0)
     return x
 
 

@@ -3,7 +3,7 @@
 `encode` turns an iterator of [channels, n] float32 blocks into code packets as soon as
 they can be computed; `decode` turns packets back into audio blocks. Memory stays flat:
 the 24 kHz model keeps only its convolution and LSTM state between chunks, the 48 kHz
-model one 1 s segment and the overlap with the next.
+model a few 1 s segments (their LSTM steps run as one batch) and the overlap-add tail.
 """
 from __future__ import annotations
 

@@ -338,6 +338,22 @@ def test_clipping_is_counted_and_saturates(tmp_path):
     assert pipe.clipped == 2 and buf.getvalue()[-4:] == np.array([32767, -32768], "<i2").tobytes()
 
 
+def test_non_finite_input_samples(tmp_path, checkpoints):
+    x = tone(0.5, 24000)
+    x[100:200] = np.nan
+    x[300] = np.inf
+    sf.write(tmp_path / "nan.wav", x, 24000, subtype="FLOAT")
+    w = checkpoints["encodec_24khz"]
+    run("compress", tmp_path / "nan.wav", "--weights", w, "-q")
+    run("decompress", tmp_path / "nan.ecdc", "-o", tmp_path / "out.wav", "--bits", "float", "--weights", w, "-q")
+    out, _ = sf.read(tmp_path / "out.wav")
+    assert len(out) == len(x) and np.isfinite(out).all()
+    sink = A.FileSink(str(tmp_path / "c.wav"), 8000, 1, "16", "WAV")
+    sink.write(np.array([[np.nan], [0.5]], np.float32))
+    sink.close()
+    assert sink.clipped == 1 and sf.read(tmp_path / "c.wav", dtype="int16")[0].tolist() == [0, 16384]
+
+
 def test_help_lists_every_option():
     text = run("compress", "--help").output
     for opt in ("--bandwidth", "--model", "--weights", "--lm", "--lm-weights", "--force",
