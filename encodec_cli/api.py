@@ -19,9 +19,9 @@ import numpy as np
 from . import audio as A
 from . import container as F
 from .errors import AudioError, OptionError, WeightsError
+from .specs import SPECS
 
 MODELS = {"24khz": "encodec_24khz", "48khz": "encodec_48khz"}
-BANDWIDTHS = {"encodec_24khz": (1.5, 3.0, 6.0, 12.0, 24.0), "encodec_48khz": (3.0, 6.0, 12.0, 24.0)}
 HOP = 320
 PACKET_SECONDS = 8.0  # long enough that packet framing costs <1% of an LM-coded stream
 
@@ -36,10 +36,10 @@ class CompressOptions:
     progress: bool = True                   # download progress bars
 
     def check(self) -> None:
-        if self.model not in BANDWIDTHS:
+        if self.model not in SPECS:
             raise OptionError(f"unknown model {self.model}")
-        if self.bandwidth not in BANDWIDTHS[self.model]:
-            allowed = ", ".join(f"{b:g}" for b in BANDWIDTHS[self.model])
+        if self.bandwidth not in SPECS[self.model].bandwidths:
+            allowed = ", ".join(f"{b:g}" for b in SPECS[self.model].bandwidths)
             raise OptionError(f"{self.model} supports {allowed} kbps, not {self.bandwidth:g}")
 
 

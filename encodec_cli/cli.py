@@ -58,10 +58,6 @@ def _run(kind: str, src: str, dst: str, opts, force: bool, progress=None):
     return fn(src, dst, opts, force=force, progress=progress)
 
 
-def _worker_init(threads: int) -> None:
-    _set_threads(threads)
-
-
 def _duration(kind: str, src: str) -> tp.Optional[float]:
     """Seconds of audio in `src`, if cheap to know (for the progress bar)."""
     if src == "-":
@@ -111,7 +107,7 @@ def _execute(kind: str, inputs, output, suffix, opts, force, quiet, threads, job
                 except EcdcError as e:
                     report(src, dst, error=e)
         else:
-            with cf.ProcessPoolExecutor(min(jobs, len(plan)), initializer=_worker_init,
+            with cf.ProcessPoolExecutor(min(jobs, len(plan)), initializer=_set_threads,
                                         initargs=(threads,)) as pool:
                 futures = {pool.submit(_run, kind, s, d, opts, force): (s, d, dur)
                            for (s, d), dur in zip(plan, durations)}

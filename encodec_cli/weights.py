@@ -61,8 +61,7 @@ class Resolved:
     fingerprint: bytes  # first 8 bytes of the file's sha256, recorded in .ecdc headers
 
 
-def resolve(name: str, explicit: tp.Optional[Path] = None, download: bool = True,
-            progress: bool = True) -> Resolved:
+def resolve(name: str, explicit: tp.Optional[Path] = None, progress: bool = True) -> Resolved:
     """Find (or fetch) the checkpoint `name` and fingerprint it."""
     if explicit is not None:
         path = Path(explicit)
@@ -77,8 +76,6 @@ def resolve(name: str, explicit: tp.Optional[Path] = None, download: bool = True
         if path.is_file():
             return _verified(path, ck)
     target = folders[0]
-    if not download:
-        raise WeightsError(_missing(ck, target, "not found"))
     _download(ck, target, progress)
     return _verified(target / ck.filename, ck)
 
