@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
 import sys
 import tempfile
@@ -85,7 +86,7 @@ def compress_stream(source: A.Source, fo: tp.BinaryIO, opts: CompressOptions,
     counts = {"source": 0, "model": 0}
 
     def source_blocks() -> tp.Iterator[np.ndarray]:
-        for block in _chain(first, blocks):
+        for block in itertools.chain([first], blocks):
             if not np.isfinite(block).all():  # NaN or inf in a float file: silence / full scale
                 block = np.nan_to_num(block, nan=0.0, posinf=1.0, neginf=-1.0)
             counts["source"] += len(block)
@@ -129,11 +130,6 @@ def _grouped(code_packets, spec) -> tp.Iterator[tp.Tuple[np.ndarray, tp.List[F.S
         yield np.concatenate(codes), segments
 
 
-def _chain(first, rest):
-    yield first
-    yield from rest
-
-
 def decompress_stream(fo: tp.BinaryIO, open_sink: tp.Callable[[int, int], A.Sink],
                       opts: DecompressOptions, progress: Progress = None) -> Result:
     """Read an .ecdc stream and write its audio to the sink made by `open_sink(rate, channels)`."""
@@ -148,6 +144,7 @@ def decompress_stream(fo: tp.BinaryIO, open_sink: tp.Callable[[int, int], A.Sink
                            f"{h.weights_fingerprint.hex()}, loaded {codec.fingerprint.hex()}); "
                            f"pass the same --weights FILE")
     coder = make_decoder(h, opts, codec.spec)
+
     def packets() -> tp.Iterator[C.CodePacket]:
         for packet in reader:
             codes, start = coder.decode(packet), 0
@@ -155,21 +152,14 @@ def decompress_stream(fo: tp.BinaryIO, open_sink: tp.Callable[[int, int], A.Sink
                 yield C.CodePacket(codes[start:start + frames], scale)
                 start += frames
 
-    def model_length() -> tp.Optional[int]:
-        return h.num_samples if h.num_samples is not None else (
-            reader.end.num_samples if reader.end else None)
-
-    def source_length() -> tp.Optional[int]:
-        return h.source_num_samples if h.source_num_samples is not None else (
-            reader.end.source_num_samples if reader.end else None)
-
-    blocks = A.fit_length((a.T for a in C.decode(codec, packets())), model_length, HOP, h.channels)
+    blocks = A.fit_length((a.T for a in C.decode(codec, packets())),
+                          lambda: reader.num_samples, HOP, h.channels)
     rate, channels = h.sample_rate, h.channels
     if not opts.model_format:
         rate, channels = h.source_sample_rate, h.source_channels
         resampled = A.converted(blocks, h.sample_rate, rate, h.channels)
         blocks = A.fit_length((A.to_channels(b, channels) for b in resampled),
-                              source_length, 4096, channels)
+                              lambda: reader.source_num_samples, 4096, channels)
     sink = open_sink(rate, channels)
     written = 0
     try:

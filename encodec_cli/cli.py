@@ -70,8 +70,9 @@ def _duration(kind: str, src: str) -> tp.Optional[float]:
         from . import container
 
         with open(src, "rb") as f:
-            h = container.read_header(container._Input(f))
-        return None if h.num_samples is None else h.num_samples / h.sample_rate
+            reader = container.Reader(f)  # reads the header only
+        n = reader.num_samples
+        return None if n is None else n / reader.header.sample_rate
     except Exception:
         return None  # errors are reported when the file is processed
 

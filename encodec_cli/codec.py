@@ -45,12 +45,7 @@ def load_codec(name: str, weights: tp.Optional[Path] = None, progress: bool = Tr
     """Resolve, load strictly and fold the weights of model `name` (cached per process)."""
     key = (name, weights)
     if key not in _CACHE:
-        resolved = W.resolve(name, weights, progress=progress)
-        with torch.device("meta"):
-            model = build_model(name)
-        W.load_strict(model, W.load_state_dict(resolved.path), resolved.path)
-        model.fold()
-        _CACHE[key] = Codec(model, resolved.fingerprint)
+        _CACHE[key] = Codec(*W.load_model(name, lambda: build_model(name), weights, progress))
     return _CACHE[key]
 
 

@@ -224,6 +224,19 @@ class Reader:
         self.header = read_header(self._in)
         self.end: tp.Optional[End] = None
 
+    @property
+    def num_samples(self) -> tp.Optional[int]:
+        """Length at the model's rate: from the header, else from the end record once read."""
+        if self.header.num_samples is not None:
+            return self.header.num_samples
+        return self.end.num_samples if self.end else None
+
+    @property
+    def source_num_samples(self) -> tp.Optional[int]:
+        if self.header.source_num_samples is not None:
+            return self.header.source_num_samples
+        return self.end.source_num_samples if self.end else None
+
     def __iter__(self) -> tp.Iterator[Packet]:
         inp, h = self._in, self.header
         count = frames = 0

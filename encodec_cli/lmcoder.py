@@ -33,12 +33,8 @@ def load_lm(codec_name: str, weights: tp.Optional[Path], progress: bool = True
             ) -> tp.Tuple[LanguageModel, bytes]:
     key = (codec_name, weights)
     if key not in _CACHE:
-        resolved = W.resolve(checkpoint_name(codec_name), weights, progress=progress)
-        with torch.device("meta"):
-            lm = build_lm(codec_name)
-        W.load_strict(lm, W.load_state_dict(resolved.path), resolved.path)
-        lm.fold()
-        _CACHE[key] = (lm, resolved.fingerprint)
+        _CACHE[key] = W.load_model(checkpoint_name(codec_name), lambda: build_lm(codec_name),
+                                   weights, progress)
     return _CACHE[key]
 
 

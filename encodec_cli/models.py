@@ -122,6 +122,10 @@ class SConv1d(nn.Module):
             x = pad1d_reflect(x, pt - right, right + extra)
         return self._conv(x)
 
+    def _nothing(self, x: torch.Tensor) -> torch.Tensor:
+        """An output of no frames (the input does not yet fill a window)."""
+        return x.new_empty(x.shape[0], self.conv.params.bias.shape[0], 0)
+
     def reset(self) -> None:
         self._buf: tp.Optional[torch.Tensor] = None
         self._total = 0
@@ -136,7 +140,7 @@ class SConv1d(nn.Module):
             if buf.shape[-1] <= pt:
                 if not final:
                     self._buf = buf
-                    return buf[..., :0].new_empty(buf.shape[0], self.conv.params.bias.shape[0], 0)
+                    return self._nothing(buf)
                 self._buf = None
                 return self.forward(buf)
             if pt:
@@ -149,7 +153,7 @@ class SConv1d(nn.Module):
         n = (buf.shape[-1] - self.k_eff) // self.stride + 1 if buf.shape[-1] >= self.k_eff else 0
         self._buf = buf[..., n * self.stride:].clone()  # not a view: frees this step's input
         if n == 0:
-            return buf.new_empty(buf.shape[0], self.conv.params.bias.shape[0], 0)
+            return self._nothing(buf)
         return self._conv(buf[..., :(n - 1) * self.stride + self.k_eff])
 
 

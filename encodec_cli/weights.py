@@ -122,6 +122,23 @@ def _download(ck: Checkpoint, folder: Path, progress: bool) -> None:
             os.unlink(tmp)
 
 
+def load_model(name: str, build: tp.Callable[[], tp.Any], explicit: tp.Optional[Path] = None,
+               progress: bool = True) -> tp.Tuple[tp.Any, bytes]:
+    """Resolve checkpoint `name`, load it strictly into `build()` and fold it.
+
+    The module is built on the meta device and takes the loaded tensors as they are, so
+    the weights are in memory once. Returns (module, weights fingerprint).
+    """
+    import torch
+
+    resolved = resolve(name, explicit, progress=progress)
+    with torch.device("meta"):
+        module = build()
+    load_strict(module, load_state_dict(resolved.path), resolved.path)
+    module.fold()
+    return module, resolved.fingerprint
+
+
 def load_state_dict(path: Path) -> tp.Dict[str, tp.Any]:
     import torch
 
