@@ -21,6 +21,7 @@ from .specs import SPECS
 
 DIM, HEADS, LAYERS, HIDDEN, CARD = 200, 8, 5, 800, 1024
 MAX_PERIOD = 10000
+POSITION_BLOCK = 1024  # positions computed at a time: memory stays flat however long the stream
 
 
 class _Attention(nn.Module):
@@ -41,6 +42,15 @@ class _Layer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
 
 
+class _Table(nn.Module):
+    """An embedding table: the checkpoint's `emb.K.weight`. (nn.Embedding would draw random
+    values at construction, which on the meta device imports ~800 modules: 70 MB.)"""
+
+    def __init__(self, rows: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(rows, dim))
+
+
 class _Transformer(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
@@ -49,87 +59,98 @@ class _Transformer(nn.Module):
 
 
 class LanguageModel(nn.Module):
-    def __init__(self, n_q: int, past_context: int):
+    """The LM of a checkpoint with `n_q` codebooks, serving the first `used` of them."""
+
+    def __init__(self, n_q: int, past_context: int, used: tp.Optional[int] = None):
         super().__init__()
         self.n_q, self.past_context = n_q, past_context
+        self.used = n_q if used is None else used
         self.transformer = _Transformer(DIM)
-        self.emb = nn.ModuleList([nn.Embedding(CARD + 1, DIM) for _ in range(n_q)])
+        self.emb = nn.ModuleList([_Table(CARD + 1, DIM) for _ in range(n_q)])
         self.linears = nn.ModuleList([nn.Linear(DIM, CARD) for _ in range(n_q)])
 
     def fold(self) -> None:
-        """Stack embeddings and heads for single gathers and products; once after loading."""
-        self.emb_table = torch.stack([e.weight for e in self.emb])            # [n_q, 1025, D]
-        self.head_w = torch.stack([lin.weight for lin in self.linears]).transpose(1, 2).contiguous()
-        self.head_b = torch.stack([lin.bias for lin in self.linears])[:, None, :].contiguous()
-        self._positions = torch.zeros(0, DIM)
+        """Stack the used codebooks' embeddings and heads for single gathers and products,
+        and drop the per-codebook modules (the others' weights are freed); once after loading."""
+        self.emb_table = torch.stack([e.weight for e in self.emb[:self.used]])    # [used, 1025, D]
+        self.head_w = torch.stack([lin.weight for lin in self.linears[:self.used]]).transpose(1, 2).contiguous()
+        self.head_b = torch.stack([lin.bias for lin in self.linears[:self.used]])[:, None, :].contiguous()
+        del self.emb, self.linears
+        self._positions, self._position_block = torch.zeros(0, DIM), -1
         self.requires_grad_(False)
         self.eval()
 
     def position(self, offset: int) -> torch.Tensor:
-        """The reference's sinusoidal embedding of one position, from a growing table."""
-        if offset >= len(self._positions):
+        """The reference's sinusoidal embedding of one position, from a table of one block."""
+        block = offset // POSITION_BLOCK
+        if block != self._position_block:
             half = DIM // 2
             adim = torch.arange(half).view(1, 1, -1)
-            positions = torch.arange(max(1024, 2 * offset + 1)).view(1, -1, 1)
+            positions = torch.arange(block * POSITION_BLOCK, (block + 1) * POSITION_BLOCK).view(1, -1, 1)
             phase = positions / (MAX_PERIOD ** (adim / (half - 1)))
             self._positions = torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)[0]
-        return self._positions[offset:offset + 1]
+            self._position_block = block
+        i = offset - block * POSITION_BLOCK
+        return self._positions[i:i + 1]
 
-    def start(self, n_q: int) -> "LMState":
-        return LMState(self, n_q)
+    def start(self, n_q: int, batch: int = 1) -> "LMState":
+        if n_q > self.used:
+            raise ValueError(f"this LM serves {self.used} codebooks, not {n_q}")
+        return LMState(self, n_q, batch)
 
 
 class LMState:
-    """One stream: the K/V cache of each layer, the position and the previous codes.
+    """`batch` streams stepped together: each layer's K/V cache, the position, the previous codes.
 
-    Keys and values live in a buffer twice the context long; the window slides along it
-    and is moved back to the front when it reaches the end (amortised, no copy per step).
+    The streams start together and advance together. Keys and values live in a buffer twice
+    the context long; the window slides along it and is moved back to the front when it
+    reaches the end (amortised, no copy per step).
     """
 
-    def __init__(self, lm: LanguageModel, n_q: int):
-        self.lm, self.n_q = lm, n_q
+    def __init__(self, lm: LanguageModel, n_q: int, batch: int = 1):
+        self.lm, self.n_q, self.batch = lm, n_q, batch
         self.offset = 0
-        self.prev = torch.zeros(n_q, dtype=torch.long)
+        self.prev = torch.zeros(batch, n_q, dtype=torch.long)
         self._codebooks = torch.arange(n_q)
         self.capacity = 2 * (lm.past_context + 1)
         hd = DIM // HEADS
-        self.keys = [torch.zeros(HEADS, self.capacity, hd) for _ in lm.transformer.layers]
-        self.values = [torch.zeros(HEADS, self.capacity, hd) for _ in lm.transformer.layers]
+        self.keys = [torch.zeros(batch, HEADS, self.capacity, hd) for _ in lm.transformer.layers]
+        self.values = [torch.zeros(batch, HEADS, self.capacity, hd) for _ in lm.transformer.layers]
         # the reference starts its past with one all-zero input row
-        zero = torch.zeros(1, DIM)
+        zero = torch.zeros(batch, DIM)
         for i, layer in enumerate(lm.transformer.layers):
             _, k, v = self._qkv(layer, zero)
-            self.keys[i][:, 0] = k[:, 0]
-            self.values[i][:, 0] = v[:, 0]
+            self.keys[i][:, :, 0] = k
+            self.values[i][:, :, 0] = v
         self.start, self.count = 0, 1
 
-    @staticmethod
-    def _qkv(layer: _Layer, x: torch.Tensor) -> tp.Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _qkv(self, layer: _Layer, x: torch.Tensor) -> tp.Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         a = layer.self_attn
-        qkv = F.linear(x, a.in_proj_weight, a.in_proj_bias).view(3, HEADS, 1, DIM // HEADS)
-        return qkv[0], qkv[1], qkv[2]
+        qkv = F.linear(x, a.in_proj_weight, a.in_proj_bias).view(self.batch, 3, HEADS, DIM // HEADS)
+        return qkv[:, 0], qkv[:, 1], qkv[:, 2]
 
     @torch.inference_mode()
     def step(self) -> torch.Tensor:
-        """Probabilities [n_q, 1024] of the next frame's codes."""
+        """Probabilities [batch, n_q, 1024] of the next frame's codes."""
         lm = self.lm
-        x = lm.emb_table[self._codebooks, self.prev].sum(0, keepdim=True)
+        x = lm.emb_table[self._codebooks, self.prev].sum(1)
         tr = lm.transformer
         x = F.layer_norm(x, (DIM,), tr.norm_in.weight, tr.norm_in.bias)
         x = x + lm.position(self.offset)
         pos = self.start + self.count
         if pos == self.capacity:  # slide the window back to the front of the buffers
             for buf in self.keys + self.values:
-                buf[:, :self.count] = buf[:, self.start:pos].clone()
+                buf[:, :, :self.count] = buf[:, :, self.start:pos].clone()
             self.start, pos = 0, self.count
         for i, layer in enumerate(tr.layers):
             a = layer.self_attn
             q, k, v = self._qkv(layer, x)
-            self.keys[i][:, pos] = k[:, 0]
-            self.values[i][:, pos] = v[:, 0]
-            att = F.scaled_dot_product_attention(q, self.keys[i][:, self.start:pos + 1],
-                                                 self.values[i][:, self.start:pos + 1])
-            att = F.linear(att.transpose(0, 1).reshape(1, DIM), a.out_proj.weight, a.out_proj.bias)
+            self.keys[i][:, :, pos] = k
+            self.values[i][:, :, pos] = v
+            # 4-d inputs take torch's fused CPU attention kernel
+            att = F.scaled_dot_product_attention(q[:, :, None], self.keys[i][:, :, self.start:pos + 1],
+                                                 self.values[i][:, :, self.start:pos + 1])
+            att = F.linear(att.reshape(self.batch, DIM), a.out_proj.weight, a.out_proj.bias)
             x = F.layer_norm(x + att, (DIM,), layer.norm1.weight, layer.norm1.bias)
             ff = F.linear(F.gelu(F.linear(x, layer.linear1.weight, layer.linear1.bias)),
                           layer.linear2.weight, layer.linear2.bias)
@@ -139,23 +160,24 @@ class LMState:
         if self.count > lm.past_context:
             self.start += self.count - lm.past_context
             self.count = lm.past_context
-        logits = torch.baddbmm(lm.head_b[:self.n_q], x.expand(self.n_q, 1, DIM),
-                               lm.head_w[:self.n_q])[:, 0]
+        logits = torch.baddbmm(lm.head_b[:self.n_q], x.expand(self.n_q, self.batch, DIM),
+                               lm.head_w[:self.n_q])
         self.offset += 1
-        return torch.softmax(logits, dim=-1)
+        return torch.softmax(logits, dim=-1).transpose(0, 1)
 
     def push(self, codes: torch.Tensor) -> None:
-        """Feed the codes [n_q] of the frame just coded."""
-        self.prev = codes.long() + 1
+        """Feed the codes [batch, n_q] of the frame just coded."""
+        self.prev = codes.long().view(self.batch, self.n_q) + 1
 
 
 def past_context(name: str) -> int:
     return int(3.5 * SPECS[name].frame_rate)
 
 
-def build_lm(name: str) -> LanguageModel:
-    """The LM for codec `name` ('encodec_24khz' or 'encodec_48khz')."""
-    return LanguageModel(SPECS[name].n_q, past_context(name))
+def build_lm(name: str, used: tp.Optional[int] = None) -> LanguageModel:
+    """The LM for codec `name` ('encodec_24khz' or 'encodec_48khz'), for its first `used`
+    codebooks (all by default)."""
+    return LanguageModel(SPECS[name].n_q, past_context(name), used)
 
 
 def checkpoint_name(name: str) -> str:

@@ -1,10 +1,12 @@
 """Peak memory of ecdc on a long file: compress and decompress, measured by /usr/bin/time -v.
 
-    python scripts/bench_memory.py [--hours 2] [--model 24khz] [--workdir /tmp/ecdc-mem]
+    python scripts/bench_memory.py [--hours 2] [--model 24khz] [--lm] [--workdir /tmp/ecdc-mem]
 
 Writes a WAV of the given length (the shared recording looped, written block by block),
 random official-architecture weights, then runs the installed `ecdc` on it.
 The requirement: peak RSS at most 500 MB for a two-hour 24 kHz file, both directions.
+With --lm, the language model codes the file (random LM weights: most packets fall back to
+raw, but the 24 kHz LM still runs over every frame in both directions).
 """
 from __future__ import annotations
 
@@ -49,20 +51,24 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--hours", type=float, default=2.0)
     ap.add_argument("--model", choices=["24khz", "48khz"], default="24khz")
+    ap.add_argument("--lm", action="store_true", help="entropy-code with the language model")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/ecdc-mem"))
     a = ap.parse_args()
     a.workdir.mkdir(parents=True, exist_ok=True)
-    weights = write_checkpoints(a.workdir / "weights", lm=False)[f"encodec_{a.model}"]
+    checkpoints = write_checkpoints(a.workdir / "weights", lm=a.lm)
+    weights = checkpoints[f"encodec_{a.model}"]
+    lm = ["--lm", "--lm-weights", str(checkpoints[f"encodec_lm_{a.model}"])] if a.lm else []
     wav = a.workdir / f"long_{a.model}.wav"
     if not wav.exists() or sf.info(wav).duration != a.hours * 3600:
         long_wav(wav, a.hours, a.model)
     seconds = sf.info(wav).duration
     ecdc = [sys.executable, "-m", "encodec_cli"]
     t1, m1 = measured(ecdc + ["compress", str(wav), "-o", str(a.workdir / "long.ecdc"), "-f",
-                              "--model", a.model, "--weights", str(weights), "-q"])
+                              "--model", a.model, "--weights", str(weights), "-q", *lm])
     t2, m2 = measured(ecdc + ["decompress", str(a.workdir / "long.ecdc"), "-o",
-                              str(a.workdir / "long_out.wav"), "-f", "--weights", str(weights), "-q"])
-    print(f"{a.model}, {seconds / 3600:.2f} h of audio ({wav.stat().st_size / 2**20:.0f} MiB WAV)")
+                              str(a.workdir / "long_out.wav"), "-f", "--weights", str(weights), "-q",
+                              *lm[2:]])
+    print(f"{a.model}{' --lm' if a.lm else ''}, {seconds / 3600:.2f} h of audio ({wav.stat().st_size / 2**20:.0f} MiB WAV)")
     print("| direction | wall time | real-time factor | peak RSS |")
     print("|---|---|---|---|")
     print(f"| compress | {t1:.0f} s | {seconds / t1:.1f}x | {m1:.0f} MB |")

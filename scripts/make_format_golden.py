@@ -2,9 +2,10 @@
 
     python scripts/make_format_golden.py
 
-Run once per format version; the tests read these files forever after, so that every later
-ecdc still decodes version 1. The LM-coded file uses the seeded random LM (seed 1234) and
-codes that this LM predicts well, so that its packets really are range coded.
+The tests read these files, so that every later ecdc still decodes version 1. The LM-coded
+files use the seeded random LM (seed 1234) and codes that this LM predicts well, so that
+their packets really are range coded; they are bound to the LM's arithmetic (see the
+specification's revision notes).
 """
 from __future__ import annotations
 
@@ -86,32 +87,58 @@ def raw_48khz_pipe() -> None:
     save("v1_raw_48khz_pipe", buf.getvalue(), h, packets, end)
 
 
-def lm_24khz() -> None:
+def random_lm(name: str):
     torch.manual_seed(0)
-    lm = build_lm("encodec_24khz")
-    lm.load_state_dict(lm_state("encodec_24khz", 1234))
+    lm = build_lm(name)
+    lm.load_state_dict(lm_state(name, 1234))
     lm.fold()
-    k = 4
-    # codes the LM itself finds likely: greedy steps of the LM
+    return lm
+
+
+def likely_codes(lm, k: int, frames: int, first=None) -> np.ndarray:
+    """Codes the LM itself finds likely: greedy steps of the LM (after `first`, if given)."""
     state, codes = lm.start(k), []
-    for _ in range(60):
-        frame = state.step().argmax(dim=-1)
+    for t in range(frames):
+        frame = state.step()[0].argmax(dim=-1)
+        if t == 0 and first is not None:
+            frame = torch.tensor(first)
         state.push(frame)
         codes.append(frame.numpy().astype(np.uint16))
-    codes = np.stack(codes)
-    codes[50:] = np.random.default_rng(3).integers(0, 1024, (10, k))  # unlikely: stored raw
-    enc = LMEncoder(lm, LM_FP, SPECS["encodec_24khz"], k)
-    h = header("encodec_24khz", "lm", k, 3.0, 24000, 1)
+    return np.stack(codes)
+
+
+def lm_file(name: str, model: str, k: int, bw: float, parts: list, expect_flags: list) -> None:
+    """Code `parts` (codes, segments) as the LM coder would and save them."""
+    enc = LMEncoder(random_lm(model), LM_FP, SPECS[model], k)
+    h = header(model, "lm", k, bw, SPECS[model].sample_rate, SPECS[model].channels)
     buf = io.BytesIO()
     w = F.Writer(buf, h)
     packets = []
-    for part in (codes[:25], codes[25:50], codes[50:]):
-        payload, flags = enc.encode(part, [(len(part), 1.0)])
-        w.write_packet([(len(part), 1.0)], payload, flags)
-        packets.append((part, [(len(part), 1.0)], flags))
-    assert [p[2] for p in packets] == [0, 0, F.FLAG_RAW]
-    end = w.finish(60 * 320, 60 * 320)
-    save("v1_lm_24khz", buf.getvalue(), h, packets, end)
+    for codes, segments in parts:
+        payload, flags = enc.encode(codes, segments)
+        w.write_packet(segments, payload, flags)
+        packets.append((codes, segments, flags))
+    assert [p[2] for p in packets] == expect_flags
+    frames = sum(len(c) for c, _ in parts)
+    end = w.finish(frames * 320, frames * 320)
+    save(name, buf.getvalue(), h, packets, end)
+
+
+def lm_24khz() -> None:
+    codes = likely_codes(random_lm("encodec_24khz"), 4, 60)
+    codes[50:] = np.random.default_rng(3).integers(0, 1024, (10, 4))  # unlikely: stored raw
+    parts = [(part, [(len(part), 1.0)]) for part in (codes[:25], codes[25:50], codes[50:])]
+    lm_file("v1_lm_24khz", "encodec_24khz", 4, 3.0, parts, [0, 0, F.FLAG_RAW])
+
+
+def lm_48khz() -> None:
+    """Segments of one packet are coded in lockstep; the last one is shorter."""
+    lm = random_lm("encodec_48khz")
+    segs = [likely_codes(lm, 4, n, first=[i, 2 * i, 3 * i, 4 * i]) for i, n in enumerate((30, 30, 12))]
+    noise = np.random.default_rng(4).integers(0, 1024, (24, 4)).astype(np.uint16)
+    parts = [(np.concatenate(segs), [(30, 0.5), (30, 0.25), (12, 0.125)]),
+             (noise, [(12, 0.5), (12, 0.5)])]
+    lm_file("v1_lm_48khz", "encodec_48khz", 4, 6.0, parts, [0, F.FLAG_RAW])
 
 
 def main() -> None:
@@ -119,6 +146,7 @@ def main() -> None:
     raw_24khz()
     raw_48khz_pipe()
     lm_24khz()
+    lm_48khz()
 
 
 if __name__ == "__main__":

@@ -176,7 +176,7 @@ def lm_coded_file(path: Path, checkpoints) -> np.ndarray:
     """An LM-coded file whose packets really are range coded (codes the LM likes)."""
     w, lw = checkpoints["encodec_24khz"], checkpoints["encodec_lm_24khz"]
     codec = C.load_codec("encodec_24khz", w)
-    lm, lm_fp = load_lm("encodec_24khz", lw)
+    lm, lm_fp = load_lm("encodec_24khz", lw, 4)
     codes = likely_codes(lm, 4, 80)
     spec = SPECS["encodec_24khz"]
     h = F.Header(spec.name, "lm", 4, 3.0, 24000, 1, 24000, 1, None, None, codec.fingerprint, lm_fp)

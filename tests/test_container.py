@@ -87,7 +87,7 @@ def test_pipe_leaves_lengths_to_end_record():
     assert reader.end.num_samples == 35 * 320 - 7
 
 
-@pytest.mark.parametrize("name", ["v1_raw_24khz", "v1_raw_48khz_pipe", "v1_lm_24khz"])
+@pytest.mark.parametrize("name", ["v1_raw_24khz", "v1_raw_48khz_pipe", "v1_lm_24khz", "v1_lm_48khz"])
 def test_golden_files_still_read(name):
     doc = json.loads((GOLDEN / f"{name}.codes.json").read_text())
     reader, packets = read_all((GOLDEN / f"{name}.ecdc").read_bytes())

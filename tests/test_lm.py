@@ -1,6 +1,7 @@
 """The language model against the reference, and the LM range coder."""
 from __future__ import annotations
 
+import functools
 import io
 import json
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 
 from encodec_cli import container as F
 from encodec_cli.errors import CorruptError
-from encodec_cli.lm import build_lm
+from encodec_cli.lm import DIM, MAX_PERIOD, POSITION_BLOCK, LMState, build_lm
 from encodec_cli.lmcoder import LMDecoder, LMEncoder
 from encodec_cli.models import SPECS
 from encodec_cli.random_weights import lm_state
@@ -23,6 +24,7 @@ from .test_models import manifest
 FORMATS = Path(__file__).resolve().parents[1] / "formats" / "golden"
 
 
+@functools.lru_cache(maxsize=None)
 def random_lm(name: str):
     lm = build_lm(name)
     lm.load_state_dict(lm_state(name, 1234))
@@ -46,7 +48,7 @@ def test_lm_probabilities_match_reference(name):
     state = random_lm(name).start(codes.shape[1])
     got = []
     for t in range(len(codes)):
-        p = state.step()
+        p = state.step()[0]
         if t in steps:
             got.append(p.numpy())
         state.push(torch.from_numpy(codes[t].astype(np.int64)))
@@ -54,10 +56,22 @@ def test_lm_probabilities_match_reference(name):
     assert err <= 1e-5, err
 
 
+def test_positions_are_exact_and_memory_stays_flat():
+    """Hours into a stream, the position table is still one block (it once grew with the stream)."""
+    lm = random_lm("encodec_24khz")
+    half = DIM // 2
+    scale = MAX_PERIOD ** (torch.arange(half) / (half - 1))
+    for offset in (0, POSITION_BLOCK - 1, POSITION_BLOCK, 540_000):  # 540,000 frames: 2 hours
+        phase = torch.tensor([offset]) / scale
+        expected = torch.cat([torch.cos(phase), torch.sin(phase)])[None]
+        torch.testing.assert_close(lm.position(offset), expected, rtol=0, atol=1e-6)
+        assert lm._positions.shape == (POSITION_BLOCK, DIM)
+
+
 def likely_codes(lm, k: int, frames: int) -> np.ndarray:
     state, out = lm.start(k), []
     for _ in range(frames):
-        frame = state.step().argmax(-1)
+        frame = state.step()[0].argmax(-1)
         state.push(frame)
         out.append(frame.numpy().astype(np.uint16))
     return np.stack(out)
@@ -118,20 +132,79 @@ def test_48khz_restarts_the_lm_every_segment():
     np.testing.assert_array_equal(LMDecoder(lm, spec, 4).decode(packets[0]), both)
 
 
-def test_golden_lm_file_decodes(lm24):
-    doc = json.loads((FORMATS / "v1_lm_24khz.codes.json").read_text())
-    reader = F.Reader(io.BytesIO((FORMATS / "v1_lm_24khz.ecdc").read_bytes()))
-    dec = LMDecoder(lm24, SPECS["encodec_24khz"], reader.header.n_codebooks)
+def test_48khz_segments_step_together_like_separate_streams():
+    """A packet's segments run as one batch: same probabilities as one stream each, to rounding."""
+    lm = random_lm("encodec_48khz")
+    spec = SPECS["encodec_48khz"]
+    lengths = (20, 7, 20)
+    parts = [likely_codes(lm, 4, n) for n in lengths]
+    for i, part in enumerate(parts):
+        part[::3] = (part[::3] + 17 * i) % 1024  # streams that differ
+    batch = lm.start(4, len(parts))
+    singles = [lm.start(4) for _ in parts]
+    for t in range(max(lengths)):
+        together = batch.step()
+        frames = np.stack([part[min(t, len(part) - 1)] for part in parts])
+        for i, single in enumerate(singles):
+            torch.testing.assert_close(together[i], single.step()[0], rtol=0, atol=1e-6)
+            single.push(torch.from_numpy(frames[i].astype(np.int64)))
+        batch.push(torch.from_numpy(frames.astype(np.int64)))
+    # a packet of unequal segments round trips; the short one stops coding after 7 frames
+    both = np.concatenate(parts)
+    enc = LMEncoder(lm, bytes(8), spec, 4)
+    packets = code_packets(enc, [both], [tuple((n, 1.0) for n in lengths)])
+    assert packets[0].flags == 0
+    np.testing.assert_array_equal(LMDecoder(lm, spec, 4).decode(packets[0]), both)
+
+
+@pytest.mark.parametrize("name", ["encodec_24khz", "encodec_48khz"])
+def test_threads_do_not_change_the_bitstream(name):
+    """More torch threads round the LM differently; the coder pins it to one."""
+    lm, spec = random_lm(name), SPECS[name]
+    parts = [likely_codes(lm, 4, 30), likely_codes(lm, 4, 30)[::-1].copy()]
+    segments = [((30, 1.0),), ((15, 1.0), (15, 1.0))] if not spec.causal else None
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        packets = code_packets(LMEncoder(lm, bytes(8), spec, 4), parts, segments)
+        torch.set_num_threads(1)
+        dec = LMDecoder(lm, spec, 4)
+        for packet, part in zip(packets, parts):
+            assert packet.flags == 0
+            np.testing.assert_array_equal(dec.decode(packet), part)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads
+
+
+def test_48khz_raw_packet_needs_no_lm_work(monkeypatch):
+    lm = random_lm("encodec_48khz")
+    spec = SPECS["encodec_48khz"]
+    noise = np.random.default_rng(1).integers(0, 1024, (40, 4)).astype(np.uint16)
+    packets = code_packets(LMEncoder(lm, bytes(8), spec, 4), [noise], [((20, 1.0), (20, 1.0))])
+    assert packets[0].flags == F.FLAG_RAW
+    monkeypatch.setattr(LMState, "step", lambda self: pytest.fail("LM stepped for a raw packet"))
+    np.testing.assert_array_equal(LMDecoder(lm, spec, 4).decode(packets[0]), noise)
+
+
+@pytest.mark.parametrize("name", ["v1_lm_24khz", "v1_lm_48khz"])
+def test_golden_lm_file_decodes(name):
+    doc = json.loads((FORMATS / f"{name}.codes.json").read_text())
+    reader = F.Reader(io.BytesIO((FORMATS / f"{name}.ecdc").read_bytes()))
+    model = reader.header.model
+    dec = LMDecoder(random_lm(model), SPECS[model], reader.header.n_codebooks)
     for packet, expected in zip(reader, doc["packets"]):
         np.testing.assert_array_equal(dec.decode(packet), np.array(expected["codes"]))
 
 
-def test_range_coder_bytes_are_stable(lm24):
+@pytest.mark.parametrize("name", ["v1_lm_24khz", "v1_lm_48khz"])
+def test_range_coder_bytes_are_stable(name):
     """An upgrade of constriction or torch that changes the bitstream is caught here."""
-    packets = list(F.Reader(io.BytesIO((FORMATS / "v1_lm_24khz.ecdc").read_bytes())))
-    doc = json.loads((FORMATS / "v1_lm_24khz.codes.json").read_text())
-    enc = LMEncoder(lm24, bytes(8), SPECS["encodec_24khz"], 4)
-    for packet, expected in zip(packets, doc["packets"]):
+    reader = F.Reader(io.BytesIO((FORMATS / f"{name}.ecdc").read_bytes()))
+    doc = json.loads((FORMATS / f"{name}.codes.json").read_text())
+    model, k = reader.header.model, reader.header.n_codebooks
+    enc = LMEncoder(random_lm(model), bytes(8), SPECS[model], k)
+    for packet, expected in zip(reader, doc["packets"]):
         codes = np.array(expected["codes"], np.uint16)
         payload, flags = enc.encode(codes, [tuple(x) for x in expected["segments"]])
         assert (payload, flags) == (packet.payload, packet.flags)
@@ -145,7 +218,7 @@ def test_perturbed_probabilities_fail_loudly(lm24, monkeypatch):
 
     def perturbed(self, state):
         p = original(self, state)
-        noise = np.random.default_rng(int(p[0, 0] * 1e9) % 2**32).random(p.shape) * 1e-3
+        noise = np.random.default_rng(int(p.flat[0] * 1e9) % 2**32).random(p.shape) * 1e-3
         return p + noise
 
     monkeypatch.setattr(LMDecoder, "probabilities", perturbed)
