@@ -68,7 +68,8 @@ def main() -> None:
     t2, m2 = measured(ecdc + ["decompress", str(a.workdir / "long.ecdc"), "-o",
                               str(a.workdir / "long_out.wav"), "-f", "--weights", str(weights), "-q",
                               *lm[2:]])
-    print(f"{a.model}{' --lm' if a.lm else ''}, {seconds / 3600:.2f} h of audio ({wav.stat().st_size / 2**20:.0f} MiB WAV)")
+    mode = " --lm" if a.lm else ""
+    print(f"{a.model}{mode}, {seconds / 3600:.2f} h of audio ({wav.stat().st_size / 2**20:.0f} MiB WAV)")
     print("| direction | wall time | real-time factor | peak RSS |")
     print("|---|---|---|---|")
     print(f"| compress | {t1:.0f} s | {seconds / t1:.1f}x | {m1:.0f} MB |")
