@@ -76,6 +76,14 @@ class LanguageModel(nn.Module):
         self.head_w = torch.stack([lin.weight for lin in self.linears[:self.used]]).transpose(1, 2).contiguous()
         self.head_b = torch.stack([lin.bias for lin in self.linears[:self.used]])[:, None, :].contiguous()
         del self.emb, self.linears
+        # plain tensors for the step loop (module attribute lookups cost ~5% of a step)
+        tr = self.transformer
+        self.norm_in = (tr.norm_in.weight, tr.norm_in.bias)
+        self.layers = [(t.self_attn.in_proj_weight, t.self_attn.in_proj_bias,
+                        t.self_attn.out_proj.weight, t.self_attn.out_proj.bias,
+                        t.norm1.weight, t.norm1.bias, t.linear1.weight, t.linear1.bias,
+                        t.linear2.weight, t.linear2.bias, t.norm2.weight, t.norm2.bias)
+                       for t in tr.layers]
         self._positions, self._position_block = torch.zeros(0, DIM), -1
         self.requires_grad_(False)
         self.eval()
@@ -113,48 +121,42 @@ class LMState:
         self.prev = torch.zeros(batch, n_q, dtype=torch.long)
         self._codebooks = torch.arange(n_q)
         self.capacity = 2 * (lm.past_context + 1)
-        hd = DIM // HEADS
-        self.keys = [torch.zeros(batch, HEADS, self.capacity, hd) for _ in lm.transformer.layers]
-        self.values = [torch.zeros(batch, HEADS, self.capacity, hd) for _ in lm.transformer.layers]
+        # per layer: keys and values, [2, batch, heads, capacity, head dim]
+        self.kv = [torch.zeros(2, batch, HEADS, self.capacity, DIM // HEADS) for _ in lm.layers]
         # the reference starts its past with one all-zero input row
         zero = torch.zeros(batch, DIM)
-        for i, layer in enumerate(lm.transformer.layers):
-            _, k, v = self._qkv(layer, zero)
-            self.keys[i][:, :, 0] = k
-            self.values[i][:, :, 0] = v
+        for kv, weights in zip(self.kv, lm.layers):
+            self._qkv(zero, kv, 0, weights)
         self.start, self.count = 0, 1
 
-    def _qkv(self, layer: _Layer, x: torch.Tensor) -> tp.Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        a = layer.self_attn
-        qkv = F.linear(x, a.in_proj_weight, a.in_proj_bias).view(self.batch, 3, HEADS, DIM // HEADS)
-        return qkv[:, 0], qkv[:, 1], qkv[:, 2]
+    def _qkv(self, x: torch.Tensor, kv: torch.Tensor, pos: int, weights) -> torch.Tensor:
+        """Store the keys and values of `x` at `pos`; return its queries [batch, heads, 1, head dim]."""
+        qkv = F.linear(x, weights[0], weights[1]).view(self.batch, 3, HEADS, DIM // HEADS)
+        kv.select(3, pos).copy_(qkv[:, 1:].transpose(0, 1))
+        return qkv[:, 0, :, None]
 
     @torch.inference_mode()
     def step(self) -> torch.Tensor:
         """Probabilities [batch, n_q, 1024] of the next frame's codes."""
         lm = self.lm
         x = lm.emb_table[self._codebooks, self.prev].sum(1)
-        tr = lm.transformer
-        x = F.layer_norm(x, (DIM,), tr.norm_in.weight, tr.norm_in.bias)
+        x = F.layer_norm(x, (DIM,), *lm.norm_in)
         x = x + lm.position(self.offset)
         pos = self.start + self.count
         if pos == self.capacity:  # slide the window back to the front of the buffers
-            for buf in self.keys + self.values:
-                buf[:, :, :self.count] = buf[:, :, self.start:pos].clone()
+            for kv in self.kv:
+                kv[:, :, :, :self.count] = kv[:, :, :, self.start:pos].clone()
             self.start, pos = 0, self.count
-        for i, layer in enumerate(tr.layers):
-            a = layer.self_attn
-            q, k, v = self._qkv(layer, x)
-            self.keys[i][:, :, pos] = k
-            self.values[i][:, :, pos] = v
+        for kv, weights in zip(self.kv, lm.layers):
+            _, _, w_out, b_out, w_n1, b_n1, w_1, b_1, w_2, b_2, w_n2, b_n2 = weights
+            q = self._qkv(x, kv, pos, weights)
+            past = kv[:, :, :, self.start:pos + 1]
             # 4-d inputs take torch's fused CPU attention kernel
-            att = F.scaled_dot_product_attention(q[:, :, None], self.keys[i][:, :, self.start:pos + 1],
-                                                 self.values[i][:, :, self.start:pos + 1])
-            att = F.linear(att.reshape(self.batch, DIM), a.out_proj.weight, a.out_proj.bias)
-            x = F.layer_norm(x + att, (DIM,), layer.norm1.weight, layer.norm1.bias)
-            ff = F.linear(F.gelu(F.linear(x, layer.linear1.weight, layer.linear1.bias)),
-                          layer.linear2.weight, layer.linear2.bias)
-            x = F.layer_norm(x + ff, (DIM,), layer.norm2.weight, layer.norm2.bias)
+            att = F.scaled_dot_product_attention(q, past[0], past[1])
+            att = F.linear(att.reshape(self.batch, DIM), w_out, b_out)
+            x = F.layer_norm(x + att, (DIM,), w_n1, b_n1)
+            ff = F.linear(F.gelu(F.linear(x, w_1, b_1)), w_2, b_2)
+            x = F.layer_norm(x + ff, (DIM,), w_n2, b_n2)
         # the cache keeps the last past_context inputs (the current one included)
         self.count += 1
         if self.count > lm.past_context:
