@@ -7,7 +7,9 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import os
+import signal
 import sys
+import threading
 import typing as tp
 from pathlib import Path
 
@@ -125,12 +127,22 @@ def _execute(kind: str, inputs, output, suffix, opts, force, quiet, threads, job
         raise click.ClickException(failures[-1])
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised where the program is, so that temporary outputs are removed."""
+
+
+def _terminate(signum, frame) -> None:
+    raise _Terminated()
+
+
 def _guard(fn):
     """Turn library errors into `Error: ...` and exit 1, never a traceback."""
     import functools
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if threading.current_thread() is threading.main_thread():  # signals go to the main thread
+            signal.signal(signal.SIGTERM, _terminate)
         try:
             return fn(*args, **kwargs)
         except EcdcError as e:
@@ -141,6 +153,9 @@ def _guard(fn):
         except KeyboardInterrupt:
             click.echo("Error: interrupted", err=True)
             sys.exit(130)
+        except _Terminated:
+            click.echo("Error: terminated", err=True)
+            sys.exit(143)
         except OSError as e:
             raise click.ClickException(f"{e.filename + ': ' if e.filename else ''}"
                                        f"{e.strerror or e}") from None

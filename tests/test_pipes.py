@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from encodec_cli import audio as A
@@ -120,3 +122,23 @@ def test_help_and_info_do_not_import_torch(tmp_path):
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.stdout.strip() == "ok", p.stderr
+
+
+@pytest.mark.parametrize("sig,code,word", [(signal.SIGTERM, 143, "terminated"),
+                                           (signal.SIGINT, 130, "interrupted")])
+def test_killed_run_leaves_no_file(tmp_path, w24, sig, code, word):
+    """`kill` or Ctrl-C mid-file: one error line, and neither output nor temporary file."""
+    src = write_audio(tmp_path / "in.wav", 120.0, 24000)
+    out = tmp_path / "out"
+    out.mkdir()
+    p = subprocess.Popen(ECDC + ["compress", str(src), "-o", str(out / "in.ecdc"), "--weights", str(w24),
+                                 "-q"], stderr=subprocess.PIPE, env=env())
+    deadline = time.monotonic() + 60
+    while not any(out.iterdir()):  # the temporary output exists: the run is under way
+        assert p.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == code
+    assert err.decode().strip().splitlines() == [f"Error: {word}"]
+    assert list(out.iterdir()) == []
