@@ -67,7 +67,7 @@ def main() -> None:
                               "--model", a.model, "--weights", str(weights), "-q", *lm])
     t2, m2 = measured(ecdc + ["decompress", str(a.workdir / "long.ecdc"), "-o",
                               str(a.workdir / "long_out.wav"), "-f", "--weights", str(weights), "-q",
-                              *lm[2:]])
+                              *lm[1:]])
     mode = " --lm" if a.lm else ""
     print(f"{a.model}{mode}, {seconds / 3600:.2f} h of audio ({wav.stat().st_size / 2**20:.0f} MiB WAV)")
     print("| direction | wall time | real-time factor | peak RSS |")
