@@ -20,7 +20,10 @@ UNKNOWN = 0xFFFF_FFFF_FFFF_FFFF  # a length not known when the header was writte
 CODE_BITS = 10
 
 MODEL_IDS = {"encodec_24khz": 1, "encodec_48khz": 2}
-CODER_IDS = {"raw": 0, "lm": 1}
+CODER_IDS = {"raw": 0, "lm": 2}
+# coder 1: the LM coder of development builds before 2026-11-24 (other symbol order and
+# arithmetic; never released). Its files cannot be decoded any more.
+RETIRED_CODERS = {1: "the language-model coder of ecdc development builds before 2026-11-24"}
 
 _PREFIX = struct.Struct(">8sBH")             # magic, version, size of the body
 _BODY = struct.Struct(">BBBIIBIHQQ8s8s")      # see Header
@@ -204,6 +207,9 @@ def read_header(inp: _Input) -> Header:
     coder = {v: k for k, v in CODER_IDS.items()}.get(coder_id)
     if model is None:
         raise FormatError(f"unknown model id {model_id} in the header")
+    if coder_id in RETIRED_CODERS:
+        raise FormatError(f"this file uses coder {coder_id}, {RETIRED_CODERS[coder_id]}, "
+                          f"which this ecdc cannot decode; compress the original again")
     if coder is None:
         raise FormatError(f"unknown coder id {coder_id} in the header")
     if not (1 <= n_codebooks <= 32 and channels in (1, 2) and source_channels >= 1

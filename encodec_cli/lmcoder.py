@@ -3,10 +3,9 @@
 The encoder and the decoder run the same step-by-step LM computation (one frame of each
 stream per call, same shapes in the same order, always on one thread), so on one machine
 they get bit-identical probabilities; a batched pass over many frames, or more threads,
-would round differently. Probabilities
-are floored to multiples of 2**-24 before constriction's range coder quantizes them,
-and each packet stores a CRC-32 of its codes: a decoder whose arithmetic differs stops
-with an error instead of writing garbage.
+would round differently. Probabilities are floored to multiples of 2**-24 before
+constriction's range coder quantizes them, and each packet stores a CRC-32 of its codes:
+a decoder whose arithmetic differs stops with an error instead of writing garbage.
 """
 from __future__ import annotations
 

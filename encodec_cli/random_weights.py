@@ -77,6 +77,31 @@ def lm_state(name: str, seed: int = 1234) -> tp.Dict[str, torch.Tensor]:
     return randomize(build_lm(name).state_dict(), seed)
 
 
+def random_lm(name: str, seed: int = 1234):
+    """The LM of codec `name` with seeded random weights, folded and ready to step."""
+    from .lm import build_lm
+
+    lm = build_lm(name)
+    lm.load_state_dict(lm_state(name, seed))
+    lm.fold()
+    return lm
+
+
+def likely_codes(lm, k: int, frames: int, first: tp.Optional[tp.Sequence[int]] = None):
+    """[frames, k] codes the LM itself finds likely: its greedy choices (after `first`, if
+    given), so that they really get range coded."""
+    import numpy as np
+
+    state, codes = lm.start(k), []
+    for t in range(frames):
+        frame = state.step()[0].argmax(dim=-1)
+        if t == 0 and first is not None:
+            frame = torch.tensor(first)
+        state.push(frame)
+        codes.append(frame.numpy().astype(np.uint16))
+    return np.stack(codes)
+
+
 def write_checkpoints(folder: Path, seed: int = 1234, lm: bool = True) -> tp.Dict[str, Path]:
     """Write random checkpoints under their official file names; returns name -> path."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,8 @@
 
 The tests read these files, so that every later ecdc still decodes version 1. The LM-coded
 files use the seeded random LM (seed 1234) and codes that this LM predicts well, so that
-their packets really are range coded; they are bound to the LM's arithmetic (see the
-specification's revision notes).
+their packets really are range coded; they are bound to the LM's arithmetic (see the LM
+coder in the specification).
 """
 from __future__ import annotations
 
@@ -14,13 +14,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from encodec_cli import container as F
-from encodec_cli.lm import build_lm
 from encodec_cli.lmcoder import LMEncoder
 from encodec_cli.models import SPECS
-from encodec_cli.random_weights import lm_state
+from encodec_cli.random_weights import likely_codes, random_lm
 
 OUT = Path(__file__).resolve().parents[1] / "formats" / "golden"
 FP = bytes.fromhex("0123456789abcdef")
@@ -85,26 +83,6 @@ def raw_48khz_pipe() -> None:
         packets.append((codes, segments, 0))
     end = w.finish(2 * 47520 + 1000, 2 * 47520 + 1000)
     save("v1_raw_48khz_pipe", buf.getvalue(), h, packets, end)
-
-
-def random_lm(name: str):
-    torch.manual_seed(0)
-    lm = build_lm(name)
-    lm.load_state_dict(lm_state(name, 1234))
-    lm.fold()
-    return lm
-
-
-def likely_codes(lm, k: int, frames: int, first=None) -> np.ndarray:
-    """Codes the LM itself finds likely: greedy steps of the LM (after `first`, if given)."""
-    state, codes = lm.start(k), []
-    for t in range(frames):
-        frame = state.step()[0].argmax(dim=-1)
-        if t == 0 and first is not None:
-            frame = torch.tensor(first)
-        state.push(frame)
-        codes.append(frame.numpy().astype(np.uint16))
-    return np.stack(codes)
 
 
 def lm_file(name: str, model: str, k: int, bw: float, parts: list, expect_flags: list) -> None:

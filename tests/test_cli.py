@@ -18,10 +18,9 @@ from encodec_cli import container as F
 from encodec_cli.cli import main
 from encodec_cli.lmcoder import LMDecoder, LMEncoder, load_lm
 from encodec_cli.models import SPECS
-from encodec_cli.random_weights import model_state
+from encodec_cli.random_weights import likely_codes, model_state
 
 from .conftest import tone, write_audio
-from .test_lm import likely_codes
 
 BANDWIDTHS = [("24khz", b) for b in (1.5, 3, 6, 12, 24)] + [("48khz", b) for b in (3, 6, 12, 24)]
 

@@ -128,6 +128,18 @@ def test_unknown_version():
         read_all(bytes(data))
 
 
+def test_retired_lm_coder_is_named():
+    """Coder 1 (the LM coder of development builds) is refused with a reason, not a checksum error."""
+    data = bytearray(small_file())
+    data[12] = 1
+    data[61:65] = struct.pack(">I", zlib.crc32(bytes(data[:61])))
+    with pytest.raises(FormatError, match="coder 1, the language-model coder of ecdc development builds"):
+        read_all(bytes(data))
+    data[12] = 2  # today's LM coder
+    data[61:65] = struct.pack(">I", zlib.crc32(bytes(data[:61])))
+    assert F.Reader(io.BytesIO(bytes(data))).header.coder == "lm"
+
+
 def test_every_truncation_is_reported():
     data = small_file()
     for n in range(len(data)):

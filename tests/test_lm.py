@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from encodec_cli import container as F
+from encodec_cli import random_weights
 from encodec_cli.errors import CorruptError
 from encodec_cli.lm import DIM, MAX_PERIOD, POSITION_BLOCK, LMState, build_lm
 from encodec_cli.lmcoder import LMDecoder, LMEncoder
 from encodec_cli.models import SPECS
-from encodec_cli.random_weights import lm_state
+from encodec_cli.random_weights import likely_codes
 from encodec_cli.weights import REGISTRY
 
 from .conftest import GOLDEN
@@ -24,12 +25,7 @@ from .test_models import manifest
 FORMATS = Path(__file__).resolve().parents[1] / "formats" / "golden"
 
 
-@functools.lru_cache(maxsize=None)
-def random_lm(name: str):
-    lm = build_lm(name)
-    lm.load_state_dict(lm_state(name, 1234))
-    lm.fold()
-    return lm
+random_lm = functools.lru_cache(maxsize=None)(random_weights.random_lm)  # one per model
 
 
 @pytest.mark.parametrize("name", ["encodec_24khz", "encodec_48khz"])
@@ -66,15 +62,6 @@ def test_positions_are_exact_and_memory_stays_flat():
         expected = torch.cat([torch.cos(phase), torch.sin(phase)])[None]
         torch.testing.assert_close(lm.position(offset), expected, rtol=0, atol=1e-6)
         assert lm._positions.shape == (POSITION_BLOCK, DIM)
-
-
-def likely_codes(lm, k: int, frames: int) -> np.ndarray:
-    state, out = lm.start(k), []
-    for _ in range(frames):
-        frame = state.step()[0].argmax(-1)
-        state.push(frame)
-        out.append(frame.numpy().astype(np.uint16))
-    return np.stack(out)
 
 
 @pytest.fixture(scope="module")
