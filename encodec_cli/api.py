@@ -69,7 +69,7 @@ def compress_stream(source: A.Source, fo: tp.BinaryIO, opts: CompressOptions,
                     progress: Progress = None) -> Result:
     """Read `source` block by block and write an .ecdc stream to `fo`."""
     from . import codec as C
-    from .coders import make_encoder
+    from .coders import batches, make_encoder
 
     opts.check()
     blocks = iter(source.blocks())
@@ -101,10 +101,11 @@ def compress_stream(source: A.Source, fo: tp.BinaryIO, opts: CompressOptions,
             yield block.T
 
     writer = F.Writer(fo, header)
-    for codes, segments in _grouped(C.encode(codec, model_blocks(), n_q), spec):
-        payload, flags = coder.encode(codes, segments)
-        writer.write_packet(segments, payload, flags)
-        fo.flush()  # a reader on a pipe gets each packet as soon as it exists
+    grouped = _grouped(C.encode(codec, model_blocks(), n_q), spec)
+    for batch in batches(grouped, lambda p: len(p[1]), coder.batch_streams):
+        for (_, segments), (payload, flags) in zip(batch, coder.encode_many(batch)):
+            writer.write_packet(segments, payload, flags)
+        fo.flush()  # a reader on a pipe gets each packet as soon as it is coded
     writer.finish(counts["model"], counts["source"])
     return Result(seconds=counts["source"] / source.sample_rate)
 
@@ -134,7 +135,7 @@ def decompress_stream(fo: tp.BinaryIO, open_sink: tp.Callable[[int, int], A.Sink
                       opts: DecompressOptions, progress: Progress = None) -> Result:
     """Read an .ecdc stream and write its audio to the sink made by `open_sink(rate, channels)`."""
     from . import codec as C
-    from .coders import make_decoder
+    from .coders import batches, make_decoder
 
     reader = F.Reader(fo)
     h = reader.header
@@ -146,11 +147,12 @@ def decompress_stream(fo: tp.BinaryIO, open_sink: tp.Callable[[int, int], A.Sink
     coder = make_decoder(h, opts, codec.spec)
 
     def packets() -> tp.Iterator[C.CodePacket]:
-        for packet in reader:
-            codes, start = coder.decode(packet), 0
-            for frames, scale in packet.segments:
-                yield C.CodePacket(codes[start:start + frames], scale)
-                start += frames
+        for batch in batches(reader, lambda p: len(p.segments), coder.batch_streams):
+            for packet, codes in zip(batch, coder.decode_many(batch)):
+                start = 0
+                for frames, scale in packet.segments:
+                    yield C.CodePacket(codes[start:start + frames], scale)
+                    start += frames
 
     blocks = A.fit_length((a.T for a in C.decode(codec, packets())),
                           lambda: reader.num_samples, HOP, h.channels)

@@ -1,7 +1,8 @@
 """Code coders: how a packet's [frames, codebooks] codes become bytes and back.
 
 'raw' stores 10 bits per code (container.pack_codes); 'lm' range-codes them with
-EnCodec's language model (lmcoder.py), falling back to raw per packet.
+EnCodec's language model in exact arithmetic (lmcoder.py), falling back to raw per packet.
+Coders take packets in batches of up to `batch_streams` streams (segments).
 """
 from __future__ import annotations
 
@@ -15,14 +16,35 @@ from . import container as F
 class RawEncoder:
     name = "raw"
     fingerprint = bytes(8)
+    batch_streams = 1
 
-    def encode(self, codes: np.ndarray, segments: tp.Sequence[F.Segment]) -> tp.Tuple[bytes, int]:
-        return F.pack_codes(codes), 0
+    def encode_many(self, packets: tp.Sequence[tp.Tuple[np.ndarray, tp.Sequence[F.Segment]]]
+                    ) -> tp.List[tp.Tuple[bytes, int]]:
+        return [(F.pack_codes(codes), 0) for codes, _ in packets]
 
 
 class RawDecoder:
-    def decode(self, packet: F.Packet) -> np.ndarray:
-        return packet.codes
+    batch_streams = 1
+
+    def decode_many(self, packets: tp.Sequence[F.Packet]) -> tp.List[np.ndarray]:
+        return [p.codes for p in packets]
+
+
+T = tp.TypeVar("T")
+
+
+def batches(items: tp.Iterable[T], streams: tp.Callable[[T], int], limit: int) -> tp.Iterator[tp.List[T]]:
+    """Consecutive items in lists holding at least `limit` streams (the last may hold fewer)."""
+    batch: tp.List[T] = []
+    count = 0
+    for item in items:
+        batch.append(item)
+        count += streams(item)
+        if count >= limit:
+            yield batch
+            batch, count = [], 0
+    if batch:
+        yield batch
 
 
 def make_encoder(opts, spec, n_q: int):

@@ -20,10 +20,12 @@ UNKNOWN = 0xFFFF_FFFF_FFFF_FFFF  # a length not known when the header was writte
 CODE_BITS = 10
 
 MODEL_IDS = {"encodec_24khz": 1, "encodec_48khz": 2}
-CODER_IDS = {"raw": 0, "lm": 2}
-# coder 1: the LM coder of development builds before 2026-11-24 (other symbol order and
-# arithmetic; never released). Its files cannot be decoded any more.
-RETIRED_CODERS = {1: "the language-model coder of ecdc development builds before 2026-11-24"}
+CODER_IDS = {"raw": 0, "lm": 3}
+# Coders 1 and 2: float language-model coders of unreleased development builds; their files
+# decode only where floats round as on the machine that wrote them, and are refused by name.
+RETIRED_CODERS = {1: "the language-model coder of ecdc development builds before 2026-11-24",
+                  2: "the floating-point language-model coder of ecdc development builds "
+                     "before 2026-11-25"}
 
 _PREFIX = struct.Struct(">8sBH")             # magic, version, size of the body
 _BODY = struct.Struct(">BBBIIBIHQQ8s8s")      # see Header

@@ -1,15 +1,14 @@
-"""Range coding of codes with EnCodec's language model ('lm' coder, formats/ecdc-v1.md).
+"""Range coding of codes with EnCodec's language model in exact arithmetic (coder 3, 'lm').
 
-The encoder and the decoder run the same step-by-step LM computation (one frame of each
-stream per call, same shapes in the same order, always on one thread), so on one machine
-they get bit-identical probabilities; a batched pass over many frames, or more threads,
-would round differently. Probabilities are floored to multiples of 2**-24 before
-constriction's range coder quantizes them, and each packet stores a CRC-32 of its codes:
-a decoder whose arithmetic differs stops with an error instead of writing garbage.
+The model (intlm.py) gives integer frequencies that are the same on every machine, so a
+file decodes wherever it was not damaged. Every packet is coded on its own: each of its
+segments is a fresh LM stream (24 kHz: one per packet; 48 kHz: one per 1 s segment).
+Streams never interact, so any number of packets can be stepped together as one batch
+with the same result; the encoder and decoder batch as suits them. Each packet stores a
+CRC-32 of its codes, so a damaged packet stops decoding with an error instead of noise.
 """
 from __future__ import annotations
 
-import contextlib
 import struct
 import typing as tp
 import zlib
@@ -17,123 +16,109 @@ from pathlib import Path
 
 import constriction
 import numpy as np
-import torch
 
 from . import container as F
 from . import weights as W
 from .errors import CorruptError, WeightsError
-from .lm import CARD, LanguageModel, LMState, build_lm, checkpoint_name
-from .models import ModelSpec
+from .intlm import IntLM
+from .lm import CARD, build_lm, checkpoint_name
+from .specs import ModelSpec
 
-PROB_BITS = 24
 _MODEL = constriction.stream.model.Categorical(perfect=False)
-_CACHE: tp.Dict[tp.Tuple[str, tp.Optional[Path], int], tp.Tuple[LanguageModel, bytes]] = {}
+BATCH_STREAMS = 16  # streams (24 kHz packets, 48 kHz segments) stepped together
+_CACHE: tp.Dict[tp.Tuple[str, tp.Optional[Path], int], tp.Tuple[IntLM, bytes]] = {}
 
 
 def load_lm(codec_name: str, weights: tp.Optional[Path], n_q: int, progress: bool = True
-            ) -> tp.Tuple[LanguageModel, bytes]:
-    """The LM for the first `n_q` codebooks (the others' embeddings and heads are not kept)."""
+            ) -> tp.Tuple[IntLM, bytes]:
+    """The integer LM for the first `n_q` codebooks, and the checkpoint's fingerprint."""
     key = (codec_name, weights, n_q)
     if key not in _CACHE:
-        _CACHE[key] = W.load_model(checkpoint_name(codec_name), lambda: build_lm(codec_name, n_q),
-                                   weights, progress)
+        lm, fp = W.load_model(checkpoint_name(codec_name), lambda: build_lm(codec_name, n_q),
+                              weights, progress)
+        _CACHE[key] = IntLM(lm), fp  # the float model is dropped
     return _CACHE[key]
-
-
-def quantize(probs: torch.Tensor) -> np.ndarray:
-    """Floor to the 2**-24 grid, exactly, in float64."""
-    p = probs.double().numpy()
-    return np.floor(p * (1 << PROB_BITS)) / (1 << PROB_BITS)
-
-
-@contextlib.contextmanager
-def one_thread() -> tp.Iterator[None]:
-    """Run the LM on one thread: with more, torch splits sums differently and rounds otherwise."""
-    threads = torch.get_num_threads()
-    if threads > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if threads > 1:
-            torch.set_num_threads(threads)
 
 
 def codes_crc(codes: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(codes, dtype=">u2").tobytes())
 
 
-class _Streams:
-    """Which LM state codes which frame, in coding order.
+def model_probabilities(freqs: np.ndarray) -> np.ndarray:
+    """What constriction is given: the frequencies as float32 (exact: all below 2**24).
 
-    24 kHz: one state runs over the whole file, frame after frame. 48 kHz: every segment
-    starts a fresh state (as in the reference), so the segments of a packet are independent
-    streams; they are stepped together as one batch, frame t of every segment in turn.
+    They sum to 2**24 - 1024, so constriction's scale is exactly 1 and it codes symbol s
+    with probability (g_s + 1) / 2**24 (formats/ecdc-v1.md, coder 3).
     """
-
-    def __init__(self, lm: LanguageModel, n_q: int, per_segment: bool):
-        self.lm, self.n_q, self.per_segment = lm, n_q, per_segment
-        self.state: tp.Optional[LMState] = None
-
-    def schedule(self, segments: tp.Sequence[F.Segment]) -> tp.Iterator[tp.Tuple[LMState, np.ndarray]]:
-        """Per LM step: the state, and per stream the packet frame it codes (-1: none, finished)."""
-        frames = np.array([f for f, _ in segments], np.int64)
-        if not self.per_segment:
-            if self.state is None:
-                self.state = self.lm.start(self.n_q)
-            for row in range(int(frames.sum())):
-                yield self.state, np.array([row])
-            return
-        if not len(frames):
-            return
-        state = self.lm.start(self.n_q, len(frames))
-        starts = np.cumsum(frames) - frames
-        for t in range(int(frames.max())):
-            yield state, np.where(t < frames, starts + t, -1)
+    return freqs.reshape(-1, CARD).astype(np.float32)
 
 
-def _push(state: LMState, codes: np.ndarray, rows: np.ndarray) -> None:
-    """Feed the frames `rows` of `codes`; a finished stream gets frame 0 (its output is unused)."""
-    state.push(torch.from_numpy(codes[np.maximum(rows, 0)].astype(np.int64)))
+class _Batch:
+    """The streams of several packets, stepped together: stream i codes frame t at step t."""
+
+    def __init__(self, lm: IntLM, n_q: int, packets: tp.Sequence[tp.Sequence[F.Segment]]):
+        self.lengths = np.array([n for segs in packets for n, _ in segs], np.int64)
+        starts = [np.cumsum([0] + [n for n, _ in segs])[:-1] for segs in packets]
+        self.packet_of = np.concatenate([np.full(len(segs), i) for i, segs in enumerate(packets)])
+        self.first_row = np.concatenate(starts).astype(np.int64)   # the stream's first frame in its packet
+        steps = int(self.lengths.max()) if len(self.lengths) else 0
+        self.state = lm.start(n_q, len(self.lengths), steps) if steps else None
+        self.steps = steps
+
+    def live(self, t: int) -> np.ndarray:
+        return t < self.lengths
 
 
 class LMEncoder:
     name = "lm"
     fallback = True  # store a packet raw when LM coding is not smaller (benchmarks turn it off)
 
-    def __init__(self, lm: LanguageModel, fingerprint: bytes, spec: ModelSpec, n_q: int):
-        self.fingerprint = fingerprint
-        self._streams = _Streams(lm, n_q, per_segment=not spec.causal)
+    def __init__(self, lm: IntLM, fingerprint: bytes, spec: ModelSpec, n_q: int):
+        self.lm, self.fingerprint, self.n_q = lm, fingerprint, n_q
 
     @classmethod
     def load(cls, spec: ModelSpec, n_q: int, weights: tp.Optional[Path], progress: bool = True):
         lm, fp = load_lm(spec.name, weights, n_q, progress)
         return cls(lm, fp, spec, n_q)
 
-    def encode_lm(self, codes: np.ndarray, segments: tp.Sequence[F.Segment]) -> bytes:
-        """The packet's LM-coded data (codes checksum and range coder words)."""
-        coder = constriction.stream.queue.RangeEncoder()
-        with one_thread():
-            for state, rows in self._streams.schedule(segments):
-                live = rows >= 0
-                symbols = codes[rows[live]].reshape(-1).astype(np.int32)
-                coder.encode(symbols, _MODEL, quantize(state.step())[live].reshape(-1, CARD))
-                _push(state, codes, rows)
-        return struct.pack(">I", codes_crc(codes)) + coder.get_compressed().astype(">u4").tobytes()
+    batch_streams = BATCH_STREAMS
+
+    def encode_lm(self, packets: tp.Sequence[tp.Tuple[np.ndarray, tp.Sequence[F.Segment]]]) -> tp.List[bytes]:
+        """Each packet's LM-coded data: codes checksum, then the range coder's words."""
+        batch = _Batch(self.lm, self.n_q, [segs for _, segs in packets])
+        coders = [constriction.stream.queue.RangeEncoder() for _ in packets]
+        for t in range(batch.steps):
+            probs = model_probabilities(batch.state.step()).reshape(len(batch.lengths), self.n_q, CARD)
+            rows = batch.first_row + np.minimum(t, batch.lengths - 1)
+            frame = np.stack([packets[p][0][r] for p, r in zip(batch.packet_of, rows)])
+            live = batch.live(t)
+            for p, coder in enumerate(coders):
+                sel = live & (batch.packet_of == p)
+                if sel.any():
+                    coder.encode(frame[sel].reshape(-1).astype(np.int32), _MODEL, probs[sel].reshape(-1, CARD))
+            batch.state.push(frame)
+        return [struct.pack(">I", codes_crc(codes)) + coder.get_compressed().astype(">u4").tobytes()
+                for (codes, _), coder in zip(packets, coders)]
+
+    def encode_many(self, packets: tp.Sequence[tp.Tuple[np.ndarray, tp.Sequence[F.Segment]]]
+                    ) -> tp.List[tp.Tuple[bytes, int]]:
+        """(data, flags) per packet: LM-coded, or raw when that is not smaller."""
+        out = []
+        for (codes, _), payload in zip(packets, self.encode_lm(packets)):
+            raw = F.pack_codes(codes)
+            if self.fallback and len(payload) >= len(raw):
+                out.append((raw, F.FLAG_RAW))  # never worse than 10 bits per code
+            else:
+                out.append((payload, 0))
+        return out
 
     def encode(self, codes: np.ndarray, segments: tp.Sequence[F.Segment]) -> tp.Tuple[bytes, int]:
-        """(data, flags) of a packet: LM-coded, or raw when that is not smaller."""
-        payload = self.encode_lm(codes, segments)
-        raw = F.pack_codes(codes)
-        if self.fallback and len(payload) >= len(raw):
-            return raw, F.FLAG_RAW  # never worse than 10 bits per code
-        return payload, 0
+        return self.encode_many([(codes, segments)])[0]
 
 
 class LMDecoder:
-    def __init__(self, lm: LanguageModel, spec: ModelSpec, n_q: int):
-        self._streams = _Streams(lm, n_q, per_segment=not spec.causal)
-        self.n_q = n_q
+    def __init__(self, lm: IntLM, spec: ModelSpec, n_q: int):
+        self.lm, self.n_q = lm, n_q
         self.packets = 0
 
     @classmethod
@@ -145,37 +130,50 @@ class LMDecoder:
                                f"pass the same --lm-weights FILE")
         return cls(lm, spec, header.n_codebooks)
 
-    def probabilities(self, state: LMState) -> np.ndarray:
-        """Quantized probabilities [streams, codebooks, 1024] of the state's next frame."""
-        return quantize(state.step())
+    batch_streams = BATCH_STREAMS
 
     def decode(self, packet: F.Packet) -> np.ndarray:
-        self.packets += 1
-        with one_thread():
-            return self._decode(packet)
+        return self.decode_many([packet])[0]
 
-    def _decode(self, packet: F.Packet) -> np.ndarray:
-        if packet.flags & F.FLAG_RAW:
-            if not self._streams.per_segment:  # keep the carried state in step with the encoder
-                for state, rows in self._streams.schedule(packet.segments):
-                    state.step()
-                    _push(state, packet.codes, rows)
-            return packet.codes
-        data = packet.payload
-        if len(data) < 4 or (len(data) - 4) % 4:
-            raise CorruptError(f"corrupted file: LM packet at byte {packet.offset} has a bad size")
-        (crc,) = struct.unpack_from(">I", data)
-        words = np.frombuffer(data, ">u4", offset=4).astype(np.uint32)
-        coder = constriction.stream.queue.RangeDecoder(words)
-        codes = np.zeros((packet.frames, self.n_q), np.uint16)
-        for state, rows in self._streams.schedule(packet.segments):
-            live = rows >= 0
-            probs = self.probabilities(state)[live].reshape(-1, CARD)
-            codes[rows[live]] = coder.decode(_MODEL, probs).reshape(-1, self.n_q)
-            _push(state, codes, rows)
-        if codes_crc(codes) != crc:
-            raise CorruptError(
-                f"LM decoding of packet {self.packets} (byte {packet.offset}) gives codes that fail "
-                f"their checksum: the file is damaged, or this machine computes the language "
-                f"model's probabilities differently from the one that compressed it")
+    def decode_many(self, packets: tp.Sequence[F.Packet]) -> tp.List[np.ndarray]:
+        """The codes of each packet, in order; raw packets cost no LM work."""
+        first = self.packets + 1
+        self.packets += len(packets)
+        out = [p.codes for p in packets]
+        coded = [i for i, p in enumerate(packets) if not p.flags & F.FLAG_RAW]
+        if coded:
+            decoded = self._decode_lm([packets[i] for i in coded], [first + i for i in coded])
+            for i, codes in zip(coded, decoded):
+                out[i] = codes
+        return out
+
+    def _decode_lm(self, packets: tp.Sequence[F.Packet], numbers: tp.Sequence[int]) -> tp.List[np.ndarray]:
+        coders, crcs = [], []
+        for packet, n in zip(packets, numbers):
+            data = packet.payload
+            if len(data) < 4 or (len(data) - 4) % 4:
+                raise CorruptError(f"corrupted file: LM packet {n} at byte {packet.offset} has a bad size")
+            crcs.append(struct.unpack_from(">I", data)[0])
+            words = np.frombuffer(data, ">u4", offset=4).astype(np.uint32)
+            coders.append(constriction.stream.queue.RangeDecoder(words))
+        batch = _Batch(self.lm, self.n_q, [p.segments for p in packets])
+        codes = [np.zeros((p.frames, self.n_q), np.uint16) for p in packets]
+        for t in range(batch.steps):
+            probs = model_probabilities(batch.state.step()).reshape(len(batch.lengths), self.n_q, CARD)
+            live = batch.live(t)
+            rows = batch.first_row + np.minimum(t, batch.lengths - 1)
+            for p, coder in enumerate(coders):
+                sel = np.flatnonzero(live & (batch.packet_of == p))
+                if len(sel):
+                    try:
+                        symbols = coder.decode(_MODEL, probs[sel].reshape(-1, CARD))
+                    except Exception as e:  # constriction's own checks on damaged data
+                        raise CorruptError(f"corrupted file: LM packet {numbers[p]} at byte "
+                                           f"{packets[p].offset} cannot be decoded ({e})") from None
+                    codes[p][rows[sel]] = symbols.reshape(-1, self.n_q)
+            batch.state.push(np.stack([codes[p][r] for p, r in zip(batch.packet_of, rows)]))
+        for p, (packet, crc) in enumerate(zip(packets, crcs)):
+            if codes_crc(codes[p]) != crc:
+                raise CorruptError(f"corrupted file: LM packet {numbers[p]} (byte {packet.offset}) "
+                                   f"decodes to codes that fail their checksum")
         return codes

@@ -87,18 +87,29 @@ def random_lm(name: str, seed: int = 1234):
     return lm
 
 
+def random_int_lm(name: str, seed: int = 1234, used: tp.Optional[int] = None):
+    """The integer LM (coder 3) of the seeded random LM, for its first `used` codebooks."""
+    from .intlm import IntLM
+    from .lm import build_lm
+
+    lm = build_lm(name, used)
+    lm.load_state_dict(lm_state(name, seed))
+    lm.fold()
+    return IntLM(lm)
+
+
 def likely_codes(lm, k: int, frames: int, first: tp.Optional[tp.Sequence[int]] = None):
-    """[frames, k] codes the LM itself finds likely: its greedy choices (after `first`, if
-    given), so that they really get range coded."""
+    """[frames, k] codes the integer LM `lm` finds likely: its greedy choices (after
+    `first`, if given), so that they really get range coded."""
     import numpy as np
 
-    state, codes = lm.start(k), []
+    state, codes = lm.start(k, 1, frames), []
     for t in range(frames):
-        frame = state.step()[0].argmax(dim=-1)
+        frame = state.step()[0].argmax(axis=-1)
         if t == 0 and first is not None:
-            frame = torch.tensor(first)
-        state.push(frame)
-        codes.append(frame.numpy().astype(np.uint16))
+            frame = np.array(first)
+        state.push(frame[None])
+        codes.append(frame.astype(np.uint16))
     return np.stack(codes)
 
 

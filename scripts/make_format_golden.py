@@ -3,12 +3,14 @@
     python scripts/make_format_golden.py
 
 The tests read these files, so that every later ecdc still decodes version 1. The LM-coded
-files use the seeded random LM (seed 1234) and codes that this LM predicts well, so that
-their packets really are range coded; they are bound to the LM's arithmetic (see the LM
-coder in the specification).
+files (coder 3) use the seeded random LM (seed 1234) and codes that this LM predicts well,
+so that their packets really are range coded. `coder3_frequencies.json` holds the integer
+frequencies of a few frames of each model's LM: a second implementation of coder 3 can
+check itself against them, and the tests check ecdc against them on every run.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -18,7 +20,9 @@ import numpy as np
 from encodec_cli import container as F
 from encodec_cli.lmcoder import LMEncoder
 from encodec_cli.models import SPECS
-from encodec_cli.random_weights import likely_codes, random_lm
+from encodec_cli.random_weights import likely_codes, random_int_lm
+
+random_lm = random_int_lm
 
 OUT = Path(__file__).resolve().parents[1] / "formats" / "golden"
 FP = bytes.fromhex("0123456789abcdef")
@@ -92,8 +96,7 @@ def lm_file(name: str, model: str, k: int, bw: float, parts: list, expect_flags:
     buf = io.BytesIO()
     w = F.Writer(buf, h)
     packets = []
-    for codes, segments in parts:
-        payload, flags = enc.encode(codes, segments)
+    for (codes, segments), (payload, flags) in zip(parts, enc.encode_many(parts)):
         w.write_packet(segments, payload, flags)
         packets.append((codes, segments, flags))
     assert [p[2] for p in packets] == expect_flags
@@ -103,9 +106,12 @@ def lm_file(name: str, model: str, k: int, bw: float, parts: list, expect_flags:
 
 
 def lm_24khz() -> None:
-    codes = likely_codes(random_lm("encodec_24khz"), 4, 60)
-    codes[50:] = np.random.default_rng(3).integers(0, 1024, (10, 4))  # unlikely: stored raw
-    parts = [(part, [(len(part), 1.0)]) for part in (codes[:25], codes[25:50], codes[50:])]
+    """Independent packets, one of them stored raw."""
+    lm = random_lm("encodec_24khz")
+    first = likely_codes(lm, 4, 25)
+    second = likely_codes(lm, 4, 30, first=[5, 6, 7, 8])
+    noise = np.random.default_rng(3).integers(0, 1024, (10, 4)).astype(np.uint16)  # stored raw
+    parts = [(part, [(len(part), 1.0)]) for part in (first, second, noise)]
     lm_file("v1_lm_24khz", "encodec_24khz", 4, 3.0, parts, [0, 0, F.FLAG_RAW])
 
 
@@ -119,12 +125,38 @@ def lm_48khz() -> None:
     lm_file("v1_lm_48khz", "encodec_48khz", 4, 6.0, parts, [0, F.FLAG_RAW])
 
 
+def frequency_digest(g: np.ndarray) -> str:
+    """SHA-256 of a frame's frequencies [K, 1024] written as big-endian u32."""
+    return hashlib.sha256(np.ascontiguousarray(g, ">u4").tobytes()).hexdigest()
+
+
+def frequencies() -> None:
+    """Coder 3's frequencies for some frames of each model's seeded random LM."""
+    doc = {}
+    for model, k, frames in (("encodec_24khz", 8, 40), ("encodec_48khz", 4, 30)):
+        lm = random_lm(model)
+        codes = np.random.default_rng(7).integers(0, 1024, (frames, k)).astype(np.uint16)
+        codes[frames // 2:] = likely_codes(lm, k, frames - frames // 2)
+        state, steps = lm.start(k, 1, frames), []
+        for t in range(frames):
+            g = state.step()[0]
+            if t in (0, 1, 2, frames // 2, frames - 1):
+                steps.append({"step": t, "sha256": frequency_digest(g),
+                              "first": g[:, :8].tolist(),
+                              "top": [[int(s), int(g[c, s])] for c, s in enumerate(g.argmax(axis=1))]})
+            state.push(codes[t][None])
+        doc[model] = {"codebooks": k, "codes": codes.tolist(), "steps": steps}
+    (OUT / "coder3_frequencies.json").write_text(json.dumps(doc) + "\n")
+    print("coder3_frequencies.json")
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     raw_24khz()
     raw_48khz_pipe()
     lm_24khz()
     lm_48khz()
+    frequencies()
 
 
 if __name__ == "__main__":

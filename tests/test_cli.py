@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,9 @@ from click.testing import CliRunner
 from encodec_cli import audio as A
 from encodec_cli import codec as C
 from encodec_cli import container as F
+from encodec_cli import lmcoder
 from encodec_cli.cli import main
-from encodec_cli.lmcoder import LMDecoder, LMEncoder, load_lm
+from encodec_cli.lmcoder import LMEncoder, load_lm
 from encodec_cli.models import SPECS
 from encodec_cli.random_weights import likely_codes, model_state
 
@@ -196,11 +198,29 @@ def test_lm_decoder_with_other_arithmetic_stops_cleanly(tmp_path, checkpoints, m
             "--weights", checkpoints["encodec_24khz"], "--lm-weights", checkpoints["encodec_lm_24khz"])
     run(*args)
     os.unlink(tmp_path / "x.wav")
-    original = LMDecoder.probabilities
-    monkeypatch.setattr(LMDecoder, "probabilities",
-                        lambda self, state: np.roll(original(self, state), 1, axis=-1))
+    original = lmcoder.model_probabilities
+    monkeypatch.setattr(lmcoder, "model_probabilities", lambda g: np.roll(original(g), 1, axis=-1))
     assert_one_line_error(run(*args, ok=False), "fail their checksum")
     assert listing(tmp_path) == {"x.ecdc"}
+
+
+def test_damaged_lm_words_give_one_line_error(tmp_path, checkpoints):
+    """A packet whose range coder words were altered (record CRC made to match again)."""
+    lm_coded_file(tmp_path / "x.ecdc", checkpoints)
+    data = bytearray((tmp_path / "x.ecdc").read_bytes())
+    reader = F.Reader(io.BytesIO(bytes(data)))
+    packet = next(iter(reader))
+    head = 5 + 2 + 6 * len(packet.segments)          # record head, packet head, segment table
+    at = packet.offset + head + 4 + 2                   # inside the first range coder word
+    data[at] ^= 0x40
+    size = int.from_bytes(data[packet.offset + 1:packet.offset + 5], "big")
+    end = packet.offset + 5 + size
+    data[end:end + 4] = zlib.crc32(bytes(data[packet.offset:end])).to_bytes(4, "big")
+    (tmp_path / "y.ecdc").write_bytes(bytes(data))
+    result = run("decompress", tmp_path / "y.ecdc", "-o", tmp_path / "y.wav", "--weights",
+                 checkpoints["encodec_24khz"], "--lm-weights", checkpoints["encodec_lm_24khz"], ok=False)
+    assert_one_line_error(result, "LM packet 1")
+    assert not (tmp_path / "y.wav").exists()
 
 
 # ---------------------------------------------------------------- bad input

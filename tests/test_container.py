@@ -128,14 +128,20 @@ def test_unknown_version():
         read_all(bytes(data))
 
 
-def test_retired_lm_coder_is_named():
-    """Coder 1 (the LM coder of development builds) is refused with a reason, not a checksum error."""
+@pytest.mark.parametrize("coder, why", [(1, "coder 1, the language-model coder of ecdc development builds"),
+                                        (2, "coder 2, the floating-point language-model coder")])
+def test_retired_lm_coders_are_named(coder, why):
+    """Coders 1 and 2 (float LM coders of development builds) are refused with a reason."""
     data = bytearray(small_file())
-    data[12] = 1
+    data[12] = coder
     data[61:65] = struct.pack(">I", zlib.crc32(bytes(data[:61])))
-    with pytest.raises(FormatError, match="coder 1, the language-model coder of ecdc development builds"):
+    with pytest.raises(FormatError, match=why):
         read_all(bytes(data))
-    data[12] = 2  # today's LM coder
+
+
+def test_coder_3_is_the_lm_coder():
+    data = bytearray(small_file())
+    data[12] = 3
     data[61:65] = struct.pack(">I", zlib.crc32(bytes(data[:61])))
     assert F.Reader(io.BytesIO(bytes(data))).header.coder == "lm"
 

@@ -1,9 +1,16 @@
-"""The language model against the reference, and the LM range coder."""
+"""The language model: the float LM against the reference, the integer LM (coder 3) against
+the float LM, its golden frequencies, the range coder, and its portability."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
+import math
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +18,9 @@ import pytest
 import torch
 
 from encodec_cli import container as F
-from encodec_cli import random_weights
-from encodec_cli.errors import CorruptError
-from encodec_cli.lm import DIM, MAX_PERIOD, POSITION_BLOCK, LMState, build_lm
-from encodec_cli.lmcoder import LMDecoder, LMEncoder
+from encodec_cli import intlm, random_weights
+from encodec_cli.lm import DIM, MAX_PERIOD, POSITION_BLOCK, build_lm
+from encodec_cli.lmcoder import LMDecoder, LMEncoder, load_lm
 from encodec_cli.models import SPECS
 from encodec_cli.random_weights import likely_codes
 from encodec_cli.weights import REGISTRY
@@ -25,7 +31,9 @@ from .test_models import manifest
 FORMATS = Path(__file__).resolve().parents[1] / "formats" / "golden"
 
 
-random_lm = functools.lru_cache(maxsize=None)(random_weights.random_lm)  # one per model
+random_lm = functools.lru_cache(maxsize=None)(random_weights.random_lm)  # float, one per model
+int_lm = functools.lru_cache(maxsize=None)(random_weights.random_int_lm)  # coder 3's
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("name", ["encodec_24khz", "encodec_48khz"])
@@ -64,114 +72,139 @@ def test_positions_are_exact_and_memory_stays_flat():
         assert lm._positions.shape == (POSITION_BLOCK, DIM)
 
 
-@pytest.fixture(scope="module")
-def lm24():
-    return random_lm("encodec_24khz")
+
+# ---------------------------------------------------------------- the integer LM (coder 3)
+
+def test_tables_are_the_specified_ones():
+    """SHA-256 of each table as big-endian int64, as formats/ecdc-v1.md gives them."""
+    def digest(a):
+        return hashlib.sha256(np.ascontiguousarray(a, ">i8").tobytes()).hexdigest()[:16]
+    assert digest(intlm.exp_table()) == "d2d65fd0b8f67c76"
+    assert digest(intlm.gelu_table()) == "110d6593111a93c2"
+    assert digest(intlm.rotation_table()) == "490df45450ee1191"
+    exp = intlm.exp_table()
+    assert exp[0] == 1 << 30 and exp[1024] == round(2**30 / math.e) and exp[-1] == 0
+    gelu = intlm.gelu_table()
+    assert gelu[192] == 0 and gelu[192 + 32] == round(2**20 * 0.8413447460685429)  # gelu(1) = Phi(1)
+    # the sinusoids agree with float math to the last Q10 bit
+    p = np.array([0, 1, 7, 1000, 65535])
+    phase = p[:, None] / 10000 ** (np.arange(100) / 99)
+    expected = np.concatenate([np.cos(phase), np.sin(phase)], 1) * 1024
+    assert np.abs(intlm.positions(0, 65536)[p] - expected).max() <= 0.51
+
+
+@pytest.mark.parametrize("name", ["encodec_24khz", "encodec_48khz"])
+def test_integer_lm_follows_the_float_lm(name):
+    """Same network: the KL divergence from the float LM's probabilities is tiny."""
+    flm, ilm = random_lm(name), int_lm(name)
+    codes = likely_codes(ilm, 8, 60)
+    fs, st = flm.start(8), ilm.start(8, 1, 60)
+    kl = []
+    for t in range(60):
+        p = fs.step()[0].double().numpy()
+        g = st.step()[0] + 1.0
+        q = g / g.sum(-1, keepdims=True)
+        kl.append((p * (np.log(p) - np.log(q))).sum(-1).mean())
+        fs.push(torch.from_numpy(codes[t].astype(np.int64)))
+        st.push(codes[t][None])
+    assert np.mean(kl) < 1e-3, np.mean(kl)
+
+
+def test_frequencies_sum_exactly_and_every_symbol_gets_one():
+    g = intlm.frequencies(np.array([[0] * 1024, [5 << 10] + [-(40 << 10)] * 1023, list(range(1024))]))
+    assert (g.sum(-1) == intlm.FREQ_TOTAL).all() and (g >= 0).all()
+    assert g[0].min() >= intlm.FREQ_TOTAL // 1024 - 1          # uniform
+    assert g[1, 0] == intlm.FREQ_TOTAL and g[1, 1:].max() == 0  # certain: others keep only the +1
+
+
+def _frequency_digest(g):
+    return hashlib.sha256(np.ascontiguousarray(g, ">u4").tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("name", ["encodec_24khz", "encodec_48khz"])
+def test_golden_frequencies(name):
+    """The exact frequencies of formats/golden/coder3_frequencies.json, every run."""
+    doc = json.loads((FORMATS / "coder3_frequencies.json").read_text())[name]
+    codes = np.array(doc["codes"], np.uint16)
+    state = int_lm(name).start(doc["codebooks"], 1, len(codes))
+    steps = {s["step"]: s for s in doc["steps"]}
+    for t in range(len(codes)):
+        g = state.step()[0]
+        if t in steps:
+            assert g[:, :8].tolist() == steps[t]["first"]
+            assert _frequency_digest(g) == steps[t]["sha256"], t
+        state.push(codes[t][None])
 
 
 def code_packets(encoder, parts, segments=None):
-    """Encode each part as one packet and read it back as the container would give it."""
+    """Encode the parts as packets of one batch, read back as the container gives them."""
+    segs = [tuple(segments[i]) if segments else ((len(p), 1.0),) for i, p in enumerate(parts)]
     packets = []
-    for i, part in enumerate(parts):
-        segs = segments[i] if segments else ((len(part), 1.0),)
-        payload, flags = encoder.encode(part, segs)
+    for (payload, flags), part, seg in zip(encoder.encode_many(list(zip(parts, segs))), parts, segs):
         codes = part if flags else np.empty((len(part), 0), np.uint16)
-        packets.append(F.Packet(codes, tuple(segs), flags, payload))
+        packets.append(F.Packet(codes, seg, flags, payload))
     return packets
+
+
+@pytest.fixture(scope="module")
+def lm24():
+    return int_lm("encodec_24khz")
 
 
 def test_round_trip_is_smaller_than_raw_when_predictable(lm24):
     spec = SPECS["encodec_24khz"]
     codes = likely_codes(lm24, 8, 90)
-    enc = LMEncoder(lm24, bytes(8), spec, 8)
-    parts = [codes[:40], codes[40:]]
-    packets = code_packets(enc, parts)
+    packets = code_packets(LMEncoder(lm24, bytes(8), spec, 8), [codes[:40], codes[40:]])
     assert all(p.flags == 0 for p in packets)
     assert sum(len(p.payload) for p in packets) < 0.8 * len(F.pack_codes(codes))
-    dec = LMDecoder(lm24, spec, 8)
-    np.testing.assert_array_equal(np.concatenate([dec.decode(p) for p in packets]), codes)
+    decoded = LMDecoder(lm24, spec, 8).decode_many(packets)
+    np.testing.assert_array_equal(np.concatenate(decoded), codes)
 
 
-def test_unpredictable_packet_falls_back_to_raw_and_keeps_state(lm24):
+def test_packets_are_independent_whatever_the_batching(lm24):
+    """A packet's bytes do not depend on which packets share its batch, and decoding may
+    group them differently (or seek to one)."""
     spec = SPECS["encodec_24khz"]
-    likely = likely_codes(lm24, 4, 60)
-    noise = np.random.default_rng(0).integers(0, 1024, (30, 4)).astype(np.uint16)
-    enc = LMEncoder(lm24, bytes(8), spec, 4)
-    parts = [likely[:30], noise, likely[30:]]
-    packets = code_packets(enc, parts)
-    assert [p.flags for p in packets] == [0, F.FLAG_RAW, 0]
-    assert len(packets[1].payload) == len(F.pack_codes(noise))
+    parts = [likely_codes(lm24, 4, n, first=[n, 1, 2, 3]) for n in (30, 12, 30, 21)]
+    together = code_packets(LMEncoder(lm24, bytes(8), spec, 4), parts)
+    alone = [code_packets(LMEncoder(lm24, bytes(8), spec, 4), [p])[0] for p in parts]
+    assert [p.payload for p in together] == [p.payload for p in alone]
+    assert all(p.flags == 0 for p in together)
     dec = LMDecoder(lm24, spec, 4)
-    for packet, part in zip(packets, parts):
-        np.testing.assert_array_equal(dec.decode(packet), part)
+    np.testing.assert_array_equal(dec.decode(together[2]), parts[2])
+    for got, part in zip(dec.decode_many(together[1:]) + dec.decode_many(together[:1]), parts[1:] + parts[:1]):
+        np.testing.assert_array_equal(got, part)
 
 
-def test_48khz_restarts_the_lm_every_segment():
-    lm = random_lm("encodec_48khz")
-    spec = SPECS["encodec_48khz"]
-    codes = likely_codes(lm, 4, 20)
-    enc = LMEncoder(lm, bytes(8), spec, 4)
-    one = enc.encode(codes, [(20, 1.0)])
-    assert enc.encode(codes, [(20, 1.0)]) == one  # a fresh state at each segment
-    both = np.concatenate([codes, codes])
-    packets = code_packets(enc, [both], [((20, 1.0), (20, 1.0))])
-    assert packets[0].flags == 0 and len(packets[0].payload) < 2 * len(one[0])
-    np.testing.assert_array_equal(LMDecoder(lm, spec, 4).decode(packets[0]), both)
+def test_unpredictable_packet_falls_back_to_raw_and_costs_no_lm_work(lm24, monkeypatch):
+    spec = SPECS["encodec_24khz"]
+    likely = likely_codes(lm24, 4, 30)
+    noise = np.random.default_rng(0).integers(0, 1024, (30, 4)).astype(np.uint16)
+    packets = code_packets(LMEncoder(lm24, bytes(8), spec, 4), [likely, noise])
+    assert [p.flags for p in packets] == [0, F.FLAG_RAW]
+    assert len(packets[1].payload) == len(F.pack_codes(noise))
+    monkeypatch.setattr(intlm.IntLMState, "step", lambda self: pytest.fail("LM stepped for a raw packet"))
+    np.testing.assert_array_equal(LMDecoder(lm24, spec, 4).decode(packets[1]), noise)
 
 
-def test_48khz_segments_step_together_like_separate_streams():
-    """A packet's segments run as one batch: same probabilities as one stream each, to rounding."""
-    lm = random_lm("encodec_48khz")
+def test_48khz_segments_are_streams_in_lockstep():
+    """Each segment is a fresh stream: unequal segments round trip, and a segment codes the
+    same whether alone or beside others."""
+    lm = int_lm("encodec_48khz")
     spec = SPECS["encodec_48khz"]
     lengths = (20, 7, 20)
-    parts = [likely_codes(lm, 4, n) for n in lengths]
-    for i, part in enumerate(parts):
-        part[::3] = (part[::3] + 17 * i) % 1024  # streams that differ
-    batch = lm.start(4, len(parts))
-    singles = [lm.start(4) for _ in parts]
-    for t in range(max(lengths)):
-        together = batch.step()
-        frames = np.stack([part[min(t, len(part) - 1)] for part in parts])
-        for i, single in enumerate(singles):
-            torch.testing.assert_close(together[i], single.step()[0], rtol=0, atol=1e-6)
-            single.push(torch.from_numpy(frames[i].astype(np.int64)))
-        batch.push(torch.from_numpy(frames.astype(np.int64)))
-    # a packet of unequal segments round trips; the short one stops coding after 7 frames
-    both = np.concatenate(parts)
+    parts = [likely_codes(lm, 4, n, first=[7 * i, 1, 2, 3]) for i, n in enumerate(lengths)]
     enc = LMEncoder(lm, bytes(8), spec, 4)
-    packets = code_packets(enc, [both], [tuple((n, 1.0) for n in lengths)])
-    assert packets[0].flags == 0
-    np.testing.assert_array_equal(LMDecoder(lm, spec, 4).decode(packets[0]), both)
-
-
-@pytest.mark.parametrize("name", ["encodec_24khz", "encodec_48khz"])
-def test_threads_do_not_change_the_bitstream(name):
-    """More torch threads round the LM differently; the coder pins it to one."""
-    lm, spec = random_lm(name), SPECS[name]
-    parts = [likely_codes(lm, 4, 30), likely_codes(lm, 4, 30)[::-1].copy()]
-    segments = [((30, 1.0),), ((15, 1.0), (15, 1.0))] if not spec.causal else None
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(3)
-        packets = code_packets(LMEncoder(lm, bytes(8), spec, 4), parts, segments)
-        torch.set_num_threads(1)
-        dec = LMDecoder(lm, spec, 4)
-        for packet, part in zip(packets, parts):
-            assert packet.flags == 0
-            np.testing.assert_array_equal(dec.decode(packet), part)
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.get_num_threads() == threads
-
-
-def test_48khz_raw_packet_needs_no_lm_work(monkeypatch):
-    lm = random_lm("encodec_48khz")
-    spec = SPECS["encodec_48khz"]
-    noise = np.random.default_rng(1).integers(0, 1024, (40, 4)).astype(np.uint16)
-    packets = code_packets(LMEncoder(lm, bytes(8), spec, 4), [noise], [((20, 1.0), (20, 1.0))])
-    assert packets[0].flags == F.FLAG_RAW
-    monkeypatch.setattr(LMState, "step", lambda self: pytest.fail("LM stepped for a raw packet"))
-    np.testing.assert_array_equal(LMDecoder(lm, spec, 4).decode(packets[0]), noise)
+    packet = code_packets(enc, [np.concatenate(parts)], [[(n, 1.0) for n in lengths]])[0]
+    assert packet.flags == 0
+    np.testing.assert_array_equal(LMDecoder(lm, spec, 4).decode(packet), np.concatenate(parts))
+    batch = lm.start(4, 3, 20)
+    single = lm.start(4, 1, 20)
+    for t in range(20):
+        np.testing.assert_array_equal(batch.step()[2], single.step()[0])
+        frame = np.stack([p[min(t, len(p) - 1)] for p in parts])
+        batch.push(frame)
+        single.push(frame[2:])
 
 
 @pytest.mark.parametrize("name", ["v1_lm_24khz", "v1_lm_48khz"])
@@ -179,35 +212,105 @@ def test_golden_lm_file_decodes(name):
     doc = json.loads((FORMATS / f"{name}.codes.json").read_text())
     reader = F.Reader(io.BytesIO((FORMATS / f"{name}.ecdc").read_bytes()))
     model = reader.header.model
-    dec = LMDecoder(random_lm(model), SPECS[model], reader.header.n_codebooks)
-    for packet, expected in zip(reader, doc["packets"]):
-        np.testing.assert_array_equal(dec.decode(packet), np.array(expected["codes"]))
+    dec = LMDecoder(int_lm(model), SPECS[model], reader.header.n_codebooks)
+    packets = list(reader)
+    assert [p.flags for p in packets] == [p["flags"] for p in doc["packets"]]
+    for codes, expected in zip(dec.decode_many(packets), doc["packets"]):
+        np.testing.assert_array_equal(codes, np.array(expected["codes"]))
 
 
 @pytest.mark.parametrize("name", ["v1_lm_24khz", "v1_lm_48khz"])
 def test_range_coder_bytes_are_stable(name):
-    """An upgrade of constriction or torch that changes the bitstream is caught here."""
+    """An upgrade of constriction, numpy or torch that changes the bitstream is caught here."""
     reader = F.Reader(io.BytesIO((FORMATS / f"{name}.ecdc").read_bytes()))
     doc = json.loads((FORMATS / f"{name}.codes.json").read_text())
     model, k = reader.header.model, reader.header.n_codebooks
-    enc = LMEncoder(random_lm(model), bytes(8), SPECS[model], k)
-    for packet, expected in zip(reader, doc["packets"]):
-        codes = np.array(expected["codes"], np.uint16)
-        payload, flags = enc.encode(codes, [tuple(x) for x in expected["segments"]])
-        assert (payload, flags) == (packet.payload, packet.flags)
+    enc = LMEncoder(int_lm(model), bytes(8), SPECS[model], k)
+    parts = [(np.array(p["codes"], np.uint16), [tuple(x) for x in p["segments"]]) for p in doc["packets"]]
+    assert enc.encode_many(parts) == [(p.payload, p.flags) for p in reader]
 
 
-def test_perturbed_probabilities_fail_loudly(lm24, monkeypatch):
+def test_threads_do_not_change_the_bitstream(lm24):
     spec = SPECS["encodec_24khz"]
-    codes = likely_codes(lm24, 8, 60)
-    packets = code_packets(LMEncoder(lm24, bytes(8), spec, 8), [codes])
-    original = LMDecoder.probabilities
+    parts = [likely_codes(lm24, 8, 40), likely_codes(lm24, 8, 33, first=list(range(8)))]
+    threads = torch.get_num_threads()
+    try:
+        payloads = []
+        for n in (1, 2, 4):
+            torch.set_num_threads(n)
+            payloads.append([p.payload for p in code_packets(LMEncoder(lm24, bytes(8), spec, 8), parts)])
+    finally:
+        torch.set_num_threads(threads)
+    assert payloads[0] == payloads[1] == payloads[2]
 
-    def perturbed(self, state):
-        p = original(self, state)
-        noise = np.random.default_rng(int(p.flat[0] * 1e9) % 2**32).random(p.shape) * 1e-3
-        return p + noise
 
-    monkeypatch.setattr(LMDecoder, "probabilities", perturbed)
-    with pytest.raises(CorruptError, match="fail their checksum"):
-        LMDecoder(lm24, spec, 8).decode(packets[0])
+# Kernel selections standing in for other CPUs (this one has AVX-512): an AVX2 laptop, no
+# vector unit at all, oneDNN and MKL limited to SSE4, and all of them together.
+KERNELS = {
+    "aten-default": {"ATEN_CPU_CAPABILITY": "default"},
+    "aten-avx2": {"ATEN_CPU_CAPABILITY": "avx2"},
+    "onednn-sse41": {"ONEDNN_MAX_CPU_ISA": "SSE41"},
+    "mkl-sse42": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
+    "all-three": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
+                  "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
+}
+
+_DECODE = """
+import hashlib, io, json, sys, numpy as np, torch
+from encodec_cli import container as F
+from encodec_cli.lmcoder import LMDecoder, load_lm
+from encodec_cli.models import SPECS
+out = {}
+for path in sys.argv[1:]:
+    data = open(path, "rb").read()
+    for threads in (1, 2, 4):
+        torch.set_num_threads(threads)
+        reader = F.Reader(io.BytesIO(data))
+        model, k = reader.header.model, reader.header.n_codebooks
+        lm, _ = load_lm(model, path[:-len(".ecdc")] + ".th", k, progress=False)
+        dec = LMDecoder(lm, SPECS[model], k)
+        codes = np.concatenate(dec.decode_many(list(reader)))
+        out[f"{path}:{threads}"] = hashlib.sha256(codes.astype(">u2").tobytes()).hexdigest()
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def portable_files(tmp_path_factory, checkpoints):
+    """LM-coded files of both models made here under the default kernels, and their codes.
+
+    The decoder loads the same checkpoint file (seeded torch.randn itself draws other
+    numbers under other kernels)."""
+    folder = tmp_path_factory.mktemp("portable")
+    files = {}
+    for model, k, seg in (("encodec_24khz", 8, None), ("encodec_48khz", 8, (25, 25, 10))):
+        weights = folder / f"{model}.th"
+        shutil.copy(checkpoints[model.replace("encodec_", "encodec_lm_")], weights)
+        lm, spec = load_lm(model, weights, k, progress=False)[0], SPECS[model]
+        parts = [likely_codes(lm, k, n, first=[n] * k) for n in (40, 25)]
+        segments = [[(40, 1.0)], [(25, 1.0)]] if seg is None else [[(20, 1.0), (20, 0.5)], [(25, 1.0)]]
+        packets = code_packets(LMEncoder(lm, bytes(8), spec, k), parts, segments)
+        assert all(p.flags == 0 for p in packets)
+        h = F.Header(model, "lm", k, 6.0, spec.sample_rate, spec.channels, spec.sample_rate,
+                     spec.channels, None, None, bytes(8), bytes(8))
+        buf = io.BytesIO()
+        writer = F.Writer(buf, h)
+        for p in packets:
+            writer.write_packet(p.segments, p.payload, p.flags)
+        writer.finish(65 * 320, 65 * 320)
+        path = folder / f"{model}.ecdc"
+        path.write_bytes(buf.getvalue())
+        files[str(path)] = hashlib.sha256(np.concatenate(parts).astype(">u2").tobytes()).hexdigest()
+    return files
+
+
+@pytest.mark.parametrize("kernels", list(KERNELS))
+def test_files_decode_under_other_kernels_and_threads(kernels, portable_files):
+    env = dict(os.environ, **KERNELS[kernels], PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-c", _DECODE, *portable_files], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    got = json.loads(p.stdout)
+    for path, digest in portable_files.items():
+        for threads in (1, 2, 4):
+            assert got[f"{path}:{threads}"] == digest, (kernels, path, threads)
