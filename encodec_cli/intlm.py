@@ -33,7 +33,7 @@ EXP_BITS = 30              # EXP[t] = round(2**30 * exp(-t / 1024))
 EXP_SIZE = 22 * 1024       # EXP is 0 from t = 22004 on; indices are clamped to the last
 GELU_STEP = 5              # GELU table every 2**-5, linear interpolation between
 GELU_EDGE = 6 << Q         # beyond +-6: gelu(x) = x, or 0
-POS_BITS = 16              # positions 0 .. 65535 (a segment holds at most 65535 frames)
+POS_BITS = 32              # positions 0 .. 2**32 - 1 (at 75 frames/s: 1.8 years)
 ACT_LIMIT = 1 << 20        # q, k, v saturate at +-2**20 (1024.0)
 ATT_BITS = 13              # attention weights in Q13
 LN_INPUT_BITS = 17         # LayerNorm input is shifted down to below 2**17
@@ -108,7 +108,7 @@ def _cos_sin(a: Decimal) -> tp.Tuple[Decimal, Decimal]:
 
 @functools.lru_cache(maxsize=None)
 def rotation_table() -> np.ndarray:
-    """R[j, i] = RNE(2**30 * (cos, sin)(2**j * w_i)), w_i = 10000**(-i/99); [16, 100, 2] int64.
+    """R[j, i] = RNE(2**30 * (cos, sin)(2**j * w_i)), w_i = 10000**(-i/99); [32, 100, 2] int64.
 
     cos and sin of w_i (|w_i| <= 1) by their series, the multiples by the double-angle
     formulas, all at 60 digits.
@@ -126,18 +126,18 @@ def rotation_table() -> np.ndarray:
     return out
 
 
-def positions(first: int, count: int) -> np.ndarray:
-    """Q10 sinusoidal embeddings [count, 200] of positions first .. first+count-1 (int64).
+def positions(p: np.ndarray) -> np.ndarray:
+    """Q10 sinusoidal embeddings [len(p), 200] of the positions p (int64).
 
     Position p rotates (2**30, 0) by R[j] for each set bit j of p, lowest first, rounding
     each product to Q30; then cos and sin are rounded to Q10.
     """
     rot = rotation_table()
-    p = np.arange(first, first + count, dtype=np.int64)[:, None]
-    if count and (first < 0 or first + count > 1 << POS_BITS):
+    p = np.asarray(p, np.int64)[:, None]
+    if len(p) and (p.min() < 0 or p.max() >= 1 << POS_BITS):
         raise ValueError("position out of range")
-    c = np.full((count, DIM // 2), 1 << 30, np.int64)
-    s = np.zeros((count, DIM // 2), np.int64)
+    c = np.full((len(p), DIM // 2), 1 << 30, np.int64)
+    s = np.zeros((len(p), DIM // 2), np.int64)
     half = np.int64(1 << 29)
     for j in range(POS_BITS):
         bit = ((p >> j) & 1).astype(bool)
@@ -294,19 +294,12 @@ class IntLM:
                 Linear(_np(w_1), _np(b_1), 9), Linear(_np(w_2), _np(b_2), 7),
                 LayerNorm(_np(w_n2), _np(b_n2))))
         self.heads = Linear(_np(lm.head_w.transpose(1, 2).reshape(-1, DIM)), _np(lm.head_b.reshape(-1)), 9)
-        self._pos_block, self._pos = -1, np.zeros((0, DIM), np.int64)
 
-    def position(self, p: int) -> np.ndarray:
-        block = p >> 10
-        if block != self._pos_block:
-            count = min(1024, (1 << POS_BITS) - (block << 10))
-            self._pos, self._pos_block = positions(block << 10, count), block
-        return self._pos[p & 1023]
-
-    def start(self, n_q: int, batch: int, frames: int) -> "IntLMState":
+    def start(self, n_q: int, batch: int, frames: int, first: tp.Optional[np.ndarray] = None) -> "IntLMState":
+        """`batch` fresh streams of at most `frames` frames, stream i at positions first[i]..."""
         if n_q > self.used:
             raise ValueError(f"this LM serves {self.used} codebooks, not {n_q}")
-        return IntLMState(self, n_q, batch, frames)
+        return IntLMState(self, n_q, batch, frames, first)
 
 
 _BLOCKS = np.kron(np.eye(HEADS, dtype=np.float32), np.ones((1, HEAD_DIM), np.float32))  # [H, D]
@@ -322,10 +315,13 @@ class IntLMState:
 
     SLACK = 64  # spare cache rows: the window moves back to the front once per SLACK steps
 
-    def __init__(self, lm: IntLM, n_q: int, batch: int, frames: int):
+    def __init__(self, lm: IntLM, n_q: int, batch: int, frames: int, first: tp.Optional[np.ndarray] = None):
         self.lm, self.n_q, self.batch = lm, n_q, batch
         self.capacity = min(lm.past_context, frames) + 1 + self.SLACK
         self.offset = 0
+        first = np.zeros(batch, np.int64) if first is None else np.asarray(first, np.int64)
+        steps = (first[:, None] + np.arange(frames)).reshape(-1)
+        self._pos = positions(steps).astype(np.int32).reshape(batch, frames, DIM)
         self.prev = np.zeros((batch, n_q), np.int64)
         self._codebooks = np.arange(n_q)[None]
         shape = (len(lm.layers), batch, self.capacity)
@@ -363,7 +359,7 @@ class IntLMState:
         """Integer frequencies [batch, n_q, 1024] of the next frame (rows sum to 2**24 - 1024)."""
         lm = self.lm
         x = lm.emb[self._codebooks, self.prev].sum(axis=1)
-        x = lm.norm_in(x) + lm.position(self.offset)
+        x = lm.norm_in(x) + self._pos[:, self.offset]
         pos = self.start + self.count
         if pos == self.capacity:  # move the window back to the front of the buffers
             for buf in (self.k, self.v, self.ek, self.ev):

@@ -54,15 +54,21 @@ def model_probabilities(freqs: np.ndarray) -> np.ndarray:
 
 
 class _Batch:
-    """The streams of several packets, stepped together: stream i codes frame t at step t."""
+    """The streams of several packets, stepped together: stream i codes frame t at step t.
 
-    def __init__(self, lm: IntLM, n_q: int, packets: tp.Sequence[tp.Sequence[F.Segment]]):
+    A 24 kHz packet's stream starts at the position of its first frame in the file
+    (`offsets`: frames before each packet); 48 kHz segments start at position 0.
+    """
+
+    def __init__(self, lm: IntLM, n_q: int, packets: tp.Sequence[tp.Sequence[F.Segment]],
+                 offsets: tp.Optional[tp.Sequence[int]]):
         self.lengths = np.array([n for segs in packets for n, _ in segs], np.int64)
         starts = [np.cumsum([0] + [n for n, _ in segs])[:-1] for segs in packets]
         self.packet_of = np.concatenate([np.full(len(segs), i) for i, segs in enumerate(packets)])
         self.first_row = np.concatenate(starts).astype(np.int64)   # the stream's first frame in its packet
+        first = None if offsets is None else np.asarray(offsets, np.int64)[self.packet_of]
         steps = int(self.lengths.max()) if len(self.lengths) else 0
-        self.state = lm.start(n_q, len(self.lengths), steps) if steps else None
+        self.state = lm.start(n_q, len(self.lengths), steps, first) if steps else None
         self.steps = steps
 
     def live(self, t: int) -> np.ndarray:
@@ -75,6 +81,8 @@ class LMEncoder:
 
     def __init__(self, lm: IntLM, fingerprint: bytes, spec: ModelSpec, n_q: int):
         self.lm, self.fingerprint, self.n_q = lm, fingerprint, n_q
+        self.positions = spec.causal  # 24 kHz: streams start at their packet's frame offset
+        self.frames = 0               # frames of the packets coded so far
 
     @classmethod
     def load(cls, spec: ModelSpec, n_q: int, weights: tp.Optional[Path], progress: bool = True):
@@ -84,8 +92,13 @@ class LMEncoder:
     batch_streams = BATCH_STREAMS
 
     def encode_lm(self, packets: tp.Sequence[tp.Tuple[np.ndarray, tp.Sequence[F.Segment]]]) -> tp.List[bytes]:
-        """Each packet's LM-coded data: codes checksum, then the range coder's words."""
-        batch = _Batch(self.lm, self.n_q, [segs for _, segs in packets])
+        """Each packet's LM-coded data: codes checksum, then the range coder's words.
+
+        The packets follow those of earlier calls in the file."""
+        sizes = [len(codes) for codes, _ in packets]
+        offsets = self.frames + np.cumsum([0] + sizes[:-1]) if self.positions else None
+        self.frames += sum(sizes)
+        batch = _Batch(self.lm, self.n_q, [segs for _, segs in packets], offsets)
         coders = [constriction.stream.queue.RangeEncoder() for _ in packets]
         for t in range(batch.steps):
             probs = model_probabilities(batch.state.step()).reshape(len(batch.lengths), self.n_q, CARD)
@@ -119,7 +132,9 @@ class LMEncoder:
 class LMDecoder:
     def __init__(self, lm: IntLM, spec: ModelSpec, n_q: int):
         self.lm, self.n_q = lm, n_q
-        self.packets = 0
+        self.positions = spec.causal
+        self.packets = 0  # packets read so far
+        self.frames = 0   # and their frames
 
     @classmethod
     def load(cls, spec: ModelSpec, header: F.Header, weights: tp.Optional[Path], progress: bool = True):
@@ -136,18 +151,22 @@ class LMDecoder:
         return self.decode_many([packet])[0]
 
     def decode_many(self, packets: tp.Sequence[F.Packet]) -> tp.List[np.ndarray]:
-        """The codes of each packet, in order; raw packets cost no LM work."""
+        """The codes of the file's next packets, in order; raw packets cost no LM work."""
         first = self.packets + 1
+        offsets = self.frames + np.cumsum([0] + [p.frames for p in packets[:-1]])
         self.packets += len(packets)
+        self.frames += sum(p.frames for p in packets)
         out = [p.codes for p in packets]
         coded = [i for i, p in enumerate(packets) if not p.flags & F.FLAG_RAW]
         if coded:
-            decoded = self._decode_lm([packets[i] for i in coded], [first + i for i in coded])
+            decoded = self._decode_lm([packets[i] for i in coded], [first + i for i in coded],
+                                      [int(offsets[i]) for i in coded] if self.positions else None)
             for i, codes in zip(coded, decoded):
                 out[i] = codes
         return out
 
-    def _decode_lm(self, packets: tp.Sequence[F.Packet], numbers: tp.Sequence[int]) -> tp.List[np.ndarray]:
+    def _decode_lm(self, packets: tp.Sequence[F.Packet], numbers: tp.Sequence[int],
+                   offsets: tp.Optional[tp.Sequence[int]]) -> tp.List[np.ndarray]:
         coders, crcs = [], []
         for packet, n in zip(packets, numbers):
             data = packet.payload
@@ -156,7 +175,7 @@ class LMDecoder:
             crcs.append(struct.unpack_from(">I", data)[0])
             words = np.frombuffer(data, ">u4", offset=4).astype(np.uint32)
             coders.append(constriction.stream.queue.RangeDecoder(words))
-        batch = _Batch(self.lm, self.n_q, [p.segments for p in packets])
+        batch = _Batch(self.lm, self.n_q, [p.segments for p in packets], offsets)
         codes = [np.zeros((p.frames, self.n_q), np.uint16) for p in packets]
         for t in range(batch.steps):
             probs = model_probabilities(batch.state.step()).reshape(len(batch.lengths), self.n_q, CARD)

@@ -133,11 +133,12 @@ def frequency_digest(g: np.ndarray) -> str:
 def frequencies() -> None:
     """Coder 3's frequencies for some frames of each model's seeded random LM."""
     doc = {}
-    for model, k, frames in (("encodec_24khz", 8, 40), ("encodec_48khz", 4, 30)):
+    # a 24 kHz stream two hours into a file (its positions start there), a 48 kHz segment
+    for model, k, frames, start in (("encodec_24khz", 8, 40, 540_000), ("encodec_48khz", 4, 30, 0)):
         lm = random_lm(model)
         codes = np.random.default_rng(7).integers(0, 1024, (frames, k)).astype(np.uint16)
         codes[frames // 2:] = likely_codes(lm, k, frames - frames // 2)
-        state, steps = lm.start(k, 1, frames), []
+        state, steps = lm.start(k, 1, frames, np.array([start])), []
         for t in range(frames):
             g = state.step()[0]
             if t in (0, 1, 2, frames // 2, frames - 1):
@@ -145,7 +146,7 @@ def frequencies() -> None:
                               "first": g[:, :8].tolist(),
                               "top": [[int(s), int(g[c, s])] for c, s in enumerate(g.argmax(axis=1))]})
             state.push(codes[t][None])
-        doc[model] = {"codebooks": k, "codes": codes.tolist(), "steps": steps}
+        doc[model] = {"codebooks": k, "first_position": start, "codes": codes.tolist(), "steps": steps}
     (OUT / "coder3_frequencies.json").write_text(json.dumps(doc) + "\n")
     print("coder3_frequencies.json")
 
