@@ -16,7 +16,6 @@ The network is the float LM of lm.py (same checkpoint keys), quantized at load.
 from __future__ import annotations
 
 import functools
-import math
 import typing as tp
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 
@@ -284,12 +283,13 @@ class IntLM:
         self.past_context, self.used = lm.past_context, lm.used
         self.norm_in = LayerNorm(*map(_np, lm.norm_in))
         self.emb = np.clip(_rne(_np(lm.emb_table) * (1 << Q)), -(1 << 24), 1 << 24)  # [used, 1025, D]
-        qscale = np.ones(3 * DIM)
-        qscale[:DIM] = 1 / math.sqrt(HEAD_DIM)  # exactly 1/5: queries carry the attention scale
         self.layers = []
         for (w_qkv, b_qkv, w_out, b_out, w_n1, b_n1, w_1, b_1, w_2, b_2, w_n2, b_n2) in lm.layers:
+            w_qkv, b_qkv = _np(w_qkv), _np(b_qkv)
+            w_qkv[:DIM] /= 5  # the queries carry the attention scale 1/sqrt(25)
+            b_qkv[:DIM] /= 5
             self.layers.append((
-                Linear(_np(w_qkv) * qscale[:, None], _np(b_qkv) * qscale, 9),
+                Linear(w_qkv, b_qkv, 9),
                 Linear(_np(w_out), _np(b_out), 9), LayerNorm(_np(w_n1), _np(b_n1)),
                 Linear(_np(w_1), _np(b_1), 9), Linear(_np(w_2), _np(b_2), 7),
                 LayerNorm(_np(w_n2), _np(b_n2))))
