@@ -68,7 +68,8 @@ def norm(params, x):
 
 
 def ln_params(w, b):
-    return np.clip(rne(w.astype(np.float64) * 14.142135623730951 * 1024), -2**24, 2**24), rne(b.astype(np.float64) * 1024)
+    gamma = np.clip(rne(w.astype(np.float64) * 14.142135623730951 * 1024), -2**24, 2**24)
+    return gamma, rne(b.astype(np.float64) * 1024)
 
 
 def gelu(h):
