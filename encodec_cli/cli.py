@@ -193,7 +193,9 @@ def _common(fn):
               help="Target kbps: 1.5, 3, 6, 12, 24 (24khz); 3, 6, 12, 24 (48khz).")
 @click.option("--model", type=click.Choice(["24khz", "48khz"]), default="24khz", show_default=True,
               help="24khz: mono, speech and general audio; 48khz: stereo music.")
-@click.option("--lm", is_flag=True, help="Entropy-code with EnCodec's language model (smaller, slower).")
+@click.option("--lm/--raw", default=False,
+              help="--lm: range-code with EnCodec's language model (smaller, slower); "
+                   "--raw: 10 bits per code, no language model.")
 @_common
 @_guard
 def compress(inputs, output, bandwidth, model, lm, weights, lm_weights, force, quiet, threads, jobs):

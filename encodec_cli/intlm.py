@@ -149,18 +149,21 @@ def positions(p: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- integer helpers
 
-HALF = np.array([0] + [1 << k for k in range(62)], np.int64)  # HALF[k] = 2**(k-1); HALF[0] = 0
 _POW2 = np.array([1 << k for k in range(63)], np.int64)
+_LIMITS = {bits: _POW2[bits:] for bits in range(63)}
+_max, _sum = np.maximum.reduce, np.add.reduce  # ufunc reductions (no Python-level wrappers)
 
 
 def rshift_round(a: np.ndarray, k) -> np.ndarray:
     """floor(a / 2**k + 1/2) for k >= 0 (an int, or an int array that broadcasts with a)."""
-    return (a + HALF[k]) >> k
+    if isinstance(k, int):
+        return a if k == 0 else (a + (1 << (k - 1))) >> k
+    return (a + ((1 << k) >> 1)) >> k
 
 
 def excess(m: np.ndarray, bits: int) -> np.ndarray:
     """The smallest e >= 0 with m < 2**(bits+e), elementwise, for m >= 0."""
-    return np.searchsorted(_POW2[bits:], m, side="right")
+    return _LIMITS[bits].searchsorted(m, side="right")
 
 
 def isqrt(t: np.ndarray) -> np.ndarray:
@@ -197,22 +200,34 @@ class Linear:
         q = np.clip(np.rint(np.ldexp(weight, -shift[:, None])), -127, 127)
         self.qt = torch.from_numpy(np.ascontiguousarray(q.T, np.float32))  # [in, out]
         self.neg_shift = -shift
+        self.min_neg_shift = int(self.neg_shift.min())
         self.bias = _rne(bias * (1 << Q))
         self.in_bits = in_bits
+
+    @staticmethod
+    def concat(parts: tp.Sequence["Linear"]) -> "Linear":
+        """One layer with the outputs of `parts` in turn."""
+        whole = object.__new__(Linear)
+        whole.qt = torch.cat([p.qt for p in parts], dim=1)
+        whole.neg_shift = np.concatenate([p.neg_shift for p in parts])
+        whole.bias = np.concatenate([p.bias for p in parts])
+        whole.min_neg_shift, whole.in_bits = int(whole.neg_shift.min()), parts[0].in_bits
+        return whole
 
     def first(self, rows: int) -> "Linear":
         """The same layer restricted to its first `rows` outputs."""
         part = object.__new__(Linear)
         part.qt = self.qt[:, :rows].contiguous()
         part.neg_shift, part.bias, part.in_bits = self.neg_shift[:rows], self.bias[:rows], self.in_bits
+        part.min_neg_shift = int(part.neg_shift.min())
         return part
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Q10 [rows, in] -> Q10 [rows, out]."""
-        e = excess(np.abs(x).max(axis=1), self.in_bits)[:, None]
+        e = excess(_max(np.abs(x), axis=1), self.in_bits)[:, None]
         acc = _mm(rshift_round(x, e).astype(np.float32), self.qt).astype(np.int64)
         sh = self.neg_shift - e
-        if sh.min() < 0:  # weights of 128 or more: shift left instead
+        if self.min_neg_shift < int(_max(e, axis=None)):  # weights of 128 or more: shift left
             acc = acc << np.maximum(-sh, 0)
             sh = np.maximum(sh, 0)
         return rshift_round(acc, sh) + self.bias
@@ -231,18 +246,18 @@ class LayerNorm:
         self.beta = _rne(bias * (1 << Q))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        e = excess(np.abs(x).max(axis=1), LN_INPUT_BITS)
+        e = excess(_max(np.abs(x), axis=1), LN_INPUT_BITS)
         if e.any():
             x = x >> e[:, None]
-        c = DIM * x - x.sum(axis=1, keepdims=True)
-        r = isqrt((c * c).sum(axis=1, keepdims=True) + LN_EPS)
+        c = DIM * x - _sum(x, axis=1, keepdims=True)
+        r = isqrt(_sum(c * c, axis=1, keepdims=True) + LN_EPS)
         return (2 * c * self.gamma + r) // (2 * r) + self.beta
 
 
 def gelu(h: np.ndarray) -> np.ndarray:
     """Q10 GELU: the 2**-5-step table, interpolated linearly; x above 6.0, 0 below -6.0."""
     table = gelu_table()
-    u = np.clip(h, -GELU_EDGE, GELU_EDGE) + GELU_EDGE
+    u = np.minimum(np.maximum(h, -GELU_EDGE), GELU_EDGE) + GELU_EDGE
     i, f = u >> GELU_STEP, u & ((1 << GELU_STEP) - 1)
     y = rshift_round(table[i] * ((1 << GELU_STEP) - f) + table[i + 1] * f, 20 + GELU_STEP - Q)
     return np.where(h > GELU_EDGE, h, y)
@@ -250,9 +265,9 @@ def gelu(h: np.ndarray) -> np.ndarray:
 
 def softmax_weights(scores: np.ndarray, axis: int) -> np.ndarray:
     """Attention weights in Q13 (rounded to nearest; they sum to at most 2**13 + n/2)."""
-    t = np.minimum(scores.max(axis=axis, keepdims=True) - scores, EXP_SIZE - 1)
-    e = exp_table()[t]
-    inv = (1 << (EXP_BITS + ATT_BITS)) // e.sum(axis=axis, keepdims=True)
+    t = np.minimum(_max(scores, axis=axis, keepdims=True) - scores, EXP_SIZE - 1)
+    e = np.take(exp_table(), t)
+    inv = (1 << (EXP_BITS + ATT_BITS)) // _sum(e, axis=axis, keepdims=True)
     return (e * inv + (1 << (EXP_BITS - 1))) >> EXP_BITS
 
 
@@ -262,12 +277,15 @@ def frequencies(logits: np.ndarray) -> np.ndarray:
     e = EXP[min(max - z, 22527)], g = (e * floor((2**24 - 1024) * 2**32 / sum e)) >> 32; what
     the floors leave goes to the first most likely symbol. The coder adds 1 to each.
     """
-    top = logits.argmax(axis=-1)[..., None]
-    t = np.minimum(np.take_along_axis(logits, top, -1) - logits, EXP_SIZE - 1)
-    e = exp_table()[t]
-    g = (e * ((FREQ_TOTAL << 32) // e.sum(axis=-1, keepdims=True))) >> 32
-    np.put_along_axis(g, top, np.take_along_axis(g, top, -1) + FREQ_TOTAL - g.sum(axis=-1, keepdims=True), -1)
-    return g
+    shape = logits.shape
+    logits = logits.reshape(-1, CARD)
+    rows = np.arange(len(logits))
+    top = logits.argmax(axis=1)
+    t = np.minimum(logits[rows, top][:, None] - logits, EXP_SIZE - 1)
+    e = np.take(exp_table(), t)
+    g = (e * ((FREQ_TOTAL << 32) // _sum(e, axis=1, keepdims=True))) >> 32
+    g[rows, top] += FREQ_TOTAL - _sum(g, axis=1)
+    return g.reshape(shape)
 
 
 # ---------------------------------------------------------------- the model
@@ -282,7 +300,9 @@ class IntLM:
     def __init__(self, lm: LanguageModel):
         self.past_context, self.used = lm.past_context, lm.used
         self.norm_in = LayerNorm(*map(_np, lm.norm_in))
-        self.emb = np.clip(_rne(_np(lm.emb_table) * (1 << Q)), -(1 << 24), 1 << 24)  # [used, 1025, D]
+        # per codebook, so that no float64 copy of all of them exists at once
+        self.emb = np.stack([np.clip(_rne(_np(e) * (1 << Q)), -(1 << 24), 1 << 24).astype(np.int32)
+                             for e in lm.emb_table])                                    # [used, 1025, D]
         self.layers = []
         for (w_qkv, b_qkv, w_out, b_out, w_n1, b_n1, w_1, b_1, w_2, b_2, w_n2, b_n2) in lm.layers:
             w_qkv, b_qkv = _np(w_qkv), _np(b_qkv)
@@ -293,7 +313,7 @@ class IntLM:
                 Linear(_np(w_out), _np(b_out), 9), LayerNorm(_np(w_n1), _np(b_n1)),
                 Linear(_np(w_1), _np(b_1), 9), Linear(_np(w_2), _np(b_2), 7),
                 LayerNorm(_np(w_n2), _np(b_n2))))
-        self.heads = Linear(_np(lm.head_w.transpose(1, 2).reshape(-1, DIM)), _np(lm.head_b.reshape(-1)), 9)
+        self.heads = Linear.concat([Linear(_np(w.t()), _np(b[0]), 9) for w, b in zip(lm.head_w, lm.head_b)])
 
     def start(self, n_q: int, batch: int, frames: int, first: tp.Optional[np.ndarray] = None) -> "IntLMState":
         """`batch` fresh streams of at most `frames` frames, stream i at positions first[i]..."""
@@ -324,9 +344,11 @@ class IntLMState:
         self._pos = positions(steps).astype(np.int32).reshape(batch, frames, DIM)
         self.prev = np.zeros((batch, n_q), np.int64)
         self._codebooks = np.arange(n_q)[None]
-        shape = (len(lm.layers), batch, self.capacity)
-        self.k, self.v = np.zeros(shape + (DIM,), np.float32), np.zeros(shape + (DIM,), np.float32)
-        self.ek, self.ev = np.zeros(shape + (HEADS,), np.int64), np.zeros(shape + (HEADS,), np.int64)
+        layers = len(lm.layers)
+        self.k = np.zeros((layers, batch, self.capacity, DIM), np.float32)
+        self.v = np.zeros((layers, batch, self.capacity, DIM), np.float32)
+        self.ek = np.zeros((layers, batch, HEADS, self.capacity), np.int64)
+        self.ev = np.zeros((layers, batch, HEADS, self.capacity), np.int64)
         self._heads = lm.heads.first(n_q * CARD)
         zero = np.zeros((batch, DIM), np.int64)  # the reference's initial past: one zero row
         for i, layer in enumerate(lm.layers):
@@ -335,35 +357,39 @@ class IntLMState:
 
     def _qkv(self, i: int, proj: Linear, x: np.ndarray, pos: int) -> tp.Tuple[np.ndarray, np.ndarray]:
         """Project x; store its keys and values at `pos`; return the queries' mantissas and exponents."""
-        parts = np.clip(proj(x), -ACT_LIMIT, ACT_LIMIT).reshape(self.batch, 3, HEADS, HEAD_DIM)
-        e = excess(np.abs(parts).max(axis=3) << (10 - _QKV_BITS)[:, None], 10)   # [B, 3, H]
+        parts = np.minimum(np.maximum(proj(x), -ACT_LIMIT), ACT_LIMIT).reshape(self.batch, 3, HEADS, HEAD_DIM)
+        e = excess(_max(np.abs(parts), axis=3) << (10 - _QKV_BITS)[:, None], 10)   # [B, 3, H]
         mant = rshift_round(parts, e[..., None])
-        self.k[i, :, pos], self.ek[i, :, pos] = mant[:, 1].reshape(self.batch, DIM), e[:, 1]
-        self.v[i, :, pos], self.ev[i, :, pos] = mant[:, 2].reshape(self.batch, DIM), e[:, 2]
+        self.k[i, :, pos], self.ek[i, :, :, pos] = mant[:, 1].reshape(self.batch, DIM), e[:, 1]
+        self.v[i, :, pos], self.ev[i, :, :, pos] = mant[:, 2].reshape(self.batch, DIM), e[:, 2]
         return mant[:, 0], e[:, 0]
 
     def _attend(self, i: int, q: np.ndarray, eq: np.ndarray, pos: int) -> np.ndarray:
+        """Attention output (Q10, [B, D]) over the window; arrays are [B, H, L]."""
         win = slice(self.start, pos + 1)
-        qd = q.reshape(self.batch, DIM, 1).astype(np.float32) * _BLOCKS.T       # [B, D, H]
-        dots = _mm(self.k[i, :, win], torch.from_numpy(qd)).astype(np.int64)      # [B, L, H], exact
-        scores = rshift_round(dots << (eq[:, None] + self.ek[i, :, win]), Q)     # Q10
-        w = softmax_weights(scores, axis=1)                                       # Q13
-        ev = self.ev[i, :, win]
-        top = ev.max(axis=1, keepdims=True)
+        qd = _BLOCKS * q.reshape(self.batch, 1, DIM).astype(np.float32)          # [B, H, D] block rows
+        keys = torch.from_numpy(self.k[i, :, win]).transpose(1, 2)                # [B, D, L]
+        dots = _mm(qd, keys).astype(np.int64)                                     # exact
+        scores = rshift_round(dots << (eq[:, :, None] + self.ek[i, :, :, win]), Q)  # Q10
+        w = softmax_weights(scores, axis=-1)                                      # Q13
+        ev = self.ev[i, :, :, win]
+        top = _max(ev, axis=-1, keepdims=True)
         w = rshift_round(w, top - ev).astype(np.float32)                         # sums < 2**13 + L
-        acc = _mm(np.ascontiguousarray(w.transpose(0, 2, 1)), torch.from_numpy(self.v[i, :, win]))
-        acc = (acc * _BLOCKS).sum(axis=1).astype(np.int64)                       # [B, D], exact
-        return rshift_round(acc << np.repeat(top[:, 0], HEAD_DIM, axis=1), ATT_BITS)
+        acc = _mm(w, torch.from_numpy(self.v[i, :, win]))                         # [B, H, D]
+        acc = _sum(acc * _BLOCKS, axis=1).astype(np.int64)                       # [B, D], exact
+        return rshift_round(acc << np.repeat(top[:, :, 0], HEAD_DIM, axis=1), ATT_BITS)
 
     def step(self) -> np.ndarray:
         """Integer frequencies [batch, n_q, 1024] of the next frame (rows sum to 2**24 - 1024)."""
         lm = self.lm
-        x = lm.emb[self._codebooks, self.prev].sum(axis=1)
+        x = _sum(lm.emb[self._codebooks, self.prev], axis=1, dtype=np.int64)
         x = lm.norm_in(x) + self._pos[:, self.offset]
         pos = self.start + self.count
         if pos == self.capacity:  # move the window back to the front of the buffers
-            for buf in (self.k, self.v, self.ek, self.ev):
+            for buf in (self.k, self.v):
                 buf[:, :, :self.count] = buf[:, :, self.start:pos].copy()
+            for buf in (self.ek, self.ev):
+                buf[..., :self.count] = buf[..., self.start:pos].copy()
             self.start, pos = 0, self.count
         for i, (qkv, out, norm1, lin1, lin2, norm2) in enumerate(lm.layers):
             q, eq = self._qkv(i, qkv, x, pos)

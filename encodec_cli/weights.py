@@ -123,7 +123,7 @@ def _download(ck: Checkpoint, folder: Path, progress: bool) -> None:
 
 
 def load_model(name: str, build: tp.Callable[[], tp.Any], explicit: tp.Optional[Path] = None,
-               progress: bool = True) -> tp.Tuple[tp.Any, bytes]:
+               progress: bool = True, mmap: bool = False) -> tp.Tuple[tp.Any, bytes]:
     """Resolve checkpoint `name`, load it strictly into `build()` and fold it.
 
     The module is built on the meta device and takes the loaded tensors as they are, so
@@ -134,16 +134,22 @@ def load_model(name: str, build: tp.Callable[[], tp.Any], explicit: tp.Optional[
     resolved = resolve(name, explicit, progress=progress)
     with torch.device("meta"):
         module = build()
-    load_strict(module, load_state_dict(resolved.path), resolved.path)
+    load_strict(module, load_state_dict(resolved.path, mmap), resolved.path)
     module.fold()
     return module, resolved.fingerprint
 
 
-def load_state_dict(path: Path) -> tp.Dict[str, tp.Any]:
+def load_state_dict(path: Path, mmap: bool = False) -> tp.Dict[str, tp.Any]:
+    """The checkpoint's tensors; with `mmap`, read from the file only as they are used."""
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)  # a legacy-format file
     except Exception as e:  # torch raises many kinds for a bad file
         raise WeightsError(f"cannot load weights {path}: {str(e).splitlines()[0]}") from None
     if not isinstance(state, dict):

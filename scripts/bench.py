@@ -1,7 +1,7 @@
 """ecdc against Meta's reference `encodec` package, side by side, single-threaded.
 
     python scripts/bench.py [--ref-python /tmp/refenv/bin/python] [--repeats 2] [--quick]
-    python scripts/bench.py --lm          # the --lm coders instead
+    python scripts/bench.py --lm          # coder 3 against raw mode and the reference's --lm
 
 Both run on the same seeded random weights of the official architecture (speed does not
 depend on the values) and the same inputs: the shared recordings looped to several
@@ -254,62 +254,76 @@ def jobs_bench(work: Path, w: Path) -> None:
 
 
 def lm_bench(a, work: Path, weights: dict) -> None:
-    """--lm: speed side by side, and sizes (with and without ecdc's raw fallback)."""
+    """--lm: coder 3 against raw mode (the same ecdc) and against the reference's --lm; sizes."""
     from encodec_cli import codec as C
     from encodec_cli import container as F
     from encodec_cli.api import CompressOptions, _grouped, compress_file
     from encodec_cli.lmcoder import LMEncoder, load_lm
 
     refenv = {"PYTHONPATH": str(SHARED / "reference" / "refshim")}
-    print("| input | direction | ecdc --lm RTF | reference --lm RTF | speed-up |")
-    print("|---|---|---|---|---|")
-    sizes = []
+    have_ref = Path(a.ref_python).exists()
+    rows, sizes = [], []
     for name, flag, src, seconds in (("encodec_24khz", "24khz", SHARED / "audio" / "test_24k.wav", a.lm_seconds),
                                      ("encodec_48khz", "48khz", SHARED / "audio" / "test_48k.wav", a.lm_seconds)):
         wav = looped(src, seconds, work / f"lm_{flag}.wav")
         w, lw = weights[name], weights[name.replace("encodec_", "encodec_lm_")]
-        # random LM weights predict nothing, so ecdc would store most packets raw, and decoding
-        # those costs no LM work at 48 kHz; decompression is timed on a file fully LM coded
+        # random LM weights predict nothing, so ecdc would store most packets raw, and a raw
+        # packet costs the decoder no LM work; decompression is timed on a file fully LM coded
         lm_only = work / f"lm_only_{flag}.ecdc"
         LMEncoder.fallback = False
         compress_file(str(wav), str(lm_only), CompressOptions(model=name, weights=w, lm=True, lm_weights=lw),
                       force=True)
         LMEncoder.fallback = True
+        runs = {
+            "raw_c": (ecdc_cmd("compress", wav, "-o", work / "raw.ecdc", "-f", "-q", "--model", flag,
+                               "--raw", "--weights", w), None),
+            "lm_c": (ecdc_cmd("compress", wav, "-o", work / "e.ecdc", "-f", "-q", "--model", flag,
+                              "--lm", "--lm-weights", lw, "--weights", w), None),
+            "raw_d": (ecdc_cmd("decompress", work / "raw.ecdc", "-o", work / "e.wav", "-f", "-q",
+                               "--weights", w), None),
+            "lm_d": (ecdc_cmd("decompress", lm_only, "-o", work / "e.wav", "-f", "-q",
+                              "--weights", w, "--lm-weights", lw), None),
+        }
+        if have_ref:
+            runs["ref_c"] = (ref_cmd(a.ref_python, "compress", wav, work / "r.ecdc", "-b", 6, "--lm",
+                                     "--weights", work / "weights") + (["--hq"] if flag == "48khz" else []), refenv)
+            runs["ref_d"] = (ref_cmd(a.ref_python, "decompress", work / "r.ecdc", work / "r.wav",
+                                     "--weights", work / "weights"), refenv)
         best = {}
         for _ in range(a.repeats):
-            for key, cmd, env in (
-                ("ec", ecdc_cmd("compress", wav, "-o", work / "e.ecdc", "-f", "-q", "--model", flag,
-                                "--lm", "--lm-weights", lw, "--weights", w), None),
-                ("rc", ref_cmd(a.ref_python, "compress", wav, work / "r.ecdc", "-b", 6, "--lm",
-                               "--weights", work / "weights") + (["--hq"] if flag == "48khz" else []), refenv),
-                ("ed", ecdc_cmd("decompress", lm_only, "-o", work / "e.wav", "-f", "-q",
-                                "--weights", w, "--lm-weights", lw), None),
-                ("rd", ref_cmd(a.ref_python, "decompress", work / "r.ecdc", work / "r.wav",
-                               "--weights", work / "weights"), refenv)):
-                wall = run(cmd, env)[0]
-                best[key] = min(best.get(key, wall), wall)
-        for direction, e, r in (("compress", "ec", "rc"), ("decompress", "ed", "rd")):
-            print(f"| {flag} 6 kbps, {seconds:g} s | {direction} | {seconds / best[e]:.1f}x | "
-                  f"{seconds / best[r]:.2f}x | **{best[r] / best[e]:.1f}x** |")
-        # sizes: the codes are the same on both sides; compare the coded bits
+            for key, (cmd, env) in runs.items():  # alternating, so drifts hit every tool alike
+                wall, rss = run(cmd, env)
+                if key not in best or wall < best[key][0]:
+                    best[key] = (wall, rss)
+        for direction, c in (("compress", "c"), ("decompress", "d")):
+            raw, lm = best[f"raw_{c}"], best[f"lm_{c}"]
+            ref = best.get(f"ref_{c}")
+            rows.append((f"{flag} 6 kbps, {seconds:g} s", direction, seconds / raw[0], seconds / lm[0],
+                         raw[0] / lm[0], lm[1], seconds / ref[0] if ref else None,
+                         ref[0] / lm[0] if ref else None))
+        # sizes: coder 3's payload without and with the raw fallback, against raw
         codec = C.load_codec(name, w)
         n_q = codec.spec.codebooks_for(6.0)
         x = sf.read(wav, dtype="float32", always_2d=True)[0].T.copy()
-        packets = list(C.encode(codec, [x], n_q))
+        grouped = list(_grouped(C.encode(codec, [x], n_q), codec.spec))
         lm, fp = load_lm(name, lw, n_q)
-        enc = LMEncoder(lm, fp, codec.spec, n_q)
-        grouped = list(_grouped(packets, codec.spec))
-        pure = sum(len(enc.encode_lm(c, s)) for c, s in grouped)
-        enc = LMEncoder(lm, fp, codec.spec, n_q)
-        with_fallback = sum(len(enc.encode(c, s)[0]) for c, s in grouped)
+        pure = sum(len(p) for p in LMEncoder(lm, fp, codec.spec, n_q).encode_lm(grouped))
+        with_fallback = sum(len(p) for p, _ in LMEncoder(lm, fp, codec.spec, n_q).encode_many(grouped))
         raw = sum(len(F.pack_codes(c)) for c, _ in grouped)
-        sizes.append((flag, (work / "r.ecdc").stat().st_size, (work / "e.ecdc").stat().st_size,
-                      pure, with_fallback, raw))
-    print("\n| input | reference --lm file | ecdc --lm file | ecdc LM payload, no fallback "
-          "| ecdc LM payload with raw fallback | raw payload |")
+        ref_size = (work / "r.ecdc").stat().st_size if have_ref else None
+        sizes.append((flag, ref_size, (work / "e.ecdc").stat().st_size, pure, with_fallback, raw))
+    print("| input | direction | raw RTF | --lm RTF | --lm / raw speed | --lm peak RSS "
+          "| reference --lm RTF | ecdc --lm vs reference --lm |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ref = f"{r[6]:.2f}x | **{r[7]:.1f}x**" if r[6] else "n/a | n/a"
+        print(f"| {r[0]} | {r[1]} | {r[2]:.1f}x | {r[3]:.1f}x | **{100 * r[4]:.0f}%** | {r[5]:.0f} MB | {ref} |")
+    print("\n| input | reference --lm file | ecdc --lm file | coder 3 payload, no fallback "
+          "| with raw fallback | raw payload |")
     print("|---|---|---|---|---|---|")
     for s in sizes:
-        print(f"| {s[0]} | {s[1]} B | {s[2]} B ({100 * (s[2] / s[1] - 1):+.1f}%) | {s[3]} B | {s[4]} B | {s[5]} B |")
+        ref = f"{s[1]} B" if s[1] else "n/a"
+        print(f"| {s[0]} | {ref} | {s[2]} B | {s[3]} B | {s[4]} B | {s[5]} B |")
 
 
 def main() -> None:
@@ -319,7 +333,7 @@ def main() -> None:
     ap.add_argument("--minutes24", type=float, default=3.0)
     ap.add_argument("--minutes48", type=float, default=2.0)
     ap.add_argument("--lm", action="store_true", help="benchmark the --lm coders")
-    ap.add_argument("--lm-seconds", type=float, default=30.0)
+    ap.add_argument("--lm-seconds", type=float, default=60.0)
     ap.add_argument("--quick", action="store_true", help="short inputs, one repeat")
     a = ap.parse_args()
     if a.quick:
