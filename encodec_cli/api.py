@@ -32,7 +32,7 @@ class CompressOptions:
     bandwidth: float = 6.0
     model: str = "encodec_24khz"
     weights: tp.Optional[Path] = None       # any checkpoint of the same architecture
-    lm: bool = False                        # entropy-code with the language model
+    lm: bool = True                         # range-code with the language model (False: raw)
     lm_weights: tp.Optional[Path] = None
     progress: bool = True                   # download progress bars
 
@@ -102,7 +102,9 @@ def compress_stream(source: A.Source, fo: tp.BinaryIO, opts: CompressOptions,
 
     writer = F.Writer(fo, header)
     grouped = _grouped(C.encode(codec, model_blocks(), n_q), spec)
-    for batch in batches(grouped, lambda p: len(p[1]), coder.batch_streams):
+    # to a pipe, packets should flow while the input is still coming: batches grow from one
+    ramp = not F.seekable(fo)
+    for batch in batches(grouped, lambda p: len(p[1]), coder.batch_streams, ramp):
         for (_, segments), (payload, flags) in zip(batch, coder.encode_many(batch)):
             writer.write_packet(segments, payload, flags)
         fo.flush()  # a reader on a pipe gets each packet as soon as it is coded

@@ -171,7 +171,7 @@ def main() -> None:
 COMMON = [
     click.option("-o", "--output", help="Output file, folder (several inputs) or '-' for stdout."),
     click.option("--weights", type=WEIGHTS, help="Model checkpoint to use instead of the official one."),
-    click.option("--lm-weights", type=WEIGHTS, help="Language model checkpoint (with --lm files)."),
+    click.option("--lm-weights", type=WEIGHTS, help="Language model checkpoint to use instead of the official one."),
     click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs."),
     click.option("-q", "--quiet", is_flag=True, help="No progress bar or notes."),
     click.option("--threads", type=int, default=1, show_default=True,
@@ -193,9 +193,9 @@ def _common(fn):
               help="Target kbps: 1.5, 3, 6, 12, 24 (24khz); 3, 6, 12, 24 (48khz).")
 @click.option("--model", type=click.Choice(["24khz", "48khz"]), default="24khz", show_default=True,
               help="24khz: mono, speech and general audio; 48khz: stereo music.")
-@click.option("--lm/--raw", default=False,
-              help="--lm: range-code with EnCodec's language model (smaller, slower); "
-                   "--raw: 10 bits per code, no language model.")
+@click.option("--lm/--raw", default=True, show_default=True,
+              help="--lm: range-code the codes with EnCodec's language model (smaller files); "
+                   "--raw: 10 bits per code (faster, no language model to download).")
 @_common
 @_guard
 def compress(inputs, output, bandwidth, model, lm, weights, lm_weights, force, quiet, threads, jobs):

@@ -33,15 +33,24 @@ class RawDecoder:
 T = tp.TypeVar("T")
 
 
-def batches(items: tp.Iterable[T], streams: tp.Callable[[T], int], limit: int) -> tp.Iterator[tp.List[T]]:
-    """Consecutive items in lists holding at least `limit` streams (the last may hold fewer)."""
+def batches(items: tp.Iterable[T], streams: tp.Callable[[T], int], limit: int,
+            ramp: bool = False) -> tp.Iterator[tp.List[T]]:
+    """Consecutive items in lists holding at least `limit` streams (the last may hold fewer).
+
+    With `ramp`, the first lists are smaller (one item, one, two, four, ...) so that the
+    first results come early.
+    """
     batch: tp.List[T] = []
-    count = 0
+    count, sizes = 0, [1, 1] if ramp else []
     for item in items:
         batch.append(item)
         count += streams(item)
-        if count >= limit:
+        if (sizes and len(batch) >= sizes[0]) or count >= limit:
             yield batch
+            if sizes:
+                grown = 2 * sizes.pop(0)
+                if not sizes and grown < limit:
+                    sizes.append(grown)
             batch, count = [], 0
     if batch:
         yield batch

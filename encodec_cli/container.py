@@ -136,7 +136,7 @@ class Writer:
         end = End(self.frames, num_samples, source_num_samples, self.packets)
         _write_record(self.fo, RECORD_END, _END.pack(end.frames, end.num_samples,
                                                      end.source_num_samples, end.packets))
-        if _seekable(self.fo):
+        if seekable(self.fo):
             pos = self.fo.tell()
             self.fo.seek(0)
             self.fo.write(replace(self.header, num_samples=num_samples,
@@ -146,7 +146,7 @@ class Writer:
         return end
 
 
-def _seekable(fo) -> bool:
+def seekable(fo) -> bool:
     try:
         return fo.seekable()
     except (AttributeError, OSError, ValueError):

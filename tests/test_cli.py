@@ -21,6 +21,7 @@ from encodec_cli.cli import main
 from encodec_cli.lmcoder import LMEncoder, load_lm
 from encodec_cli.models import SPECS
 from encodec_cli.random_weights import likely_codes, model_state
+from encodec_cli.weights import REGISTRY
 
 from .conftest import tone, write_audio
 
@@ -28,7 +29,17 @@ BANDWIDTHS = [("24khz", b) for b in (1.5, 3, 6, 12, 24)] + [("48khz", b) for b i
 
 
 def run(*args, ok=True, stdin=None):
-    result = CliRunner().invoke(main, [str(a) for a in args], input=stdin)
+    """ecdc in process. Given --weights for compress or decompress, it also gets --lm-weights
+    of the same folder (random checkpoints under their official names), as for a user whose
+    weights folder holds both checkpoints, unless --raw or --lm-weights is given."""
+    args = [str(a) for a in args]
+    if (args and args[0] in ("compress", "decompress") and "--weights" in args
+            and "--raw" not in args and "--lm-weights" not in args):
+        path = Path(args[args.index("--weights") + 1])
+        lm = path.name.split("-")[0].replace("encodec_", "encodec_lm_")
+        if lm in REGISTRY:
+            args += ["--lm-weights", str(path.parent / REGISTRY[lm].filename)]
+    result = CliRunner().invoke(main, args, input=stdin)
     if ok:
         assert result.exit_code == 0, (result.output, result.exception)
     return result
@@ -39,8 +50,25 @@ def weights_for(model, checkpoints):
 
 
 def read_codes(path: Path) -> np.ndarray:
+    """The codes of a file; an LM-coded one is decoded with the random LM of the session."""
     with open(path, "rb") as f:
-        return np.concatenate([p.codes for p in F.Reader(f)])
+        reader = F.Reader(f)
+        packets = list(reader)
+    h = reader.header
+    if h.coder == "raw":
+        return np.concatenate([p.codes for p in packets])
+    folder = Path(random_checkpoints["encodec_24khz"]).parent
+    lm, _ = load_lm(h.model, folder / REGISTRY[h.model.replace("encodec_", "encodec_lm_")].filename,
+                    h.n_codebooks, progress=False)
+    return np.concatenate(lmcoder.LMDecoder(lm, SPECS[h.model], h.n_codebooks).decode_many(packets))
+
+
+random_checkpoints: dict = {}
+
+
+@pytest.fixture(autouse=True)
+def _known_checkpoints(checkpoints):
+    random_checkpoints.update(checkpoints)
 
 
 def assert_one_line_error(result, pattern: str):
@@ -156,15 +184,15 @@ def test_info_human_and_json(tmp_path, checkpoints):
     assert "44100 Hz, 2 channels, 88200 samples" in text and "kbps achieved" in text
     data = json.loads(run("info", "--json", tmp_path / "in.ecdc").output)
     size = (tmp_path / "in.ecdc").stat().st_size
-    assert data["size_bytes"] == size and data["coder"] == "raw" and data["frames"] == 150
+    assert data["size_bytes"] == size and data["coder"] == "lm" and data["frames"] == 150  # the default coder
     assert data["achieved_kbps"] == pytest.approx(size * 8 / 2.0 / 1000, rel=1e-3)
 
 
 def test_lm_round_trip_and_info(tmp_path, checkpoints):
     w, lw = checkpoints["encodec_24khz"], checkpoints["encodec_lm_24khz"]
     src = write_audio(tmp_path / "in.wav", 1.5, 24000)
-    run("compress", src, "-o", tmp_path / "raw.ecdc", "--weights", w, "-q")
-    run("compress", src, "-o", tmp_path / "lm.ecdc", "--weights", w, "--lm", "--lm-weights", lw, "-q")
+    run("compress", src, "-o", tmp_path / "raw.ecdc", "--weights", w, "--raw", "-q")
+    run("compress", src, "-o", tmp_path / "lm.ecdc", "--weights", w, "--lm-weights", lw, "-q")  # the default
     np.testing.assert_array_equal(read_codes(tmp_path / "raw.ecdc"), read_codes(tmp_path / "lm.ecdc"))
     data = json.loads(run("info", "--json", tmp_path / "lm.ecdc").output)
     assert data["coder"] == "lm" and data["lm_fingerprint"]

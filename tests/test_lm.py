@@ -322,3 +322,13 @@ def test_files_decode_under_other_kernels_and_threads(kernels, portable_files):
     for path, digest in portable_files.items():
         for threads in (1, 2, 4):
             assert got[f"{path}:{threads}"] == digest, (kernels, path, threads)
+
+
+def test_batches_ramp_up_for_pipes():
+    """To a pipe the first packets go out one by one, then in doubling batches."""
+    from encodec_cli.coders import batches
+
+    sizes = [len(b) for b in batches(range(40), lambda _: 1, 8, ramp=True)]
+    assert sizes == [1, 1, 2, 4, 8, 8, 8, 8] and sum(sizes) == 40
+    assert [len(b) for b in batches(range(20), lambda _: 1, 8)] == [8, 8, 4]
+    assert [len(b) for b in batches(range(6), lambda _: 3, 8)] == [3, 3]  # 48 kHz: streams count

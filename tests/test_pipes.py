@@ -7,16 +7,24 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
 from encodec_cli import audio as A
+from encodec_cli.weights import REGISTRY
 
 from .conftest import tone, write_audio
 
 ECDC = [sys.executable, "-m", "encodec_cli"]
+
+
+def both(w: Path) -> list:
+    """--weights and the LM checkpoint beside it (random checkpoints under official names)."""
+    lm = w.name.split("-")[0].replace("encodec_", "encodec_lm_")
+    return ["--weights", str(w), "--lm-weights", str(w.parent / REGISTRY[lm].filename)]
 
 
 def env():
@@ -27,16 +35,17 @@ def env():
 
 def test_shell_pipeline(tmp_path, w24):
     src = write_audio(tmp_path / "a.wav", 2.0, 44100, 2)
-    cmd = (f"cat {src} | {sys.executable} -m encodec_cli compress - -o - --weights {w24} -q "
-           f"| {sys.executable} -m encodec_cli decompress - -o - --weights {w24} -q > {tmp_path}/b.wav")
+    wargs = " ".join(both(w24))
+    cmd = (f"cat {src} | {sys.executable} -m encodec_cli compress - -o - {wargs} -q "
+           f"| {sys.executable} -m encodec_cli decompress - -o - {wargs} -q > {tmp_path}/b.wav")
     subprocess.run(cmd, shell=True, check=True, env=env(), timeout=120)
     out = sf.info(tmp_path / "b.wav")
     assert (out.samplerate, out.channels, out.frames) == (44100, 2, 88200)
     # same codes as through files
-    subprocess.run(ECDC + ["compress", str(src), "-o", str(tmp_path / "f.ecdc"), "--weights", str(w24), "-q"],
+    subprocess.run(ECDC + ["compress", str(src), "-o", str(tmp_path / "f.ecdc"), *both(w24), "-q"],
                    check=True, env=env(), timeout=120)
     subprocess.run(ECDC + ["decompress", str(tmp_path / "f.ecdc"), "-o", str(tmp_path / "f.wav"),
-                           "--weights", str(w24), "-q"], check=True, env=env(), timeout=120)
+                           *both(w24), "-q"], check=True, env=env(), timeout=120)
     a, _ = sf.read(tmp_path / "b.wav", dtype="int16")
     b, _ = sf.read(tmp_path / "f.wav", dtype="int16")
     np.testing.assert_array_equal(a, b)
@@ -45,7 +54,7 @@ def test_shell_pipeline(tmp_path, w24):
 def test_flac_on_stdin_is_spooled(tmp_path, w24):
     src = write_audio(tmp_path / "a.flac", 1.0, 16000)
     with open(src, "rb") as f:
-        p = subprocess.run(ECDC + ["compress", "-", "-o", str(tmp_path / "x.ecdc"), "--weights", str(w24), "-q"],
+        p = subprocess.run(ECDC + ["compress", "-", "-o", str(tmp_path / "x.ecdc"), *both(w24), "-q"],
                            stdin=f, env=env(), timeout=120, capture_output=True)
     assert p.returncode == 0, p.stderr
     r = subprocess.run(ECDC + ["info", "--json", str(tmp_path / "x.ecdc")], capture_output=True, text=True)
@@ -71,9 +80,11 @@ def _read_available(fd: int, wait: float, enough: int) -> bytes:
     return data
 
 
-def test_output_flows_before_input_ends(w24):
-    """Packets come out while the input is still open: a live stream, not a file."""
-    p = subprocess.Popen(ECDC + ["compress", "-", "-o", "-", "--weights", str(w24), "-q"],
+@pytest.mark.parametrize("coder", ["--lm", "--raw"])
+def test_output_flows_before_input_ends(w24, coder):
+    """Packets come out while the input is still open: a live stream, not a file (the LM
+    coder's batches to a pipe grow from one packet)."""
+    p = subprocess.Popen(ECDC + ["compress", "-", "-o", "-", *both(w24), "-q", coder],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
     try:
         x = np.round(tone(20.0, 24000)[:, 0] * 32767).astype("<i2").tobytes()
@@ -131,7 +142,7 @@ def test_killed_run_leaves_no_file(tmp_path, w24, sig, code, word):
     src = write_audio(tmp_path / "in.wav", 120.0, 24000)
     out = tmp_path / "out"
     out.mkdir()
-    p = subprocess.Popen(ECDC + ["compress", str(src), "-o", str(out / "in.ecdc"), "--weights", str(w24),
+    p = subprocess.Popen(ECDC + ["compress", str(src), "-o", str(out / "in.ecdc"), *both(w24),
                                  "-q"], stderr=subprocess.PIPE, env=env())
     deadline = time.monotonic() + 60
     while not any(out.iterdir()):  # the temporary output exists: the run is under way
