@@ -142,3 +142,33 @@ def test_checkpoints_load_with_weights_only(tmp_path):
     torch.save({"x": Evil()}, tmp_path / "evil.th")
     with pytest.raises(WeightsError, match="cannot load weights"):
         W.load_state_dict(tmp_path / "evil.th")
+
+
+def test_first_default_run_downloads_codec_and_language_model(server, monkeypatch, tmp_path, checkpoints):
+    """`ecdc compress in.wav` with nothing cached fetches both checkpoints (LM coding is the
+    default); `--raw` needs only the codec's."""
+    from click.testing import CliRunner
+
+    from encodec_cli.cli import main
+
+    from .conftest import write_audio
+
+    url, root = server
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("encodec_24khz", "encodec_lm_24khz"):
+        data = checkpoints[name].read_bytes()
+        ck = W.Checkpoint(f"{name}-{hashlib.sha256(data).hexdigest()[:8]}.th")
+        (root / ck.filename).write_bytes(data)
+        monkeypatch.setitem(W.REGISTRY, name, ck)
+    monkeypatch.setenv("ECDC_WEIGHTS_URL", url)
+    src = write_audio(tmp_path / "in.wav", 0.5, 24000)
+    result = CliRunner().invoke(main, ["compress", str(src), "-o", str(tmp_path / "raw.ecdc"), "--raw", "-q"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in W.hub_dir().iterdir()) == [W.REGISTRY["encodec_24khz"].filename]
+    result = CliRunner().invoke(main, ["compress", str(src), "-q"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in W.hub_dir().iterdir()) == sorted(
+        W.REGISTRY[n].filename for n in ("encodec_24khz", "encodec_lm_24khz"))
+    result = CliRunner().invoke(main, ["decompress", str(tmp_path / "in.ecdc"), "-o", str(tmp_path / "out.wav"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out.wav").exists()
