@@ -4,7 +4,6 @@ Torch is imported only by the commands that run a model, so `--help` and `info` 
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import json
 import os
 import signal
@@ -19,45 +18,6 @@ from . import __version__
 from .errors import EcdcError, OptionError
 
 WEIGHTS = click.Path(dir_okay=False, path_type=Path)
-
-
-def _set_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def _plan(inputs: tp.Sequence[str], output: tp.Optional[str], suffix: str) -> tp.List[tp.Tuple[str, str]]:
-    """Pair each input with its output path."""
-    to_dir = output is not None and output != "-" and (len(inputs) > 1 or os.path.isdir(output))
-    if len(inputs) > 1:
-        if "-" in inputs:
-            raise OptionError("'-' (stdin) cannot be one of several inputs")
-        if output is not None and not os.path.isdir(output):
-            raise OptionError(f"output folder {output} does not exist")
-    plan = []
-    for src in inputs:
-        stem = os.path.splitext(os.path.basename(src))[0] + suffix
-        if to_dir:
-            dst = os.path.join(output, stem)
-        elif output is not None:
-            dst = output
-        elif src == "-":
-            dst = "-"
-        else:
-            dst = os.path.join(os.path.dirname(src), stem)
-        plan.append((src, dst))
-    dsts = [d for _, d in plan]
-    if len(set(dsts)) != len(dsts):
-        raise OptionError("two inputs would write the same output file")
-    return plan
-
-
-def _run(kind: str, src: str, dst: str, opts, force: bool, progress=None):
-    from . import api
-
-    fn = api.compress_file if kind == "compress" else api.decompress_file
-    return fn(src, dst, opts, force=force, progress=progress)
 
 
 def _duration(kind: str, src: str) -> tp.Optional[float]:
@@ -79,52 +39,46 @@ def _duration(kind: str, src: str) -> tp.Optional[float]:
         return None  # errors are reported when the file is processed
 
 
-def _execute(kind: str, inputs, output, suffix, opts, force, quiet, threads, jobs) -> None:
+def _execute(kind: str, inputs, output, opts, force, quiet, threads, jobs, recursive=False,
+             resume=False, manifest=None, cluster=None) -> None:
     from tqdm import tqdm
+
+    from . import batch
 
     if threads < 1 or jobs < 1:
         raise click.UsageError("--threads and --jobs take a positive number")
-    plan = _plan(inputs, output, suffix)
+    if cluster is not None:
+        _check_ray()
+    plan = batch.plan(inputs, output, kind, recursive)
     if kind == "compress" and any(d == "-" for _, d in plan) and sys.stdout.isatty():
         raise OptionError("refusing to write compressed data to a terminal; use -o FILE or a pipe")
     durations = [_duration(kind, s) for s, _ in plan]
     total = sum(d for d in durations if d) if all(durations) else None
     show = not quiet and sys.stderr.isatty() and all(d != "-" for _, d in plan)
-    failures: tp.List[str] = []
     prefix = len(plan) > 1
-
-    def report(src: str, dst: str, result=None, error: tp.Optional[BaseException] = None) -> None:
-        if error is not None:
-            failures.append(f"{src}: {error}" if prefix else str(error))
-        elif result is not None and result.clipped and not quiet:
-            tqdm.write(f"note: {dst}: {result.clipped} samples clipped to full scale", file=sys.stderr)
 
     with tqdm(total=total, unit="s", disable=not show, desc=kind, file=sys.stderr,
               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]"
               if total else None) as bar:
-        if jobs == 1 or len(plan) == 1:
-            _set_threads(threads)
-            for src, dst in plan:
-                try:
-                    report(src, dst, _run(kind, src, dst, opts, force, bar.update))
-                except EcdcError as e:
-                    report(src, dst, error=e)
-        else:
-            with cf.ProcessPoolExecutor(min(jobs, len(plan)), initializer=_set_threads,
-                                        initargs=(threads,)) as pool:
-                futures = {pool.submit(_run, kind, s, d, opts, force): (s, d, dur)
-                           for (s, d), dur in zip(plan, durations)}
-                for fut in cf.as_completed(futures):
-                    src, dst, dur = futures[fut]
-                    try:
-                        report(src, dst, fut.result())
-                    except EcdcError as e:
-                        report(src, dst, error=e)
-                    bar.update(dur or 0)
+        def note(r: batch.FileResult) -> None:
+            if r.status == "ok" and r.clipped and not quiet:
+                tqdm.write(f"note: {r.output}: {r.clipped} samples clipped to full scale", file=sys.stderr)
+
+        results = batch.run_batch(plan, kind, opts, force=force, resume=resume, jobs=jobs,
+                                  threads=threads, cluster=cluster, manifest=manifest,
+                                  on_result=note, progress=bar.update)
+    failures = [f"{r.source}: {r.error}" if prefix else str(r.error) for r in results if r.status == "error"]
     if failures:
         for line in failures[:-1]:
             click.echo(f"Error: {line}", err=True)
         raise click.ClickException(failures[-1])
+
+
+def _check_ray() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise OptionError("--cluster needs Ray: pip install 'ecdc[ray]'")
 
 
 class _Terminated(BaseException):
@@ -177,7 +131,17 @@ COMMON = [
     click.option("--threads", type=int, default=1, show_default=True,
                  help="Torch threads per file."),
     click.option("-j", "--jobs", type=int, default=1, show_default=True,
-                 help="Files processed in parallel, one process each."),
+                 help="Files processed in parallel, one process each (with --cluster local: workers)."),
+    click.option("-r", "--recursive", is_flag=True,
+                 help="Folder inputs: process the files under them, mirroring the tree under -o."),
+    click.option("--resume", is_flag=True,
+                 help="Skip outputs that already exist complete and valid (re-run a killed job)."),
+    click.option("--manifest", type=click.Path(dir_okay=False),
+                 help="Append one JSON line per input (source, output, status, error, seconds, "
+                      "bytes, kbps, wall_s) to this file."),
+    click.option("--cluster", metavar="ADDRESS",
+                 help="Run the files as Ray tasks: 'local', 'auto', ray://host:port or host:port "
+                      "(needs pip install 'ecdc[ray]'; workers must see the same paths)."),
 ]
 
 
@@ -198,13 +162,15 @@ def _common(fn):
                    "--raw: 10 bits per code (faster, no language model to download).")
 @_common
 @_guard
-def compress(inputs, output, bandwidth, model, lm, weights, lm_weights, force, quiet, threads, jobs):
-    """Compress audio files (WAV, FLAC, OGG, ...; '-' for stdin) to .ecdc."""
+def compress(inputs, output, bandwidth, model, lm, weights, lm_weights, force, quiet, threads, jobs,
+             recursive, resume, manifest, cluster):
+    """Compress audio files or folders (-r) (WAV, FLAC, OGG, ...; '-' for stdin) to .ecdc."""
     from .api import MODELS, CompressOptions
 
     opts = CompressOptions(bandwidth, MODELS[model], weights, lm, lm_weights, progress=not quiet)
     opts.check()
-    _execute("compress", inputs, output, ".ecdc", opts, force, quiet, threads, jobs)
+    _execute("compress", inputs, output, opts, force, quiet, threads, jobs, recursive, resume,
+             manifest, cluster)
 
 
 @main.command()
@@ -215,12 +181,14 @@ def compress(inputs, output, bandwidth, model, lm, weights, lm_weights, force, q
               help="Keep the model's sample rate and channels instead of restoring the original's.")
 @_common
 @_guard
-def decompress(inputs, output, bits, model_format, weights, lm_weights, force, quiet, threads, jobs):
-    """Decompress .ecdc files ('-' for stdin) to WAV or FLAC (by extension; stdout: WAV)."""
+def decompress(inputs, output, bits, model_format, weights, lm_weights, force, quiet, threads, jobs,
+               recursive, resume, manifest, cluster):
+    """Decompress .ecdc files or folders (-r) ('-' for stdin) to WAV or FLAC (by extension; stdout: WAV)."""
     from .api import DecompressOptions
 
     opts = DecompressOptions(weights, lm_weights, model_format, bits, progress=not quiet)
-    _execute("decompress", inputs, output, ".wav", opts, force, quiet, threads, jobs)
+    _execute("decompress", inputs, output, opts, force, quiet, threads, jobs, recursive, resume,
+             manifest, cluster)
 
 
 @main.command()

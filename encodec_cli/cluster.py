@@ -1,0 +1,73 @@
+"""A batch on a Ray cluster: one actor per worker keeps its models loaded, one file a task.
+
+Imported only with --cluster (Ray is the optional extra `ecdc[ray]`). Workers read and
+write the same paths as the driver (shared storage). A worker that dies in the middle of a
+file is restarted and the file is retried; what a killed worker left half-written (the
+hidden `.part` temporary beside an output) is removed when the batch ends, or by the next
+run over the same outputs.
+"""
+from __future__ import annotations
+
+import typing as tp
+
+from .batch import FileResult, process, remove_stale_parts
+from .errors import OptionError
+
+RETRIES = 2  # more tries of a file whose worker died, before it is reported as failed
+
+
+class _Worker:
+    """Runs files one by one in a worker process; the models stay cached in the process."""
+
+    def __init__(self, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)
+
+    def run(self, kind: str, src: str, dst: str, opts, force: bool) -> FileResult:
+        return process(kind, src, dst, opts, force)
+
+
+def connect(address: str, workers: int) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        if address == "local":  # a Ray instance on this machine, reachable only from it
+            ray.init(num_cpus=workers, _node_ip_address="127.0.0.1", **kwargs)
+        else:
+            ray.init(address=address, **kwargs)
+    except Exception as e:  # Ray raises many kinds for an unreachable cluster
+        raise OptionError(f"cannot use the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
+
+
+def run_on_ray(items: tp.Sequence[tp.Tuple[int, str, str]], kind: str, opts, force: bool,
+               address: str, jobs: int, threads: int) -> tp.Iterator[tp.Tuple[int, FileResult]]:
+    """Yield (index, result) for each (index, source, output) as files finish."""
+    import ray
+
+    connect(address, jobs)
+    try:
+        workers = jobs if address == "local" else max(1, int(ray.cluster_resources().get("CPU", 1)))
+        actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=RETRIES)(_Worker)
+        idle = [actor.remote(threads) for _ in range(min(workers, len(items)))]
+        pending, running = list(items), {}
+        while pending or running:
+            while idle and pending:
+                worker, (i, src, dst) = idle.pop(), pending.pop(0)
+                running[worker.run.remote(kind, src, dst, opts, force)] = (worker, i, src, dst)
+            ready, _ = ray.wait(list(running), num_returns=1)
+            worker, i, src, dst = running.pop(ready[0])
+            try:
+                result = ray.get(ready[0])
+            except ray.exceptions.RayError as e:
+                result = FileResult(src, dst, "error", f"the Ray worker failed {RETRIES + 1} times: "
+                                                       f"{str(e).strip().splitlines()[0]}")
+            idle.append(worker)
+            yield i, result
+    finally:
+        remove_stale_parts(dst for _, _, dst in items)
+        if address == "local":
+            ray.shutdown()
