@@ -179,32 +179,66 @@ def decompress_stream(fo: tp.BinaryIO, open_sink: tp.Callable[[int, int], A.Sink
 
 # ---------------------------------------------------------------- files
 
+def check_output(path: str, force: bool) -> str:
+    """The file that writing `path` replaces (a symlink's target), checked before any work."""
+    if not path:
+        raise OptionError("the output path is empty")
+    if path.endswith(os.sep) or os.path.isdir(path):
+        raise OptionError(f"cannot write {path}: it is a folder" if os.path.isdir(path)
+                          else f"cannot write {path}: folder {path} does not exist")
+    if os.path.lexists(path) and not force:
+        raise OptionError(f"{path} exists; use -f/--force to overwrite")
+    target = os.path.realpath(path)  # -f on a symlink replaces the file it points to
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder):
+        raise OptionError(f"cannot write {path}: folder {os.path.dirname(os.path.abspath(path))} "
+                          f"does not exist")
+    return target
+
+
+def _new_mode(target: str) -> int:
+    """The replaced file's mode, else what the umask allows (as flac and sox do)."""
+    try:
+        return os.stat(target).st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str, force: bool) -> tp.Iterator[str]:
     """A temporary path beside `path`, renamed onto it only if the block succeeds."""
-    if os.path.exists(path) and not force:
-        raise OptionError(f"{path} exists; use -f/--force to overwrite")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise OptionError(f"cannot write {path}: folder {folder} does not exist")
+    target = check_output(path, force)
+    folder = os.path.dirname(target)
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(target) + ".",
                                    suffix=".part")
     except OSError as e:
         raise OptionError(f"cannot write {path}: {e.strerror}") from None
     os.close(fd)
     try:
         yield tmp
-        os.replace(tmp, path)
+        try:
+            os.chmod(tmp, _new_mode(target))
+            os.replace(tmp, target)
+        except OSError as e:
+            raise OptionError(f"cannot write {path}: {e.strerror}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _not_the_input(src: str, dst: str) -> None:
+    if src != "-" and dst != "-" and os.path.exists(src) and os.path.exists(dst) and os.path.samefile(src, dst):
+        raise OptionError(f"the output {dst} is the input; choose another -o")
 
 
 def compress_file(src: str, dst: str, opts: CompressOptions = CompressOptions(),
                   force: bool = False, progress: Progress = None) -> Result:
     """Compress audio file `src` ('-': stdin) to `dst` ('-': stdout)."""
     opts.check()
+    _not_the_input(src, dst)
     source = A.open_source(src)
     try:
         if dst == "-":
@@ -235,6 +269,7 @@ def decompress_file(src: str, dst: str, opts: DecompressOptions = DecompressOpti
     """Decompress .ecdc file `src` ('-': stdin) to WAV/FLAC `dst` ('-': WAV on stdout)."""
     if opts.bits not in A.SUBTYPES:
         raise OptionError(f"unsupported bit depth {opts.bits}")
+    _not_the_input(src, dst)
     fo = _open_ecdc(src)
     try:
         if dst == "-":

@@ -154,14 +154,16 @@ def skipped(kind: str, src: str, dst: str) -> FileResult:
     return _finish(FileResult(src, dst, "skipped", seconds=seconds), kind)
 
 
-def process(kind: str, src: str, dst: str, opts, force: bool, progress=None) -> FileResult:
-    """Compress or decompress one file; library errors become an 'error' result."""
+def process(kind: str, src: str, dst: str, opts, force: bool, progress=None,
+            make_folders: bool = False) -> FileResult:
+    """Compress or decompress one file; library errors become an 'error' result.
+    `make_folders`: create the output's folder first (a mirrored tree)."""
     from . import api
 
     fn = api.compress_file if kind == "compress" else api.decompress_file
     start = time.perf_counter()
     try:
-        if dst != "-" and os.path.dirname(dst):
+        if make_folders and dst != "-" and os.path.dirname(dst):
             os.makedirs(os.path.dirname(dst), exist_ok=True)
         result = fn(src, dst, opts, force=force, progress=progress)
     except EcdcError as e:
@@ -211,7 +213,7 @@ class Manifest:
 
 def run_batch(pairs: tp.Sequence[tp.Tuple[str, str]], kind: str, opts, *, force: bool = False,
               resume: bool = False, jobs: int = 1, threads: int = 1, cluster: tp.Optional[str] = None,
-              manifest: tp.Optional[str] = None,
+              manifest: tp.Optional[str] = None, make_folders: bool = False,
               on_result: tp.Optional[tp.Callable[[FileResult], None]] = None,
               progress: tp.Optional[tp.Callable[[float], None]] = None) -> tp.List[FileResult]:
     """Process (source, output) pairs; returns their results in the order given.
@@ -219,7 +221,8 @@ def run_batch(pairs: tp.Sequence[tp.Tuple[str, str]], kind: str, opts, *, force:
     Executors: this process (jobs=1), `jobs` local processes, or a Ray cluster
     (`cluster`: 'local', 'auto', 'ray://host:port' or a cluster's host:port), whose
     workers must see the same paths. `progress` gets seconds of audio as files finish
-    (in this process: as blocks are coded).
+    (in this process: as blocks are coded). `make_folders`: create missing output folders
+    (for trees mirrored by `plan(..., recursive=True)`).
     """
     if jobs < 1 or threads < 1:
         raise OptionError("--jobs and --threads take a positive number")
@@ -248,16 +251,17 @@ def run_batch(pairs: tp.Sequence[tp.Tuple[str, str]], kind: str, opts, *, force:
             from .cluster import run_on_ray
 
             for i, r in run_on_ray([(i, *pairs[i]) for i in todo], kind, opts, force, cluster,
-                                   jobs, threads):
+                                   jobs, threads, make_folders):
                 done(i, r)
         elif jobs == 1 or len(todo) <= 1:
             _set_threads(threads)
             for i in todo:
-                done(i, process(kind, *pairs[i], opts, force, progress), stream=True)
+                done(i, process(kind, *pairs[i], opts, force, progress, make_folders), stream=True)
         else:
             with cf.ProcessPoolExecutor(min(jobs, len(todo)), initializer=_set_threads,
                                         initargs=(threads,)) as pool:
-                futures = {pool.submit(process, kind, *pairs[i], opts, force): i for i in todo}
+                futures = {pool.submit(process, kind, *pairs[i], opts, force, None, make_folders): i
+                           for i in todo}
                 for fut in cf.as_completed(futures):
                     done(futures[fut], fut.result())
     finally:

@@ -66,7 +66,7 @@ def _execute(kind: str, inputs, output, opts, force, quiet, threads, jobs, recur
 
         results = batch.run_batch(plan, kind, opts, force=force, resume=resume, jobs=jobs,
                                   threads=threads, cluster=cluster, manifest=manifest,
-                                  on_result=note, progress=bar.update)
+                                  make_folders=recursive, on_result=note, progress=bar.update)
     failures = [f"{r.source}: {r.error}" if prefix else str(r.error) for r in results if r.status == "error"]
     if failures:
         for line in failures[:-1]:

@@ -24,8 +24,8 @@ class _Worker:
 
         torch.set_num_threads(threads)
 
-    def run(self, kind: str, src: str, dst: str, opts, force: bool) -> FileResult:
-        return process(kind, src, dst, opts, force)
+    def run(self, kind: str, src: str, dst: str, opts, force: bool, make_folders: bool) -> FileResult:
+        return process(kind, src, dst, opts, force, make_folders=make_folders)
 
 
 def connect(address: str, workers: int) -> None:
@@ -44,7 +44,8 @@ def connect(address: str, workers: int) -> None:
 
 
 def run_on_ray(items: tp.Sequence[tp.Tuple[int, str, str]], kind: str, opts, force: bool,
-               address: str, jobs: int, threads: int) -> tp.Iterator[tp.Tuple[int, FileResult]]:
+               address: str, jobs: int, threads: int, make_folders: bool = False
+               ) -> tp.Iterator[tp.Tuple[int, FileResult]]:
     """Yield (index, result) for each (index, source, output) as files finish."""
     import ray
 
@@ -57,7 +58,7 @@ def run_on_ray(items: tp.Sequence[tp.Tuple[int, str, str]], kind: str, opts, for
         while pending or running:
             while idle and pending:
                 worker, (i, src, dst) = idle.pop(), pending.pop(0)
-                running[worker.run.remote(kind, src, dst, opts, force)] = (worker, i, src, dst)
+                running[worker.run.remote(kind, src, dst, opts, force, make_folders)] = (worker, i, src, dst)
             ready, _ = ray.wait(list(running), num_returns=1)
             worker, i, src, dst = running.pop(ready[0])
             try:

@@ -413,3 +413,54 @@ def test_help_lists_every_option():
 
 def test_tone_helper_is_deterministic():
     np.testing.assert_array_equal(tone(0.1, 8000, 2), tone(0.1, 8000, 2))
+
+
+# ---------------------------------------------------------------- outputs (issue 12)
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_outputs_follow_the_umask(tmp_path, checkpoints, umask):
+    src = write_audio(tmp_path / "in.wav", 0.3, 24000)
+    old = os.umask(umask)
+    try:
+        run("compress", src, "--weights", checkpoints["encodec_24khz"], "--raw", "-q")
+        run("decompress", tmp_path / "in.ecdc", "-o", tmp_path / "out.wav",
+            "--weights", checkpoints["encodec_24khz"], "-q")
+    finally:
+        os.umask(old)
+    for name in ("in.ecdc", "out.wav"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_force_keeps_the_mode_and_the_symlink(tmp_path, checkpoints):
+    src = write_audio(tmp_path / "in.wav", 0.3, 24000)
+    w = checkpoints["encodec_24khz"]
+    real = tmp_path / "store" / "real.ecdc"
+    real.parent.mkdir()
+    real.write_bytes(b"old")
+    real.chmod(0o640)
+    (tmp_path / "link.ecdc").symlink_to(real)
+    run("compress", src, "-o", tmp_path / "link.ecdc", "-f", "--weights", w, "--raw", "-q")
+    assert (tmp_path / "link.ecdc").is_symlink() and real.read_bytes().startswith(b"\x89ECDC")
+    assert real.stat().st_mode & 0o777 == 0o640
+    assert listing(real.parent) == {"real.ecdc"}
+
+
+@pytest.mark.parametrize("output, message", [("", "the output path is empty"),
+                                             ("newdir/", "folder newdir/ does not exist")])
+def test_bad_output_paths_fail_first_and_name_the_path(tmp_path, checkpoints, monkeypatch, output, message):
+    monkeypatch.chdir(tmp_path)
+    src = write_audio(tmp_path / "in.wav", 0.3, 24000)
+    from encodec_cli import codec
+
+    monkeypatch.setattr(codec, "load_codec", lambda *a, **k: pytest.fail("work done before the check"))
+    result = run("compress", src, "-o", output, "--weights", checkpoints["encodec_24khz"], ok=False)
+    assert_one_line_error(result, message)
+    assert ".part" not in result.stderr and listing(tmp_path) == {"in.wav"}
+
+
+def test_output_that_is_the_input_is_refused(tmp_path, checkpoints):
+    src = write_audio(tmp_path / "x.wav", 0.3, 24000)
+    before = src.read_bytes()
+    result = run("compress", src, "-o", src, "-f", "--weights", checkpoints["encodec_24khz"], ok=False)
+    assert_one_line_error(result, "is the input")
+    assert src.read_bytes() == before
