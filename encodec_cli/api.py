@@ -41,7 +41,7 @@ class CompressOptions:
             raise OptionError(f"unknown model {self.model}")
         if self.bandwidth not in SPECS[self.model].bandwidths:
             allowed = ", ".join(f"{b:g}" for b in SPECS[self.model].bandwidths)
-            raise OptionError(f"{self.model} supports {allowed} kbps, not {self.bandwidth:g}")
+            raise OptionError(f"{self.model} supports {allowed} kbps, not {self.bandwidth!r}")
 
 
 @dataclass(frozen=True)

@@ -199,6 +199,8 @@ def info(file, as_json):
     """Describe an .ecdc file without decoding it."""
     from . import container
 
+    if file != "-" and os.path.isdir(file):
+        raise OptionError(f"{file} is a folder, not an .ecdc file")
     if file != "-" and not os.path.isfile(file):
         raise OptionError(f"{file} does not exist")
     with (open(file, "rb") if file != "-" else sys.stdin.buffer) as f:

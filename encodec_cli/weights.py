@@ -89,8 +89,9 @@ def _verified(path: Path, ck: Checkpoint) -> Resolved:
 
 
 def _missing(ck: Checkpoint, folder: Path, why: str) -> str:
+    flag = "--lm-weights" if ck.filename.startswith("encodec_lm_") else "--weights"
     return (f"cannot get weights {ck.filename} ({why}); download {ck.url} into {folder}/ "
-            f"or pass --weights FILE")
+            f"or pass {flag} FILE")
 
 
 def _download(ck: Checkpoint, folder: Path, progress: bool) -> None:
@@ -150,11 +151,35 @@ def load_state_dict(path: Path, mmap: bool = False) -> tp.Dict[str, tp.Any]:
             if not mmap:
                 raise
             state = torch.load(path, map_location="cpu", weights_only=True)  # a legacy-format file
-    except Exception as e:  # torch raises many kinds for a bad file
+    except Exception as e:  # torch raises many kinds for a bad file, some of them cryptic
+        import pickle
+        import zipfile
+
+        if isinstance(e, (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, IndexError, KeyError)) \
+                or "weights_only" not in str(e):
+            raise WeightsError(f"cannot load weights {path}: not a PyTorch checkpoint, or a damaged "
+                               f"one") from None
         raise WeightsError(f"cannot load weights {path}: {str(e).splitlines()[0]}") from None
     if not isinstance(state, dict):
         raise WeightsError(f"{path} does not hold a state dict")
     return state
+
+
+def identify(state: tp.Dict[str, tp.Any]) -> tp.Optional[str]:
+    """The official model whose state dict has exactly these keys and shapes, if any."""
+    import torch
+
+    from .lm import build_lm
+    from .models import build_model
+
+    shapes = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+    for name, build in (("encodec_24khz", build_model), ("encodec_48khz", build_model),
+                        ("encodec_lm_24khz", build_lm), ("encodec_lm_48khz", build_lm)):
+        with torch.device("meta"):
+            module = build(name.replace("_lm_", "_"))
+        if {k: tuple(v.shape) for k, v in module.state_dict().items()} == shapes:
+            return name
+    return None
 
 
 def load_strict(module, state: tp.Dict[str, tp.Any], path: Path) -> None:
@@ -171,6 +196,11 @@ def load_strict(module, state: tp.Dict[str, tp.Any], path: Path) -> None:
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
         if wrong:
             parts.append(f"{len(wrong)} shape mismatches (e.g. {wrong[0]})")
+        other = identify(state)
+        if other is not None:
+            flag = "--lm-weights" if other.startswith("encodec_lm_") else "--weights"
+            raise WeightsError(f"{path} holds the weights of {other}, which is not the model "
+                               f"needed here; check {flag}")
         raise WeightsError(f"{path} does not fit this model: " + ", ".join(parts))
     # assign: the loaded tensors become the parameters (a model built on the meta device
     # then costs no second copy of the weights)

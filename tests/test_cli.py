@@ -332,7 +332,7 @@ def test_wrong_weights(ecdc_file, other_weights):
 def test_weights_of_another_model(tmp_path, checkpoints):
     src = write_audio(tmp_path / "in.wav", 0.2, 24000)
     r = run("compress", src, "--weights", checkpoints["encodec_48khz"], ok=False)
-    assert_one_line_error(r, "does not fit this model")
+    assert_one_line_error(r, "holds the weights of encodec_48khz, which is not the model needed here")
     assert listing(tmp_path) == {"in.wav"}
 
 
@@ -464,3 +464,11 @@ def test_output_that_is_the_input_is_refused(tmp_path, checkpoints):
     result = run("compress", src, "-o", src, "-f", "--weights", checkpoints["encodec_24khz"], ok=False)
     assert_one_line_error(result, "is the input")
     assert src.read_bytes() == before
+
+
+def test_messages_say_what_is_wrong(tmp_path, checkpoints):
+    (tmp_path / "folder").mkdir()
+    assert_one_line_error(run("info", tmp_path / "folder", ok=False), "is a folder, not an .ecdc file")
+    a, b = (write_audio(tmp_path / f"{n}.wav", 0.2, 24000) for n in "ab")
+    assert_one_line_error(run("compress", a, b, "-o", "-", ok=False), "-o - (stdout) takes a single input")
+    assert_one_line_error(run("compress", a, "-b", "6.0000001", ok=False), "not 6.0000001")

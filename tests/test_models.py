@@ -48,8 +48,11 @@ def test_loading_is_strict(checkpoints, tmp_path):
     del state["decoder.model.0.conv.conv.bias"]
     with pytest.raises(WeightsError, match="1 missing keys"):
         load_strict(build_model("encodec_24khz"), state, tmp_path / "x.th")
-    state = load_state_dict(checkpoints["encodec_48khz"])
+    state["decoder.model.0.conv.conv.weight_g"] = torch.zeros(1)
     with pytest.raises(WeightsError, match="does not fit"):
+        load_strict(build_model("encodec_24khz"), state, tmp_path / "x.th")
+    state = load_state_dict(checkpoints["encodec_48khz"])
+    with pytest.raises(WeightsError, match="holds the weights of encodec_48khz"):
         load_strict(build_model("encodec_24khz"), state, tmp_path / "x.th")
 
 

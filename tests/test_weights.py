@@ -172,3 +172,31 @@ def test_first_default_run_downloads_codec_and_language_model(server, monkeypatc
     result = CliRunner().invoke(main, ["decompress", str(tmp_path / "in.ecdc"), "-o", str(tmp_path / "out.wav"), "-q"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out.wav").exists()
+
+
+def test_weights_of_the_other_model_are_named(tmp_path, checkpoints):
+    from encodec_cli.lm import build_lm
+    from encodec_cli.models import build_model
+
+    state = W.load_state_dict(checkpoints["encodec_48khz"])
+    with pytest.raises(WeightsError, match="holds the weights of encodec_48khz.*check --weights"):
+        W.load_strict(build_model("encodec_24khz"), state, Path("x.th"))
+    state = W.load_state_dict(checkpoints["encodec_lm_24khz"])
+    with pytest.raises(WeightsError, match="holds the weights of encodec_lm_24khz.*check --lm-weights"):
+        W.load_strict(build_model("encodec_24khz"), state, Path("x.th"))
+    with pytest.raises(WeightsError, match="holds the weights of encodec_lm_24khz"):
+        W.load_strict(build_lm("encodec_48khz"), state, Path("x.th"))
+
+
+@pytest.mark.parametrize("content", [b"hello world", b"", bytes(range(256)) * 4])
+def test_a_file_that_is_not_a_checkpoint(tmp_path, content):
+    (tmp_path / "x.th").write_bytes(content)
+    with pytest.raises(WeightsError, match="not a PyTorch checkpoint, or a damaged one"):
+        W.load_state_dict(tmp_path / "x.th")
+
+
+def test_missing_language_model_names_its_flag(monkeypatch):
+    with pytest.raises(WeightsError, match="or pass --lm-weights FILE"):
+        W.resolve("encodec_lm_24khz", progress=False)
+    with pytest.raises(WeightsError, match="or pass --weights FILE"):
+        W.resolve("encodec_24khz", progress=False)
