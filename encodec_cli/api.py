@@ -277,8 +277,9 @@ def decompress_file(src: str, dst: str, opts: DecompressOptions = DecompressOpti
             return decompress_stream(fo, lambda r, c: A.WavPipeSink(out, r, c, opts.bits),
                                      opts, progress)
         fmt = A.format_for(dst)
+        A.check_subtype(fmt, opts.bits, dst)
         with atomic_path(dst, force) as tmp:
-            result = decompress_stream(fo, lambda r, c: A.FileSink(tmp, r, c, opts.bits, fmt),
+            result = decompress_stream(fo, lambda r, c: A.FileSink(tmp, r, c, opts.bits, fmt, dst),
                                        opts, progress)
             result.bytes_written = os.path.getsize(tmp)
         return result

@@ -255,21 +255,53 @@ def _clip(x: np.ndarray, sink) -> np.ndarray:
     return x
 
 
+def check_subtype(fmt: str, bits: str, name: str) -> None:
+    if not sf.check_format(fmt, SUBTYPES[bits]):
+        can = " or ".join(b for b in SUBTYPES if sf.check_format(fmt, SUBTYPES[b]))
+        raise AudioError(f"cannot write {name}: {fmt} cannot hold {bits}{' bit' if bits != 'float' else ''} "
+                         f"samples; use --bits {can}")
+
+
 class FileSink:
-    def __init__(self, path: str, sample_rate: int, channels: int, bits: str, fmt: str):
+    """Audio written through libsndfile; `name` is how errors call the file."""
+
+    _ERRORS = (sf.LibsndfileError, RuntimeError, OSError, ValueError)
+
+    def __init__(self, path: str, sample_rate: int, channels: int, bits: str, fmt: str,
+                 name: tp.Optional[str] = None):
         self.clipped = 0
         self._float = bits == "float"
+        self._name = name or path
+        check_subtype(fmt, bits, self._name)
         try:
             self._f = sf.SoundFile(path, "w", sample_rate, channels, subtype=SUBTYPES[bits],
                                    format=fmt)
-        except (sf.LibsndfileError, RuntimeError, OSError) as e:
-            raise AudioError(f"cannot write {fmt} audio ({bits} bit): {e}") from None
+        except self._ERRORS as e:
+            raise AudioError(f"cannot write {self._name}: {_reason(e)}") from None
 
     def write(self, x: np.ndarray) -> None:
-        self._f.write(x if self._float else _clip(x, self))
+        try:
+            self._f.write(x if self._float else _clip(x, self))
+        except self._ERRORS as e:  # a full disk, a vanished folder
+            raise AudioError(f"cannot write {self._name}: {_reason(e)}") from None
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except self._ERRORS as e:
+            raise AudioError(f"cannot write {self._name}: {_reason(e)}") from None
+
+
+def _reason(e: BaseException) -> str:
+    """libsndfile says 'System error' for any failed write; the OS knows why."""
+    import errno
+
+    text = str(e).split(": ", 1)[-1] if isinstance(e, sf.LibsndfileError) else str(e)
+    if getattr(e, "errno", None):
+        return os.strerror(e.errno)
+    if text.strip() == "System error.":
+        return "the disk is full or the file cannot be written (" + os.strerror(errno.EIO) + ")"
+    return text
 
 
 class WavPipeSink:

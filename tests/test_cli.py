@@ -472,3 +472,20 @@ def test_messages_say_what_is_wrong(tmp_path, checkpoints):
     a, b = (write_audio(tmp_path / f"{n}.wav", 0.2, 24000) for n in "ab")
     assert_one_line_error(run("compress", a, b, "-o", "-", ok=False), "-o - (stdout) takes a single input")
     assert_one_line_error(run("compress", a, "-b", "6.0000001", ok=False), "not 6.0000001")
+
+
+def test_impossible_format_and_full_disk_are_one_line_errors(tmp_path, checkpoints, monkeypatch):
+    w = checkpoints["encodec_24khz"]
+    src = write_audio(tmp_path / "in.wav", 0.5, 24000)
+    run("compress", src, "--weights", w, "--raw", "-q")
+    r = run("decompress", tmp_path / "in.ecdc", "-o", tmp_path / "x.flac", "--bits", "float", "--weights", w,
+            ok=False)
+    assert_one_line_error(r, "FLAC cannot hold float samples; use --bits 16 or 24")
+
+    def full(self, data):
+        raise sf.LibsndfileError(2, "Error writing: ")  # what libsndfile reports when the disk is full
+
+    monkeypatch.setattr(sf.SoundFile, "write", full)
+    r = run("decompress", tmp_path / "in.ecdc", "-o", tmp_path / "y.wav", "--weights", w, ok=False)
+    assert_one_line_error(r, f"cannot write {tmp_path / 'y.wav'}: the disk is full")
+    assert listing(tmp_path) == {"in.wav", "in.ecdc"}
