@@ -160,9 +160,13 @@ def open_source(path: str) -> Source:
     if head in (b"RIFF", b"RF64"):
         return WavPipeSource(stdin, head)
     fd, spool = tempfile.mkstemp(prefix="ecdc-stdin-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(head)
-        shutil.copyfileobj(stdin, f, 1 << 20)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(head)
+            shutil.copyfileobj(stdin, f, 1 << 20)
+    except BaseException:  # Ctrl-C, SIGTERM, a full disk: the spool goes too
+        os.unlink(spool)
+        raise
     return FileSource(spool, spool=spool)
 
 

@@ -153,3 +153,23 @@ def test_killed_run_leaves_no_file(tmp_path, w24, sig, code, word):
     assert p.returncode == code
     assert err.decode().strip().splitlines() == [f"Error: {word}"]
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_stdin_spool_is_removed(tmp_path, w24, sig, code):
+    """A FLAC on stdin is spooled to a temporary file first; an interrupt removes it."""
+    src = write_audio(tmp_path / "a.flac", 2.0, 24000)
+    spool_dir = tmp_path / "tmp"
+    spool_dir.mkdir()
+    p = subprocess.Popen(ECDC + ["compress", "-", "-o", str(tmp_path / "x.ecdc"), *both(w24), "-q"],
+                         stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(env(), TMPDIR=str(spool_dir)))
+    p.stdin.write(src.read_bytes()[:4096])  # the rest never comes: ecdc waits, spooling
+    p.stdin.flush()
+    deadline = time.time() + 60
+    while not list(spool_dir.glob("ecdc-stdin-*")) and time.time() < deadline:
+        time.sleep(0.05)
+    assert list(spool_dir.glob("ecdc-stdin-*")), "no spool file appeared"
+    p.send_signal(sig)
+    assert p.wait(60) == code
+    assert list(spool_dir.iterdir()) == [] and not (tmp_path / "x.ecdc").exists()
+    p.stdin.close()
