@@ -189,6 +189,20 @@ def remove_stale_parts(outputs: tp.Iterable[str]) -> None:
                 pass
 
 
+def _stop(pool: cf.ProcessPoolExecutor, outputs: tp.Sequence[str]) -> None:
+    """Cancel queued files, stop the workers (each removes its temporary output on SIGTERM)
+    and remove whatever temporary files are left."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    for proc in workers:
+        proc.terminate()
+    for proc in workers:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+    remove_stale_parts(outputs)
+
+
 def _set_threads(threads: int) -> None:
     import torch
 
@@ -258,12 +272,17 @@ def run_batch(pairs: tp.Sequence[tp.Tuple[str, str]], kind: str, opts, *, force:
             for i in todo:
                 done(i, process(kind, *pairs[i], opts, force, progress, make_folders), stream=True)
         else:
-            with cf.ProcessPoolExecutor(min(jobs, len(todo)), initializer=_set_threads,
-                                        initargs=(threads,)) as pool:
+            pool = cf.ProcessPoolExecutor(min(jobs, len(todo)), initializer=_set_threads,
+                                          initargs=(threads,))
+            try:
                 futures = {pool.submit(process, kind, *pairs[i], opts, force, None, make_folders): i
                            for i in todo}
                 for fut in cf.as_completed(futures):
                     done(futures[fut], fut.result())
+            except BaseException:  # Ctrl-C, SIGTERM: nothing queued may still run
+                _stop(pool, [pairs[i][1] for i in todo])
+                raise
+            pool.shutdown()
     finally:
         book.close()
     return [results[i] for i in sorted(results)]

@@ -173,3 +173,28 @@ def test_interrupted_stdin_spool_is_removed(tmp_path, w24, sig, code):
     assert p.wait(60) == code
     assert list(spool_dir.iterdir()) == [] and not (tmp_path / "x.ecdc").exists()
     p.stdin.close()
+
+
+@pytest.mark.parametrize("sig,code,word", [(signal.SIGTERM, 143, "terminated"),
+                                           (signal.SIGINT, 130, "interrupted")])
+def test_interrupted_jobs_stop_and_clean_up(tmp_path, w24, sig, code, word):
+    """--jobs 2: after the signal no queued file is started, the workers stop, and no
+    temporary file is left."""
+    srcs = [write_audio(tmp_path / f"f{i}.wav", 8.0, 24000, seed=i) for i in range(8)]
+    out = tmp_path / "out"
+    out.mkdir()
+    p = subprocess.Popen(ECDC + ["compress", *map(str, srcs), "-o", str(out), "--weights", str(w24),
+                                 "--raw", "-q", "--jobs", "2"], stderr=subprocess.PIPE, env=env())
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*.ecdc")):  # the first file is done, others are queued
+        assert p.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == code
+    assert err.decode().strip().splitlines()[-1] == f"Error: {word}"
+    done = sorted(x.name for x in out.iterdir())
+    time.sleep(3)  # nothing goes on in the background
+    assert sorted(x.name for x in out.iterdir()) == done
+    assert all(name.endswith(".ecdc") and not name.startswith(".") for name in done)
+    assert len(done) < len(srcs)
