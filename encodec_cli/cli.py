@@ -50,8 +50,9 @@ def _execute(kind: str, inputs, output, opts, force, quiet, threads, jobs, recur
     if cluster is not None:
         _check_ray()
     plan = batch.plan(inputs, output, kind, recursive)
-    if kind == "compress" and any(d == "-" for _, d in plan) and sys.stdout.isatty():
-        raise OptionError("refusing to write compressed data to a terminal; use -o FILE or a pipe")
+    if any(d == "-" for _, d in plan) and sys.stdout.isatty():
+        what = "compressed data" if kind == "compress" else "WAV data"
+        raise OptionError(f"refusing to write {what} to a terminal; use -o FILE or a pipe")
     durations = [_duration(kind, s) for s, _ in plan]
     total = sum(d for d in durations if d) if all(durations) else None
     show = not quiet and sys.stderr.isatty() and all(d != "-" for _, d in plan)
@@ -167,6 +168,8 @@ def compress(inputs, output, bandwidth, model, lm, weights, lm_weights, force, q
     """Compress audio files or folders (-r) (WAV, FLAC, OGG, ...; '-' for stdin) to .ecdc."""
     from .api import MODELS, CompressOptions
 
+    if lm_weights is not None and not lm:
+        raise click.UsageError("--lm-weights has no use with --raw")
     opts = CompressOptions(bandwidth, MODELS[model], weights, lm, lm_weights, progress=not quiet)
     opts.check()
     _execute("compress", inputs, output, opts, force, quiet, threads, jobs, recursive, resume,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import zlib
 from pathlib import Path
 
@@ -489,3 +490,28 @@ def test_impossible_format_and_full_disk_are_one_line_errors(tmp_path, checkpoin
     r = run("decompress", tmp_path / "in.ecdc", "-o", tmp_path / "y.wav", "--weights", w, ok=False)
     assert_one_line_error(r, f"cannot write {tmp_path / 'y.wav'}: the disk is full")
     assert listing(tmp_path) == {"in.wav", "in.ecdc"}
+
+
+def test_lm_weights_with_raw_is_a_usage_error(tmp_path, checkpoints):
+    src = write_audio(tmp_path / "a.wav", 0.2, 24000)
+    r = run("compress", src, "--raw", "--lm-weights", checkpoints["encodec_lm_24khz"], ok=False)
+    assert r.exit_code == 2 and "--lm-weights has no use with --raw" in r.stderr
+
+
+def test_decompress_refuses_to_write_to_a_terminal(tmp_path, checkpoints):
+    import pty
+    import subprocess
+
+    w = checkpoints["encodec_24khz"]
+    src = write_audio(tmp_path / "a.wav", 0.2, 24000)
+    run("compress", src, "--weights", w, "--raw", "-q")
+    leader, follower = pty.openpty()
+    try:
+        p = subprocess.run([sys.executable, "-m", "encodec_cli", "decompress", str(tmp_path / "a.ecdc"),
+                            "-o", "-", "--weights", str(w)], stdout=follower, stderr=subprocess.PIPE,
+                           timeout=120)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert p.returncode == 1
+    assert p.stderr.decode().strip() == "Error: refusing to write WAV data to a terminal; use -o FILE or a pipe"
