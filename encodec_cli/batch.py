@@ -240,6 +240,8 @@ def run_batch(pairs: tp.Sequence[tp.Tuple[str, str]], kind: str, opts, *, force:
     """
     if jobs < 1 or threads < 1:
         raise OptionError("--jobs and --threads take a positive number")
+    if cluster is not None and any("-" in pair for pair in pairs):
+        raise OptionError("--cluster works on files: it cannot read stdin or write stdout")
     results: tp.Dict[int, FileResult] = {}
     book = Manifest(manifest)
     todo = []

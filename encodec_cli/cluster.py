@@ -8,6 +8,7 @@ run over the same outputs.
 """
 from __future__ import annotations
 
+import os
 import typing as tp
 
 from .batch import FileResult, process, remove_stale_parts
@@ -28,16 +29,28 @@ class _Worker:
         return process(kind, src, dst, opts, force, make_folders=make_folders)
 
 
+def _loopback(address: str) -> bool:
+    host = address.split("://")[-1].rsplit(":", 1)[0]
+    return address == "local" or host in ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
 def connect(address: str, workers: int) -> None:
+    if _loopback(address):
+        # Ray would replace a loopback address by this machine's public one, found by
+        # trying to reach a public DNS server; a cluster on the loopback needs neither.
+        # (Read when Ray is first imported.)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if ray.is_initialized():
         return
     kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
-        if address == "local":  # a Ray instance on this machine, reachable only from it
+        if address == "local":  # a Ray instance on this machine
             ray.init(num_cpus=workers, _node_ip_address="127.0.0.1", **kwargs)
         else:
+            if _loopback(address):
+                kwargs["_node_ip_address"] = "127.0.0.1"
             ray.init(address=address, **kwargs)
     except Exception as e:  # Ray raises many kinds for an unreachable cluster
         raise OptionError(f"cannot use the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
@@ -47,9 +60,9 @@ def run_on_ray(items: tp.Sequence[tp.Tuple[int, str, str]], kind: str, opts, for
                address: str, jobs: int, threads: int, make_folders: bool = False
                ) -> tp.Iterator[tp.Tuple[int, FileResult]]:
     """Yield (index, result) for each (index, source, output) as files finish."""
+    connect(address, jobs)
     import ray
 
-    connect(address, jobs)
     try:
         workers = jobs if address == "local" else max(1, int(ray.cluster_resources().get("CPU", 1)))
         actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=RETRIES)(_Worker)

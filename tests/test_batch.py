@@ -122,3 +122,11 @@ def test_cluster_without_ray_says_what_to_install(tmp_path, checkpoints, monkeyp
     result = run("compress", src, "--cluster", "local", ok=False)
     assert result.exit_code == 1
     assert result.stderr.strip() == "Error: --cluster needs Ray: pip install 'ecdc[ray]'"
+
+
+def test_cluster_refuses_stdin_and_stdout(tmp_path):
+    src = write_audio(tmp_path / "a.wav", 0.2, 24000)
+    for args in (["-", "-o", tmp_path / "x.ecdc"], [src, "-o", "-"]):
+        result = run("compress", *args, "--raw", "--cluster", "local", ok=False)
+        assert result.exit_code == 1
+        assert "--cluster works on files" in result.stderr and "Traceback" not in result.output

@@ -84,7 +84,8 @@ def _read_available(fd: int, wait: float, enough: int) -> bytes:
 def test_output_flows_before_input_ends(w24, coder):
     """Packets come out while the input is still open: a live stream, not a file (the LM
     coder's batches to a pipe grow from one packet)."""
-    p = subprocess.Popen(ECDC + ["compress", "-", "-o", "-", *both(w24), "-q", coder],
+    weights = both(w24) if coder == "--lm" else ["--weights", str(w24)]
+    p = subprocess.Popen(ECDC + ["compress", "-", "-o", "-", *weights, "-q", coder],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
     try:
         x = np.round(tone(20.0, 24000)[:, 0] * 32767).astype("<i2").tobytes()
