@@ -133,9 +133,10 @@ def _grouped(code_packets, spec) -> tp.Iterator[tp.Tuple[np.ndarray, tp.List[F.S
         yield np.concatenate(codes), segments
 
 
-def decompress_stream(fo: tp.BinaryIO, open_sink: tp.Callable[[int, int], A.Sink],
+def decompress_stream(fo: tp.BinaryIO, open_sink: tp.Callable[[int, int, tp.Optional[int]], A.Sink],
                       opts: DecompressOptions, progress: Progress = None) -> Result:
-    """Read an .ecdc stream and write its audio to the sink made by `open_sink(rate, channels)`."""
+    """Read an .ecdc stream and write its audio to the sink made by
+    `open_sink(rate, channels, frames)` (frames: the output's length, None if not yet known)."""
     from . import codec as C
     from .coders import batches, make_decoder
 
@@ -164,7 +165,8 @@ def decompress_stream(fo: tp.BinaryIO, open_sink: tp.Callable[[int, int], A.Sink
         resampled = A.converted(blocks, h.sample_rate, rate, h.channels)
         blocks = A.fit_length((A.to_channels(b, channels) for b in resampled),
                               lambda: reader.source_num_samples, 4096, channels)
-    sink = open_sink(rate, channels)
+    known = reader.num_samples if opts.model_format else reader.source_num_samples
+    sink = open_sink(rate, channels, known)
     written = 0
     try:
         for block in blocks:
@@ -274,12 +276,12 @@ def decompress_file(src: str, dst: str, opts: DecompressOptions = DecompressOpti
     try:
         if dst == "-":
             out = sys.stdout.buffer
-            return decompress_stream(fo, lambda r, c: A.WavPipeSink(out, r, c, opts.bits),
+            return decompress_stream(fo, lambda r, c, n: A.WavPipeSink(out, r, c, opts.bits, n),
                                      opts, progress)
         fmt = A.format_for(dst)
         A.check_subtype(fmt, opts.bits, dst)
         with atomic_path(dst, force) as tmp:
-            result = decompress_stream(fo, lambda r, c: A.FileSink(tmp, r, c, opts.bits, fmt, dst),
+            result = decompress_stream(fo, lambda r, c, n: A.FileSink(tmp, r, c, opts.bits, fmt, dst),
                                        opts, progress)
             result.bytes_written = os.path.getsize(tmp)
         return result
@@ -329,7 +331,7 @@ def decompress(data: bytes, opts: DecompressOptions = DecompressOptions()
     sink = _ArraySink()
     rate = {}
 
-    def open_sink(r: int, c: int) -> _ArraySink:
+    def open_sink(r: int, c: int, n: tp.Optional[int]) -> _ArraySink:
         rate["r"], rate["c"] = r, c
         return sink
 

@@ -309,32 +309,47 @@ def _reason(e: BaseException) -> str:
 
 
 class WavPipeSink:
-    """WAV with 'unknown' sizes, as streaming tools write it; readers take it to the end."""
+    """WAV written front to back. With the length known its sizes are exact; otherwise they
+    say 'unknown' (0xFFFFFFFF), as streaming tools write it, and readers take it to the end.
+    The header goes out together with the first audio, so that a reader that sniffs the
+    type from its first read (sox) sees both."""
 
-    def __init__(self, fo: tp.BinaryIO, sample_rate: int, channels: int, bits: str):
+    def __init__(self, fo: tp.BinaryIO, sample_rate: int, channels: int, bits: str,
+                 frames: tp.Optional[int] = None):
         self.clipped = 0
         self._fo, self._bits, self._channels = fo, bits, channels
         tag, width = (3, 4) if bits == "float" else (1, int(bits) // 8)
         fmt = struct.pack("<HHIIHH", tag, channels, sample_rate, sample_rate * channels * width,
                           channels * width, width * 8)
-        fo.write(b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVE" + b"fmt " +
-                 struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", 0xFFFFFFFF))
+        size = None if frames is None else frames * channels * width
+        if size is not None and 36 + len(fmt) - 16 + size + (size & 1) > 0xFFFFFFFE:
+            size = None  # too long for a WAV header: 'unknown'
+        riff = 0xFFFFFFFF if size is None else 4 + 8 + len(fmt) + 8 + size + (size & 1)
+        self._pad = size is not None and size & 1
+        self._head = (b"RIFF" + struct.pack("<I", riff) + b"WAVE" + b"fmt " + struct.pack("<I", len(fmt))
+                      + fmt + b"data" + struct.pack("<I", 0xFFFFFFFF if size is None else size))
 
     def write(self, x: np.ndarray) -> None:
-        # integer scaling as libsndfile does it, so pipes and files hold the same samples
+        # integer conversion as libsndfile does it (float32 scaled to 32 bits, rounded, then
+        # shifted), so pipes and files hold the same samples
         if self._bits == "float":
             data = x.astype("<f4").tobytes()
-        elif self._bits == "16":
-            v = np.floor(_clip(x, self).astype(np.float64) * 32768)
-            data = np.clip(v, -32768, 32767).astype("<i2").tobytes()
         else:
-            v = np.floor(_clip(x, self).astype(np.float64) * 8388608)
-            v = np.clip(v, -8388608, 8388607).astype("<i4").reshape(-1)
-            data = v.view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
-        self._fo.write(data)
+            shift = 32 - int(self._bits)
+            v = np.rint(_clip(x, self).astype(np.float32) * np.float32(2147483647.0)).astype(np.int64) >> shift
+            top = (1 << (int(self._bits) - 1)) - 1
+            v = np.clip(v, -top - 1, top)
+            if self._bits == "16":
+                data = v.astype("<i2").tobytes()
+            else:
+                data = v.astype("<i4").reshape(-1).view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+        self._fo.write(self._head + data)
+        self._head = b""
         self._fo.flush()
 
     def close(self) -> None:
+        self._fo.write(self._head + (b"\0" if self._pad else b""))
+        self._head = b""
         self._fo.flush()
 
 

@@ -64,7 +64,7 @@ def test_flac_on_stdin_is_spooled(tmp_path, w24):
 def _wav_header(rate: int) -> bytes:
     import io
     buf = io.BytesIO()
-    A.WavPipeSink(buf, rate, 1, "16")
+    A.WavPipeSink(buf, rate, 1, "16").close()  # the header alone (unknown length)
     return buf.getvalue()
 
 
@@ -199,3 +199,49 @@ def test_interrupted_jobs_stop_and_clean_up(tmp_path, w24, sig, code, word):
     assert sorted(x.name for x in out.iterdir()) == done
     assert all(name.endswith(".ecdc") and not name.startswith(".") for name in done)
     assert len(done) < len(srcs)
+
+
+def _chunks(wav: bytes) -> dict:
+    """RIFF size, data size and data of a WAV."""
+    import struct
+
+    at, chunks = 12, {"riff": struct.unpack_from("<I", wav, 4)[0]}
+    while at + 8 <= len(wav):
+        name, size = wav[at:at + 4], struct.unpack_from("<I", wav, at + 4)[0]
+        if name == b"data":
+            chunks["data_size"], chunks["data"] = size, wav[at + 8:]
+            break
+        at += 8 + size + (size & 1)
+    return chunks
+
+
+@pytest.mark.parametrize("bits", ["16", "24"])
+def test_wav_on_stdout_has_real_sizes_and_the_samples_of_a_file(tmp_path, w24, bits):
+    src = write_audio(tmp_path / "a.wav", 1.3, 44100, 2)
+    subprocess.run(ECDC + ["compress", str(src), "-o", str(tmp_path / "a.ecdc"), "--weights", str(w24),
+                           "--raw", "-q"], check=True, env=env(), timeout=120)
+    pipe = subprocess.run(ECDC + ["decompress", str(tmp_path / "a.ecdc"), "-o", "-", "--bits", bits,
+                                  "--weights", str(w24), "-q"], capture_output=True, env=env(), timeout=120)
+    subprocess.run(ECDC + ["decompress", str(tmp_path / "a.ecdc"), "-o", str(tmp_path / "f.wav"), "--bits", bits,
+                           "--weights", str(w24), "-q"], check=True, env=env(), timeout=120)
+    got, want = _chunks(pipe.stdout), _chunks((tmp_path / "f.wav").read_bytes())
+    frames = sf.info(src).frames
+    assert got["data_size"] == frames * 2 * int(bits) // 8 == len(got["data"])
+    assert got["riff"] == len(pipe.stdout) - 8
+    assert got["data"] == want["data"]  # the same samples as libsndfile writes
+
+
+def test_wav_header_comes_with_the_first_audio(tmp_path, w24):
+    """`ecdc decompress - -o - | sox - out.wav`: sox's first read must see header and audio."""
+    src = write_audio(tmp_path / "a.wav", 20.0, 24000)
+    subprocess.run(ECDC + ["compress", str(src), "-o", str(tmp_path / "a.ecdc"), "--weights", str(w24),
+                           "--raw", "-q"], check=True, env=env(), timeout=120)
+    p = subprocess.Popen(ECDC + ["decompress", "-", "-o", "-", "--weights", str(w24), "-q"],
+                         stdin=open(tmp_path / "a.ecdc", "rb"), stdout=subprocess.PIPE, env=env())
+    try:
+        first = os.read(p.stdout.fileno(), 1 << 16)
+        assert first.startswith(b"RIFF") and len(first) > 44
+        assert int.from_bytes(first[4:8], "little") == 36 + 20 * 24000 * 2  # the header knew the length
+    finally:
+        p.kill()
+        p.wait()
