@@ -125,7 +125,10 @@ def main() -> None:
 
 COMMON = [
     click.option("-o", "--output", help="Output file, folder (several inputs) or '-' for stdout."),
-    click.option("--weights", type=WEIGHTS, help="Model checkpoint to use instead of the official one."),
+    click.option("--weights", type=WEIGHTS,
+                 help="Model checkpoint to use instead of the official one, which is looked for in "
+                      "$ECDC_WEIGHTS_DIR, then $TORCH_HOME/hub/checkpoints (~/.cache/torch/hub/"
+                      "checkpoints), then downloaded there."),
     click.option("--lm-weights", type=WEIGHTS, help="Language model checkpoint to use instead of the official one."),
     click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs."),
     click.option("-q", "--quiet", is_flag=True, help="No progress bar or notes."),

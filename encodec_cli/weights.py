@@ -83,8 +83,9 @@ def resolve(name: str, explicit: tp.Optional[Path] = None, progress: bool = True
 def _verified(path: Path, ck: Checkpoint) -> Resolved:
     digest = file_digest(path)
     if not digest.startswith(ck.sha256_prefix):
-        raise WeightsError(f"{path} is damaged (sha256 {digest[:8]}, expected "
-                           f"{ck.sha256_prefix}); delete it to download it again")
+        raise WeightsError(f"{path} does not match its official name (sha256 {digest[:8]}, expected "
+                           f"{ck.sha256_prefix}): a damaged download (delete it, and it is fetched "
+                           f"again) or other weights (pass those with --weights FILE instead)")
     return Resolved(path, bytes.fromhex(digest[:16]))
 
 

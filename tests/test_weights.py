@@ -61,7 +61,7 @@ def test_damaged_cached_file(tmp_path, registry, monkeypatch):
     folder.mkdir()
     (folder / registry.filename).write_bytes(b"half a downl")
     monkeypatch.setenv("ECDC_WEIGHTS_DIR", str(folder))
-    with pytest.raises(WeightsError, match="is damaged.*delete it"):
+    with pytest.raises(WeightsError, match="does not match its official name.*delete it.*--weights FILE"):
         W.resolve("encodec_24khz")
 
 
