@@ -292,9 +292,28 @@ def decompress_file(src: str, dst: str, opts: DecompressOptions = DecompressOpti
 
 # ---------------------------------------------------------------- memory
 
+def _float_samples(wav) -> np.ndarray:
+    """[frames] or [frames, channels] samples as float32 in [-1, 1]; integers are scaled as
+    libsndfile reads them (int16 by 2**-15, int32 by 2**-31, uint8 around 128)."""
+    wav = np.asarray(wav)
+    if wav.ndim not in (1, 2):
+        raise AudioError(f"samples must be [frames] or [frames, channels], not {wav.ndim}-D "
+                         f"(shape {wav.shape})")
+    if wav.ndim == 2 and wav.shape[1] > 256 and wav.shape[1] > wav.shape[0]:
+        raise AudioError(f"samples of shape {wav.shape} look channels-first; pass [frames, channels] "
+                         f"(samples.T)")
+    if wav.dtype == np.uint8:
+        return ((wav.astype(np.float32) - 128) / 128)
+    if np.issubdtype(wav.dtype, np.integer):
+        return (wav.astype(np.float64) / (np.iinfo(wav.dtype).max + 1)).astype(np.float32)
+    if not np.issubdtype(wav.dtype, np.floating):
+        raise AudioError(f"samples must be numbers, not {wav.dtype}")
+    return wav.astype(np.float32)
+
+
 class _ArraySource:
     def __init__(self, wav: np.ndarray, sample_rate: int):
-        wav = np.asarray(wav, dtype=np.float32)
+        wav = _float_samples(wav)
         self._wav = wav[:, None] if wav.ndim == 1 else wav
         self.sample_rate, self.channels, self.frames = sample_rate, self._wav.shape[1], len(self._wav)
 
@@ -319,7 +338,8 @@ class _ArraySink:
 
 
 def compress(wav: np.ndarray, sample_rate: int, opts: CompressOptions = CompressOptions()) -> bytes:
-    """[frames, channels] (or [frames]) float audio -> .ecdc bytes."""
+    """[frames, channels] (or [frames]) audio -> .ecdc bytes. Floats are in [-1, 1]; integer
+    samples (int16, int32, uint8) are scaled to it."""
     buf = io.BytesIO()
     compress_stream(_ArraySource(wav, sample_rate), buf, opts)
     return buf.getvalue()

@@ -98,10 +98,13 @@ def _missing(ck: Checkpoint, folder: Path, why: str) -> str:
 def _download(ck: Checkpoint, folder: Path, progress: bool) -> None:
     from tqdm import tqdm
 
+    created = [p for p in [folder, *folder.parents] if not p.exists()]  # removed again on failure
+    ok = False
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=ck.filename + ".", suffix=".part", dir=folder)
     except OSError as e:
+        _remove_empty(created)
         raise WeightsError(_missing(ck, folder, f"cannot write there: {e.strerror}")) from None
     try:
         sha = hashlib.sha256()
@@ -116,12 +119,24 @@ def _download(ck: Checkpoint, folder: Path, progress: bool) -> None:
         if not sha.hexdigest().startswith(ck.sha256_prefix):
             raise WeightsError(_missing(ck, folder, "the download has the wrong checksum"))
         os.replace(tmp, folder / ck.filename)
+        ok = True
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e)
         raise WeightsError(_missing(ck, folder, f"download failed: {reason}")) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if not ok:
+            _remove_empty(created)
+
+
+def _remove_empty(folders: tp.Sequence[Path]) -> None:
+    """Remove the folders a failed download created, innermost first, if still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def load_model(name: str, build: tp.Callable[[], tp.Any], explicit: tp.Optional[Path] = None,

@@ -515,3 +515,17 @@ def test_decompress_refuses_to_write_to_a_terminal(tmp_path, checkpoints):
         os.close(leader)
     assert p.returncode == 1
     assert p.stderr.decode().strip() == "Error: refusing to write WAV data to a terminal; use -o FILE or a pipe"
+
+
+def test_api_checks_and_scales_arrays(checkpoints):
+    from encodec_cli import api
+    from encodec_cli.errors import AudioError
+
+    opts = api.CompressOptions(weights=checkpoints["encodec_24khz"], lm=False)
+    x = tone(0.3, 24000)
+    as_int16 = np.round(x * 32767).astype(np.int16)
+    assert api.compress(as_int16, 24000, opts) == api.compress(as_int16.astype(np.float32) / 32768, 24000, opts)
+    with pytest.raises(AudioError, match="look channels-first; pass \\[frames, channels\\]"):
+        api.compress(np.stack([x[:, 0], x[:, 0]]), 24000, opts)
+    with pytest.raises(AudioError, match="not 3-D"):
+        api.compress(x[None], 24000, opts)

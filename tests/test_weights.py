@@ -200,3 +200,10 @@ def test_missing_language_model_names_its_flag(monkeypatch):
         W.resolve("encodec_lm_24khz", progress=False)
     with pytest.raises(WeightsError, match="or pass --weights FILE"):
         W.resolve("encodec_24khz", progress=False)
+
+
+def test_failed_download_leaves_no_empty_folders(registry, monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "fresh" / "torch"))
+    with pytest.raises(WeightsError, match="download failed"):
+        W.resolve("encodec_24khz", progress=False)
+    assert not (tmp_path / "fresh").exists()
