@@ -166,7 +166,8 @@ class _Input:
     def __init__(self, fo: tp.BinaryIO):
         self.fo, self.pos = fo, 0
 
-    def read_exactly(self, n: int, what: str) -> bytes:
+    def read_exactly(self, n: int, what: str, at: tp.Optional[int] = None) -> bytes:
+        """n bytes; a shortfall names `what` and its offset (`at`, else where the read began)."""
         chunks, got = [], 0
         while got < n:
             chunk = self.fo.read(n - got)
@@ -176,8 +177,8 @@ class _Input:
             got += len(chunk)
         data = b"".join(chunks)
         if len(data) != n:
-            raise TruncatedError(f"truncated file: {what} at byte {self.pos} needs {n} bytes, "
-                                 f"only {len(data)} left")
+            raise TruncatedError(f"truncated file: {what} at byte {self.pos if at is None else at} "
+                                 f"needs {n} bytes, only {len(data)} left")
         self.pos += n
         return data
 
@@ -260,8 +261,8 @@ class Reader:
             kind, size = _RECORD.unpack(head)
             if size > MAX_RECORD:
                 raise CorruptError(f"corrupted file: record at byte {offset} claims {size} bytes")
-            payload = inp.read_exactly(size, f"record {count + 1}")
-            (crc,) = _CRC.unpack(inp.read_exactly(_CRC.size, f"record {count + 1}'s checksum"))
+            payload = inp.read_exactly(size, f"record {count + 1}", offset)
+            (crc,) = _CRC.unpack(inp.read_exactly(_CRC.size, f"record {count + 1}'s checksum", offset))
             if zlib.crc32(payload, zlib.crc32(head)) != crc:
                 raise CorruptError(f"corrupted file: record {count + 1} at byte {offset} fails "
                                    f"its CRC-32 check")

@@ -211,3 +211,17 @@ def test_mutated_files_parse_or_raise_our_error(pos, junk):
         read_all(bytes(data))
     except EcdcError:
         pass
+
+
+def test_a_damaged_record_is_named_by_one_offset():
+    """Truncated inside a record, or failing its CRC: the same record, the same byte offset."""
+    data = small_file()
+    reader = F.Reader(io.BytesIO(data))
+    offsets = [p.offset for p in reader]
+    second = offsets[1]
+    messages = []
+    for damaged in (data[:second + 9], data[:second + 9] + bytes([data[second + 9] ^ 1]) + data[second + 10:]):
+        with pytest.raises(FormatError) as info:
+            read_all(damaged)
+        messages.append(str(info.value))
+    assert all(f"record 2 at byte {second}" in m for m in messages), messages
