@@ -74,8 +74,6 @@ def compress_stream(source: A.Source, fo: tp.BinaryIO, opts: CompressOptions,
     opts.check()
     blocks = iter(source.blocks())
     first = next(blocks, None)
-    if first is None:
-        raise AudioError("the input holds no audio samples")
     codec = C.load_codec(opts.model, opts.weights, opts.progress)
     spec = codec.spec
     n_q = spec.codebooks_for(opts.bandwidth)
@@ -101,6 +99,9 @@ def compress_stream(source: A.Source, fo: tp.BinaryIO, opts: CompressOptions,
             yield block.T
 
     writer = F.Writer(fo, header)
+    if first is None:  # an empty input gives a valid empty file (archives have such files)
+        writer.finish(0, 0)
+        return Result()
     grouped = _grouped(C.encode(codec, model_blocks(), n_q), spec)
     # to a pipe, packets should flow while the input is still coming: batches grow from one
     ramp = not F.seekable(fo)
@@ -157,8 +158,10 @@ def decompress_stream(fo: tp.BinaryIO, open_sink: tp.Callable[[int, int, tp.Opti
                     yield C.CodePacket(codes[start:start + frames], scale)
                     start += frames
 
-    blocks = A.fit_length((a.T for a in C.decode(codec, packets())),
-                          lambda: reader.num_samples, HOP, h.channels)
+    coded = packets()
+    first = next(coded, None)
+    decoded = C.decode(codec, itertools.chain([first], coded)) if first is not None else iter(())
+    blocks = A.fit_length((a.T for a in decoded), lambda: reader.num_samples, HOP, h.channels)
     rate, channels = h.sample_rate, h.channels
     if not opts.model_format:
         rate, channels = h.source_sample_rate, h.source_channels

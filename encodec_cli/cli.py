@@ -59,8 +59,7 @@ def _execute(kind: str, inputs, output, opts, force, quiet, threads, jobs, recur
     prefix = len(plan) > 1
 
     with tqdm(total=total, unit="s", disable=not show, desc=kind, file=sys.stderr,
-              bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]"
-              if total else None) as bar:
+              bar_format=bar_format(total)) as bar:
         def note(r: batch.FileResult) -> None:
             if r.status == "ok" and r.clipped and not quiet:
                 tqdm.write(f"note: {r.output}: {r.clipped} samples clipped to full scale", file=sys.stderr)
@@ -73,6 +72,13 @@ def _execute(kind: str, inputs, output, opts, force, quiet, threads, jobs, recur
         for line in failures[:-1]:
             click.echo(f"Error: {line}", err=True)
         raise click.ClickException(failures[-1])
+
+
+def bar_format(total: tp.Optional[float]) -> str:
+    """Seconds of audio as whole numbers, with or without a known total (stdin)."""
+    if total:
+        return "{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]"
+    return "{desc}: {n:.0f} s audio [{elapsed}]"
 
 
 def _check_ray() -> None:

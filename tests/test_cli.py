@@ -278,9 +278,20 @@ def test_unreadable_and_empty_audio(tmp_path, checkpoints):
                           "cannot read audio from")
     assert_one_line_error(run("compress", tmp_path / "zero.wav", "--weights", w, ok=False),
                           "cannot read audio from")
-    assert_one_line_error(run("compress", tmp_path / "empty.wav", "--weights", w, ok=False),
-                          "no audio samples")
     assert listing(tmp_path) == before
+
+
+@pytest.mark.parametrize("model", ["24khz", "48khz"])
+def test_empty_audio_gives_a_valid_empty_file(tmp_path, checkpoints, model):
+    """Archives hold empty files too: they compress, and decompress to empty audio."""
+    sf.write(tmp_path / "empty.wav", np.zeros((0, 2)), 44100)
+    w = weights_for(model, checkpoints)
+    run("compress", tmp_path / "empty.wav", "--model", model, "--weights", w, "-q")
+    data = json.loads(run("info", "--json", tmp_path / "empty.ecdc").output)
+    assert (data["frames"], data["packets"], data["source_samples"]) == (0, 0, 0)
+    run("decompress", tmp_path / "empty.ecdc", "-o", tmp_path / "out.wav", "--weights", w, "-q")
+    info = sf.info(tmp_path / "out.wav")
+    assert (info.frames, info.samplerate, info.channels) == (0, 44100, 2)
 
 
 def test_not_ecdc(tmp_path, checkpoints):
@@ -529,3 +540,13 @@ def test_api_checks_and_scales_arrays(checkpoints):
         api.compress(np.stack([x[:, 0], x[:, 0]]), 24000, opts)
     with pytest.raises(AudioError, match="not 3-D"):
         api.compress(x[None], 24000, opts)
+
+
+@pytest.mark.parametrize("total", [None, 120.0])
+def test_progress_shows_whole_seconds(total):
+    from tqdm import tqdm
+
+    from encodec_cli.cli import bar_format
+
+    line = tqdm.format_meter(12.345678, total, 3.0, prefix="compress", unit="s", bar_format=bar_format(total))
+    assert "12 " in line and "12.3" not in line and "s audio" in line, line
