@@ -204,11 +204,35 @@ def decompress(inputs, output, bits, model_format, weights, lm_weights, force, q
 
 
 @main.command()
-@click.argument("file")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.argument("files", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON for scripts (an object; a list of them for several files).")
 @_guard
-def info(file, as_json):
-    """Describe an .ecdc file without decoding it."""
+def info(files, as_json):
+    """Describe .ecdc files without decoding them."""
+    described, failures = [], []
+    for file in files:
+        try:
+            described.append(_describe(file))
+        except EcdcError as e:
+            if len(files) == 1:
+                raise
+            failures.append(f"{file}: {e}")
+    if as_json:
+        click.echo(json.dumps(described[0] if len(files) == 1 else described, indent=2))
+    else:
+        for i, data in enumerate(described):
+            if len(files) > 1:
+                click.echo(("\n" if i else "") + f"{'file:':<11}{data['file']}")
+            for key, value in _info_rows(data):
+                click.echo(f"{key + ':':<11}{value}")
+    if failures:
+        for line in failures[:-1]:
+            click.echo(f"Error: {line}", err=True)
+        raise click.ClickException(failures[-1])
+
+
+def _describe(file: str) -> dict:
     from . import container
 
     if file != "-" and os.path.isdir(file):
@@ -218,7 +242,8 @@ def info(file, as_json):
     with (open(file, "rb") if file != "-" else sys.stdin.buffer) as f:
         h, end, size = container.describe(f)
     seconds = end.num_samples / h.sample_rate
-    data = {
+    return {
+        "file": file,
         "model": h.model, "sample_rate": h.sample_rate, "channels": h.channels,
         "bandwidth_kbps": h.bandwidth, "codebooks": h.n_codebooks, "coder": h.coder,
         "duration_s": round(seconds, 6), "frames": end.frames, "packets": end.packets,
@@ -229,21 +254,20 @@ def info(file, as_json):
         "lm_fingerprint": h.lm_fingerprint.hex() if h.coder == "lm" else None,
         "format_version": container.VERSION,
     }
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-        return
+
+
+def _info_rows(d: dict) -> tp.List[tp.Tuple[str, str]]:
     ch = {1: "mono", 2: "stereo"}
-    kbps = f"{data['achieved_kbps']:.2f} kbps achieved" if seconds else "empty"
-    rows = [
-        ("model", f"{h.model} ({h.sample_rate} Hz, {ch[h.channels]})"),
-        ("bandwidth", f"{h.bandwidth:g} kbps nominal, {h.n_codebooks} codebooks"),
-        ("coder", {"raw": "raw (10 bits per code)", "lm": "lm (language-model range coding)"}[h.coder]),
-        ("duration", f"{seconds:.3f} s ({end.frames} frames)"),
-        ("original", f"{h.source_sample_rate} Hz, {h.source_channels} channel"
-                     f"{'s' if h.source_channels > 1 else ''}, {end.source_num_samples} samples"),
-        ("size", f"{size} bytes, {kbps}"),
-        ("packets", str(end.packets)),
-        ("weights", h.weights_fingerprint.hex()),
+    seconds = d["duration_s"]
+    kbps = f"{d['achieved_kbps']:.2f} kbps achieved" if seconds else "empty"
+    return [
+        ("model", f"{d['model']} ({d['sample_rate']} Hz, {ch[d['channels']]})"),
+        ("bandwidth", f"{d['bandwidth_kbps']:g} kbps nominal, {d['codebooks']} codebooks"),
+        ("coder", {"raw": "raw (10 bits per code)", "lm": "lm (language-model range coding)"}[d["coder"]]),
+        ("duration", f"{seconds:.3f} s ({d['frames']} frames)"),
+        ("original", f"{d['source_sample_rate']} Hz, {d['source_channels']} channel"
+                     f"{'s' if d['source_channels'] > 1 else ''}, {d['source_samples']} samples"),
+        ("size", f"{d['size_bytes']} bytes, {kbps}"),
+        ("packets", str(d["packets"])),
+        ("weights", d["weights_fingerprint"]),
     ]
-    for key, value in rows:
-        click.echo(f"{key + ':':<11}{value}")

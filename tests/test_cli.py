@@ -551,3 +551,16 @@ def test_progress_shows_whole_seconds(total):
 
     line = tqdm.format_meter(12.345678, total, 3.0, prefix="compress", unit="s", bar_format=bar_format(total))
     assert re.search(r"\b12\b", line) and "12.3" not in line and "s audio" in line, line
+
+
+def test_info_takes_several_files(tmp_path, checkpoints):
+    w = checkpoints["encodec_24khz"]
+    for i, seconds in enumerate((0.4, 0.8)):
+        write_audio(tmp_path / f"f{i}.wav", seconds, 24000)
+        run("compress", tmp_path / f"f{i}.wav", "--weights", w, "--raw", "-q")
+    data = json.loads(run("info", "--json", tmp_path / "f0.ecdc", tmp_path / "f1.ecdc").output)
+    assert [d["frames"] for d in data] == [30, 60] and data[1]["file"] == str(tmp_path / "f1.ecdc")
+    text = run("info", tmp_path / "f0.ecdc", tmp_path / "f1.ecdc").output
+    assert text.count("model:") == 2 and f"file:      {tmp_path / 'f1.ecdc'}" in text
+    r = run("info", tmp_path / "f0.ecdc", tmp_path / "nope.ecdc", ok=False)
+    assert r.exit_code == 1 and "model:" in r.output and f"Error: {tmp_path / 'nope.ecdc'}: " in r.stderr
