@@ -138,11 +138,12 @@ def decompress_stream(fo: tp.BinaryIO, open_sink: tp.Callable[[int, int, tp.Opti
                       opts: DecompressOptions, progress: Progress = None) -> Result:
     """Read an .ecdc stream and write its audio to the sink made by
     `open_sink(rate, channels, frames)` (frames: the output's length, None if not yet known)."""
+    reader = F.Reader(fo)  # a file that is not .ecdc is refused before torch is imported
+    h = reader.header
+
     from . import codec as C
     from .coders import batches, make_decoder
 
-    reader = F.Reader(fo)
-    h = reader.header
     codec = C.load_codec(h.model, opts.weights, opts.progress)
     if codec.fingerprint != h.weights_fingerprint:
         raise WeightsError(f"the file was compressed with other weights (fingerprint "

@@ -204,9 +204,14 @@ def _stop(pool: cf.ProcessPoolExecutor, outputs: tp.Sequence[str]) -> None:
 
 
 def _set_threads(threads: int) -> None:
-    import torch
+    """Torch's thread count; before torch is imported, through the variables it reads then
+    (so that errors found without a model come without the ~1 s of importing torch)."""
+    import sys
 
-    torch.set_num_threads(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    else:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
 
 
 class Manifest:

@@ -245,3 +245,19 @@ def test_wav_header_comes_with_the_first_audio(tmp_path, w24):
     finally:
         p.kill()
         p.wait()
+
+
+@pytest.mark.parametrize("args", [["decompress", "missing.ecdc"], ["decompress", "garbage.ecdc"],
+                                  ["compress", "missing.wav"], ["decompress", "ok.ecdc", "-o", "nodir/x.wav"]])
+def test_errors_found_without_a_model_come_before_importing_torch(tmp_path, w24, args):
+    (tmp_path / "garbage.ecdc").write_bytes(b"not an ecdc file at all")
+    src = write_audio(tmp_path / "ok.wav", 0.2, 24000)
+    subprocess.run(ECDC + ["compress", str(src), "-o", str(tmp_path / "ok.ecdc"), "--weights", str(w24),
+                           "--raw", "-q"], check=True, env=env(), timeout=120)
+    code = ("import sys; from encodec_cli.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    print('torch' in sys.modules, e.code, file=sys.stderr)")
+    p = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, capture_output=True, text=True,
+                       env=env(), timeout=120)
+    lines = p.stderr.strip().splitlines()
+    assert lines[0].startswith("Error: ") and lines[-1] == "False 1", p.stderr
