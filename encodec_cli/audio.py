@@ -62,7 +62,24 @@ class FileSource:
             self._spool = None
 
 
-_WAV_FORMATS = {1: "int", 3: "float"}
+_WAV_FORMATS = {1: "int", 3: "float", 6: "alaw", 7: "ulaw"}
+
+
+def _g711(kind: str) -> np.ndarray:
+    """The 256 16-bit values of G.711 A-law or mu-law bytes, as libsndfile decodes them."""
+    out = np.zeros(256, np.float32)
+    for byte in range(256):
+        if kind == "ulaw":
+            u = ~byte & 0xFF
+            exponent, mantissa = (u >> 4) & 7, u & 0x0F
+            value = (((mantissa << 3) + 0x84) << exponent) - 0x84
+            out[byte] = -value if u & 0x80 else value
+        else:
+            a = byte ^ 0x55
+            exponent, mantissa = (a >> 4) & 7, a & 0x0F
+            value = ((mantissa << 4) + 0x108) << (exponent - 1) if exponent else (mantissa << 4) + 8
+            out[byte] = value if a & 0x80 else -value
+    return out / 32768.0
 
 
 class WavPipeSource:
@@ -94,11 +111,12 @@ class WavPipeSource:
             raise AudioError("cannot read audio from stdin: unsupported WAV encoding")
         kind, self.channels, self.sample_rate, bits, self._align = fmt
         dtypes = {("int", 8): "u1", ("int", 16): "<i2", ("int", 24): None, ("int", 32): "<i4",
-                  ("float", 32): "<f4", ("float", 64): "<f8"}
+                  ("float", 32): "<f4", ("float", 64): "<f8", ("ulaw", 8): "u1", ("alaw", 8): "u1"}
         if (kind, bits) not in dtypes or self._align != self.channels * bits // 8:
             raise AudioError(f"cannot read audio from stdin: unsupported WAV ({kind}, {bits} bits)")
         self._kind, self._bits = kind, bits
         self._dtype = dtypes[(kind, bits)]
+        self._table = _g711(kind) if kind in ("ulaw", "alaw") else None
         self.frames = None if self._remaining is None else self._remaining // self._align
 
     def _read(self, n: int) -> bytes:
@@ -117,7 +135,9 @@ class WavPipeSource:
             x = v.astype(np.float32) / 8388608.0
         else:
             x = np.frombuffer(raw, self._dtype)
-            if self._kind == "float":
+            if self._table is not None:
+                x = self._table[x]
+            elif self._kind == "float":
                 x = x.astype(np.float32)
             elif self._bits == 8:
                 x = (x.astype(np.float32) - 128.0) / 128.0

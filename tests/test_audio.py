@@ -83,3 +83,14 @@ def test_resampler_stream_equals_one_shot():
                                             44100, 24000, 1)))
     assert abs(len(whole) - 24000) <= 1 and whole.shape == parts.shape
     np.testing.assert_allclose(whole, parts, atol=1e-5)
+
+
+@pytest.mark.parametrize("subtype", ["ULAW", "ALAW"])
+def test_g711_wav_on_stdin_reads_as_from_a_path(tmp_path, subtype):
+    x = tone(0.3, 8000, 2)
+    sf.write(tmp_path / "g.wav", x, 8000, subtype=subtype)
+    data = (tmp_path / "g.wav").read_bytes()
+    piped = A.WavPipeSource(io.BytesIO(data[4:]), data[:4])
+    from_path = A.FileSource(str(tmp_path / "g.wav"))
+    np.testing.assert_array_equal(np.concatenate(list(piped.blocks())), np.concatenate(list(from_path.blocks())))
+    from_path.close()
