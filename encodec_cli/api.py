@@ -51,6 +51,7 @@ class DecompressOptions:
     model_format: bool = False   # keep the model's rate and channels instead of the original's
     bits: str = "16"             # '16', '24' or 'float'
     progress: bool = True
+    format: tp.Optional[str] = None  # 'wav', 'flac', 'ogg', 'opus', ...: else the output's extension
 
 
 @dataclass
@@ -272,26 +273,46 @@ def _open_ecdc(src: str) -> tp.BinaryIO:
 
 def decompress_file(src: str, dst: str, opts: DecompressOptions = DecompressOptions(),
                     force: bool = False, progress: Progress = None) -> Result:
-    """Decompress .ecdc file `src` ('-': stdin) to WAV/FLAC `dst` ('-': WAV on stdout)."""
+    """Decompress .ecdc file `src` ('-': stdin) to audio `dst` in any format libsndfile writes,
+    chosen by `opts.format` or the extension ('-': stdout, WAV unless `opts.format` says)."""
     if opts.bits not in A.SUBTYPES:
         raise OptionError(f"unsupported bit depth {opts.bits}")
     _not_the_input(src, dst)
+    if dst == "-" and opts.format not in (None, "wav"):
+        return _decompress_to_stdout_via_file(src, opts, progress)
+    fmt, subtype = (None, None) if dst == "-" else A.format_for(dst, opts.format)
+    if fmt and subtype is None:
+        A.check_subtype(fmt, opts.bits, dst)
     fo = _open_ecdc(src)
     try:
         if dst == "-":
             out = sys.stdout.buffer
             return decompress_stream(fo, lambda r, c, n: A.WavPipeSink(out, r, c, opts.bits, n),
                                      opts, progress)
-        fmt = A.format_for(dst)
-        A.check_subtype(fmt, opts.bits, dst)
         with atomic_path(dst, force) as tmp:
-            result = decompress_stream(fo, lambda r, c, n: A.FileSink(tmp, r, c, opts.bits, fmt, dst),
-                                       opts, progress)
+            result = decompress_stream(
+                fo, lambda r, c, n: A.FileSink(tmp, r, c, opts.bits, fmt, dst, subtype), opts, progress)
             result.bytes_written = os.path.getsize(tmp)
         return result
     finally:
         if fo is not sys.stdin.buffer:
             fo.close()
+
+
+def _decompress_to_stdout_via_file(src: str, opts: DecompressOptions, progress: Progress) -> Result:
+    """Formats that libsndfile cannot stream to a pipe: written to a temporary file, then copied."""
+    import shutil
+
+    folder = tempfile.mkdtemp(prefix="ecdc-out-")
+    try:
+        path = os.path.join(folder, "out." + opts.format)
+        result = decompress_file(src, path, opts, progress=progress)
+        with open(path, "rb") as f:
+            shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
+        sys.stdout.buffer.flush()
+        return result
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- memory

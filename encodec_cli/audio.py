@@ -292,13 +292,17 @@ class FileSink:
     _ERRORS = (sf.LibsndfileError, RuntimeError, OSError, ValueError)
 
     def __init__(self, path: str, sample_rate: int, channels: int, bits: str, fmt: str,
-                 name: tp.Optional[str] = None):
+                 name: tp.Optional[str] = None, subtype: tp.Optional[str] = None):
         self.clipped = 0
-        self._float = bits == "float"
+        self._float = bits == "float" and subtype is None
         self._name = name or path
-        check_subtype(fmt, bits, self._name)
+        if subtype is None:
+            check_subtype(fmt, bits, self._name)
+        elif subtype == "OPUS" and sample_rate not in OPUS_RATES:
+            raise AudioError(f"cannot write {self._name}: Opus stores 8, 12, 16, 24 or 48 kHz, not "
+                             f"{sample_rate} Hz; add --model-format to keep the model's rate")
         try:
-            self._f = sf.SoundFile(path, "w", sample_rate, channels, subtype=SUBTYPES[bits],
+            self._f = sf.SoundFile(path, "w", sample_rate, channels, subtype=subtype or SUBTYPES[bits],
                                    format=fmt)
         except self._ERRORS as e:
             raise AudioError(f"cannot write {self._name}: {_reason(e)}") from None
@@ -373,9 +377,21 @@ class WavPipeSink:
         self._fo.flush()
 
 
-def format_for(path: str) -> str:
-    ext = os.path.splitext(path)[1].lower()
-    formats = {".wav": "WAV", ".flac": "FLAC"}
-    if ext not in formats:
-        raise AudioError(f"cannot write {path}: output must end in .wav or .flac")
-    return formats[ext]
+# what decompress writes, by extension: libsndfile format, and the subtype of lossy formats
+# (their bit depth is their own: --bits does not apply)
+OUTPUT_FORMATS = {"wav": ("WAV", None), "flac": ("FLAC", None), "aiff": ("AIFF", None),
+                  "aif": ("AIFF", None), "au": ("AU", None), "caf": ("CAF", None), "w64": ("W64", None),
+                  "rf64": ("RF64", None), "ogg": ("OGG", "VORBIS"), "oga": ("OGG", "VORBIS"),
+                  "opus": ("OGG", "OPUS"), "mp3": ("MP3", "MPEG_LAYER_III")}
+OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+
+
+def format_for(path: str, name: tp.Optional[str] = None) -> tp.Tuple[str, tp.Optional[str]]:
+    """(libsndfile format, fixed subtype or None) for an output: `name` (--format), else the
+    path's extension."""
+    key = (name or os.path.splitext(path)[1][1:]).lower()
+    if key not in OUTPUT_FORMATS or not sf.check_format(OUTPUT_FORMATS[key][0]):
+        known = ", ".join(k for k in OUTPUT_FORMATS if sf.check_format(OUTPUT_FORMATS[k][0]))
+        raise AudioError(f"cannot write {path}: {'format ' + name if name else 'the extension'} is not "
+                         f"one of {known}")
+    return OUTPUT_FORMATS[key]

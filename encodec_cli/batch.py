@@ -51,14 +51,15 @@ def _wanted(kind: str, path: str) -> bool:
 
 
 def plan(inputs: tp.Sequence[str], output: tp.Optional[str], kind: str,
-         recursive: bool = False) -> tp.List[tp.Tuple[str, str]]:
+         recursive: bool = False, suffix: tp.Optional[str] = None) -> tp.List[tp.Tuple[str, str]]:
     """Pair each input file with its output path.
 
     A folder input (with `recursive`) stands for the audio files under it (compress) or
     the .ecdc files (decompress); their tree is mirrored under `output`, or they are
     written next to themselves. Several inputs, or any folder, make `output` a folder.
+    Outputs named here end in `suffix` (default .ecdc, or .wav for decompress).
     """
-    suffix = SUFFIX[kind]
+    suffix = suffix or SUFFIX[kind]
     folders = [i for i in inputs if i != "-" and os.path.isdir(i)]
     if folders and not recursive:
         raise OptionError(f"{folders[0]} is a folder; use -r to {kind} the files under it")
@@ -168,6 +169,8 @@ def process(kind: str, src: str, dst: str, opts, force: bool, progress=None,
         result = fn(src, dst, opts, force=force, progress=progress)
     except EcdcError as e:
         return FileResult(src, dst, "error", str(e), wall_s=round(time.perf_counter() - start, 3))
+    except BrokenPipeError:
+        raise  # the reader of stdout went away: the CLI ends quietly
     except OSError as e:
         msg = f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}"
         return FileResult(src, dst, "error", msg, wall_s=round(time.perf_counter() - start, 3))

@@ -49,7 +49,8 @@ def _execute(kind: str, inputs, output, opts, force, quiet, threads, jobs, recur
         raise click.UsageError("--threads and --jobs take a positive number")
     if cluster is not None:
         _check_ray()
-    plan = batch.plan(inputs, output, kind, recursive)
+    fmt = getattr(opts, "format", None)
+    plan = batch.plan(inputs, output, kind, recursive, "." + fmt if fmt else None)
     if any(d == "-" for _, d in plan) and sys.stdout.isatty():
         what = "compressed data" if kind == "compress" else "WAV data"
         raise OptionError(f"refusing to write {what} to a terminal; use -o FILE or a pipe")
@@ -189,16 +190,21 @@ def compress(inputs, output, bandwidth, model, lm, weights, lm_weights, force, q
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--bits", type=click.Choice(["16", "24", "float"]), default="16", show_default=True,
               help="Sample format of the output.")
+@click.option("--format", "fmt", type=click.Choice(["wav", "flac", "aiff", "au", "caf", "w64", "rf64",
+                                                    "ogg", "opus", "mp3"]),
+              help="Output format (default: the -o extension, else wav); sets the extension of "
+                   "outputs named by ecdc.")
 @click.option("--model-format", is_flag=True,
               help="Keep the model's sample rate and channels instead of restoring the original's.")
 @_common
 @_guard
-def decompress(inputs, output, bits, model_format, weights, lm_weights, force, quiet, threads, jobs,
+def decompress(inputs, output, bits, fmt, model_format, weights, lm_weights, force, quiet, threads, jobs,
                recursive, resume, manifest, cluster):
-    """Decompress .ecdc files or folders (-r) ('-' for stdin) to WAV or FLAC (by extension; stdout: WAV)."""
+    """Decompress .ecdc files or folders (-r) ('-' for stdin) to WAV, FLAC, OGG, Opus, AIFF, ...
+    (by --format or extension; stdout: WAV unless --format says)."""
     from .api import DecompressOptions
 
-    opts = DecompressOptions(weights, lm_weights, model_format, bits, progress=not quiet)
+    opts = DecompressOptions(weights, lm_weights, model_format, bits, progress=not quiet, format=fmt)
     _execute("decompress", inputs, output, opts, force, quiet, threads, jobs, recursive, resume,
              manifest, cluster)
 

@@ -564,3 +564,34 @@ def test_info_takes_several_files(tmp_path, checkpoints):
     assert text.count("model:") == 2 and f"file:      {tmp_path / 'f1.ecdc'}" in text
     r = run("info", tmp_path / "f0.ecdc", tmp_path / "nope.ecdc", ok=False)
     assert r.exit_code == 1 and "model:" in r.output and f"Error: {tmp_path / 'nope.ecdc'}: " in r.stderr
+
+
+@pytest.mark.parametrize("ext, fmt, subtype", [("ogg", "OGG", "VORBIS"), ("opus", "OGG", "OPUS"),
+                                               ("aiff", "AIFF", "PCM_16"), ("flac", "FLAC", "PCM_16")])
+def test_decompress_writes_other_formats(tmp_path, checkpoints, ext, fmt, subtype):
+    w = checkpoints["encodec_24khz"]
+    src = write_audio(tmp_path / "a.wav", 0.5, 24000)
+    run("compress", src, "--weights", w, "--raw", "-q")
+    run("decompress", tmp_path / "a.ecdc", "-o", tmp_path / f"b.{ext}", "--weights", w, "-q")
+    info = sf.info(tmp_path / f"b.{ext}")
+    assert (info.format, info.subtype, info.samplerate) == (fmt, subtype, 24000)
+    assert abs(info.frames - 12000) <= (312 if ext == "opus" else 0)
+    (tmp_path / "out").mkdir()
+    run("decompress", tmp_path / "a.ecdc", "-o", tmp_path / "out", "--format", ext, "--weights", w, "-q")
+    assert listing(tmp_path / "out") == {f"a.{ext}"}
+
+
+def test_opus_needs_an_opus_rate_and_stdout_takes_any_format(tmp_path, checkpoints):
+    import subprocess
+
+    w = checkpoints["encodec_24khz"]
+    src = write_audio(tmp_path / "a.wav", 0.5, 44100)
+    run("compress", src, "--weights", w, "--raw", "-q")
+    r = run("decompress", tmp_path / "a.ecdc", "-o", tmp_path / "b.opus", "--weights", w, ok=False)
+    assert_one_line_error(r, "Opus stores 8, 12, 16, 24 or 48 kHz, not 44100 Hz")
+    run("decompress", tmp_path / "a.ecdc", "-o", tmp_path / "b.opus", "--model-format", "--weights", w, "-q")
+    p = subprocess.run([sys.executable, "-m", "encodec_cli", "decompress", str(tmp_path / "a.ecdc"), "-o", "-",
+                        "--format", "flac", "--weights", str(w), "-q"], capture_output=True, timeout=120)
+    assert p.returncode == 0 and p.stdout[:4] == b"fLaC"
+    (tmp_path / "c.flac").write_bytes(p.stdout)
+    assert sf.info(tmp_path / "c.flac").frames == 22050
