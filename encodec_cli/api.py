@@ -49,7 +49,7 @@ class DecompressOptions:
     weights: tp.Optional[Path] = None
     lm_weights: tp.Optional[Path] = None
     model_format: bool = False   # keep the model's rate and channels instead of the original's
-    bits: str = "16"             # '16', '24' or 'float'
+    bits: tp.Optional[str] = None  # '16', '24' or 'float'; None: the original's (16 if unknown)
     progress: bool = True
     format: tp.Optional[str] = None  # 'wav', 'flac', 'ogg', 'opus', ...: else the output's extension
 
@@ -81,7 +81,8 @@ def compress_stream(source: A.Source, fo: tp.BinaryIO, opts: CompressOptions,
     coder = make_encoder(opts, spec, n_q)
     header = F.Header(spec.name, coder.name, n_q, opts.bandwidth, spec.sample_rate, spec.channels,
                       source.sample_rate, source.channels, None, None,
-                      codec.fingerprint, coder.fingerprint)
+                      codec.fingerprint, coder.fingerprint, getattr(source, "bits", None),
+                      tuple(getattr(source, "tags", ())))
     counts = {"source": 0, "model": 0}
 
     def source_blocks() -> tp.Iterator[np.ndarray]:
@@ -135,10 +136,11 @@ def _grouped(code_packets, spec) -> tp.Iterator[tp.Tuple[np.ndarray, tp.List[F.S
         yield np.concatenate(codes), segments
 
 
-def decompress_stream(fo: tp.BinaryIO, open_sink: tp.Callable[[int, int, tp.Optional[int]], A.Sink],
+def decompress_stream(fo: tp.BinaryIO, open_sink: tp.Callable[[int, int, tp.Optional[int], F.Header], A.Sink],
                       opts: DecompressOptions, progress: Progress = None) -> Result:
     """Read an .ecdc stream and write its audio to the sink made by
-    `open_sink(rate, channels, frames)` (frames: the output's length, None if not yet known)."""
+    `open_sink(rate, channels, frames, header)` (frames: the output's length, None if not
+    yet known; the header has the source's bit depth and tags)."""
     reader = F.Reader(fo)  # a file that is not .ecdc is refused before torch is imported
     h = reader.header
 
@@ -171,7 +173,7 @@ def decompress_stream(fo: tp.BinaryIO, open_sink: tp.Callable[[int, int, tp.Opti
         blocks = A.fit_length((A.to_channels(b, channels) for b in resampled),
                               lambda: reader.source_num_samples, 4096, channels)
     known = reader.num_samples if opts.model_format else reader.source_num_samples
-    sink = open_sink(rate, channels, known)
+    sink = open_sink(rate, channels, known, h)
     written = 0
     try:
         for block in blocks:
@@ -275,23 +277,31 @@ def decompress_file(src: str, dst: str, opts: DecompressOptions = DecompressOpti
                     force: bool = False, progress: Progress = None) -> Result:
     """Decompress .ecdc file `src` ('-': stdin) to audio `dst` in any format libsndfile writes,
     chosen by `opts.format` or the extension ('-': stdout, WAV unless `opts.format` says)."""
-    if opts.bits not in A.SUBTYPES:
+    if opts.bits is not None and opts.bits not in A.SUBTYPES:
         raise OptionError(f"unsupported bit depth {opts.bits}")
     _not_the_input(src, dst)
     if dst == "-" and opts.format not in (None, "wav"):
         return _decompress_to_stdout_via_file(src, opts, progress)
     fmt, subtype = (None, None) if dst == "-" else A.format_for(dst, opts.format)
-    if fmt and subtype is None:
+    if fmt and subtype is None and opts.bits is not None:
         A.check_subtype(fmt, opts.bits, dst)
+
+    def bits(h: F.Header) -> str:
+        if opts.bits is not None:
+            return opts.bits
+        keep = h.source_bits or "16"
+        return keep if fmt is None or A.sf.check_format(fmt, A.SUBTYPES[keep]) else "16"
+
     fo = _open_ecdc(src)
     try:
         if dst == "-":
             out = sys.stdout.buffer
-            return decompress_stream(fo, lambda r, c, n: A.WavPipeSink(out, r, c, opts.bits, n),
+            return decompress_stream(fo, lambda r, c, n, h: A.WavPipeSink(out, r, c, bits(h), n),
                                      opts, progress)
         with atomic_path(dst, force) as tmp:
             result = decompress_stream(
-                fo, lambda r, c, n: A.FileSink(tmp, r, c, opts.bits, fmt, dst, subtype), opts, progress)
+                fo, lambda r, c, n, h: A.FileSink(tmp, r, c, bits(h), fmt, dst, subtype, h.tags), opts,
+                progress)
             result.bytes_written = os.path.getsize(tmp)
         return result
     finally:
@@ -376,7 +386,7 @@ def decompress(data: bytes, opts: DecompressOptions = DecompressOptions()
     sink = _ArraySink()
     rate = {}
 
-    def open_sink(r: int, c: int, n: tp.Optional[int]) -> _ArraySink:
+    def open_sink(r: int, c: int, n: tp.Optional[int], h: F.Header) -> _ArraySink:
         rate["r"], rate["c"] = r, c
         return sink
 

@@ -33,6 +33,19 @@ class Source(tp.Protocol):
     def close(self) -> None: ...
 
 
+TAGS = ("title", "artist", "album", "date", "genre", "tracknumber", "comment", "copyright",
+        "license", "software")
+
+
+def source_bits(subtype: str) -> str:
+    """The output bit depth that keeps an input's precision: '24', 'float' or '16'."""
+    if subtype == "PCM_24":
+        return "24"
+    if subtype in ("PCM_32", "FLOAT", "DOUBLE"):
+        return "float"
+    return "16"
+
+
 class FileSource:
     def __init__(self, path: str, spool: tp.Optional[str] = None):
         self._spool = spool
@@ -43,6 +56,8 @@ class FileSource:
             msg = str(e).split(": ", 1)[-1] if isinstance(e, sf.LibsndfileError) else str(e)
             raise AudioError(f"cannot read audio from {'stdin' if spool else path}: {msg}") from None
         self.sample_rate, self.channels, self.frames = self._f.samplerate, self._f.channels, self._f.frames
+        self.bits = source_bits(self._f.subtype)
+        self.tags = tuple((k, v) for k in TAGS if (v := getattr(self._f, k, "")))
 
     def blocks(self) -> tp.Iterator[np.ndarray]:
         try:
@@ -115,6 +130,8 @@ class WavPipeSource:
         if (kind, bits) not in dtypes or self._align != self.channels * bits // 8:
             raise AudioError(f"cannot read audio from stdin: unsupported WAV ({kind}, {bits} bits)")
         self._kind, self._bits = kind, bits
+        self.bits = "24" if (kind, bits) == ("int", 24) else "float" if kind == "float" or bits == 32 else "16"
+        self.tags: tp.Tuple[tp.Tuple[str, str], ...] = ()
         self._dtype = dtypes[(kind, bits)]
         self._table = _g711(kind) if kind in ("ulaw", "alaw") else None
         self.frames = None if self._remaining is None else self._remaining // self._align
@@ -292,7 +309,8 @@ class FileSink:
     _ERRORS = (sf.LibsndfileError, RuntimeError, OSError, ValueError)
 
     def __init__(self, path: str, sample_rate: int, channels: int, bits: str, fmt: str,
-                 name: tp.Optional[str] = None, subtype: tp.Optional[str] = None):
+                 name: tp.Optional[str] = None, subtype: tp.Optional[str] = None,
+                 tags: tp.Sequence[tp.Tuple[str, str]] = ()):
         self.clipped = 0
         self._float = bits == "float" and subtype is None
         self._name = name or path
@@ -306,6 +324,11 @@ class FileSink:
                                    format=fmt)
         except self._ERRORS as e:
             raise AudioError(f"cannot write {self._name}: {_reason(e)}") from None
+        for key, value in tags:
+            try:
+                setattr(self._f, key, value)
+            except self._ERRORS:
+                pass  # a format without that tag
 
     def write(self, x: np.ndarray) -> None:
         try:

@@ -188,8 +188,8 @@ def compress(inputs, output, bandwidth, model, lm, weights, lm_weights, force, q
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--bits", type=click.Choice(["16", "24", "float"]), default="16", show_default=True,
-              help="Sample format of the output.")
+@click.option("--bits", type=click.Choice(["16", "24", "float"]),
+              help="Sample format of the output (default: the original's, 16 if unknown).")
 @click.option("--format", "fmt", type=click.Choice(["wav", "flac", "aiff", "au", "caf", "w64", "rf64",
                                                     "ogg", "opus", "mp3"]),
               help="Output format (default: the -o extension, else wav); sets the extension of "

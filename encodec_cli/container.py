@@ -5,6 +5,7 @@ a CRC-32, so corruption is reported with a byte offset instead of decoding to no
 """
 from __future__ import annotations
 
+import json
 import struct
 import typing as tp
 import zlib
@@ -30,6 +31,9 @@ RETIRED_CODERS = {1: "the language-model coder of ecdc development builds before
 _PREFIX = struct.Struct(">8sBH")             # magic, version, size of the body
 _BODY = struct.Struct(">BBBIIBIHQQ8s8s")      # see Header
 _CRC = struct.Struct(">I")
+_EXT = struct.Struct(">BH")                   # source bit depth code, size of the tags' JSON
+SOURCE_BITS = {"16": 1, "24": 2, "float": 3}
+MAX_TAGS = 60000
 _RECORD = struct.Struct(">BI")                # type, payload size
 _PACKET = struct.Struct(">BB")                # flags, number of segments
 _SEGMENT = struct.Struct(">Hf")               # frames, scale
@@ -55,6 +59,17 @@ class Header:
     source_num_samples: tp.Optional[int]
     weights_fingerprint: bytes      # 8 bytes
     lm_fingerprint: bytes = bytes(8)
+    source_bits: tp.Optional[str] = None          # '16', '24' or 'float': restored on decompression
+    tags: tp.Tuple[tp.Tuple[str, str], ...] = ()  # the source's (name, text) tags: title, artist, ...
+
+    def extension(self) -> bytes:
+        """Fields after the 50-byte body (revision 2 of version 1): source bit depth, tags."""
+        if self.source_bits is None and not self.tags:
+            return b""
+        tags = json.dumps(dict(self.tags), ensure_ascii=False).encode()
+        if len(tags) > MAX_TAGS:  # far more than any title: dropped rather than cut mid-text
+            tags = b"{}"
+        return _EXT.pack(SOURCE_BITS.get(self.source_bits, 0), len(tags)) + tags
 
     def to_bytes(self) -> bytes:
         def length(n: tp.Optional[int]) -> int:
@@ -65,6 +80,7 @@ class Header:
                           self.source_sample_rate, self.source_channels,
                           length(self.num_samples), length(self.source_num_samples),
                           self.weights_fingerprint, self.lm_fingerprint)
+        body += self.extension()
         data = _PREFIX.pack(MAGIC, VERSION, len(body)) + body
         return data + _CRC.pack(zlib.crc32(data))
 
@@ -218,11 +234,21 @@ def read_header(inp: _Input) -> Header:
     if not (1 <= n_codebooks <= 32 and channels in (1, 2) and source_channels >= 1
             and sample_rate > 0 and source_sample_rate > 0):
         raise FormatError("inconsistent header fields")
+    source_bits, tags = None, ()
+    ext = body[_BODY.size:]
+    if len(ext) >= _EXT.size:
+        bits_code, tags_size = _EXT.unpack_from(ext)
+        source_bits = {v: k for k, v in SOURCE_BITS.items()}.get(bits_code)
+        try:
+            parsed = json.loads(ext[_EXT.size:_EXT.size + tags_size].decode() or "{}")
+            tags = tuple((str(k), str(v)) for k, v in parsed.items()) if isinstance(parsed, dict) else ()
+        except (UnicodeDecodeError, ValueError):
+            raise CorruptError("corrupted header: its tags are not valid JSON") from None
     return Header(model, coder, n_codebooks, bandwidth / 1000, sample_rate, channels,
                   source_sample_rate, source_channels,
                   None if num_samples == UNKNOWN else num_samples,
                   None if source_num_samples == UNKNOWN else source_num_samples,
-                  weights_fp, lm_fp)
+                  weights_fp, lm_fp, source_bits, tags)
 
 
 class Reader:

@@ -126,7 +126,7 @@ def test_odd_inputs_restore_rate_channels_length(tmp_path, checkpoints, case, mo
     run("decompress", tmp_path / "x.ecdc", "-o", tmp_path / "out.flac", "--weights", w, "-q")
     info = sf.info(tmp_path / "out.flac")
     assert (info.samplerate, info.channels, info.frames) == (rate, channels, sf.info(src).frames)
-    assert info.subtype == "PCM_16"
+    assert info.subtype == ("PCM_24" if subtype == "PCM_24" else "PCM_16")  # the original's depth; FLAC has no float
     run("decompress", tmp_path / "x.ecdc", "-o", tmp_path / "native.wav", "--weights", w,
         "--model-format", "-q")
     spec = SPECS[f"encodec_{model}"]
@@ -595,3 +595,26 @@ def test_opus_needs_an_opus_rate_and_stdout_takes_any_format(tmp_path, checkpoin
     assert p.returncode == 0 and p.stdout[:4] == b"fLaC"
     (tmp_path / "c.flac").write_bytes(p.stdout)
     assert sf.info(tmp_path / "c.flac").frames == 22050
+
+
+def test_source_bit_depth_and_tags_are_kept(tmp_path, checkpoints):
+    w = checkpoints["encodec_24khz"]
+    x = tone(0.5, 44100, 2)
+    with sf.SoundFile(tmp_path / "a.flac", "w", 44100, 2, subtype="PCM_24") as f:
+        f.title, f.artist = "Interview, part 1", "Zoë Example"
+        f.write(x)
+    sf.write(tmp_path / "b.wav", x, 44100, subtype="FLOAT")
+    for name in ("a.flac", "b.wav"):
+        run("compress", tmp_path / name, "--weights", w, "--raw", "-q")
+    run("decompress", tmp_path / "a.ecdc", "-o", tmp_path / "a2.flac", "--weights", w, "-q")
+    run("decompress", tmp_path / "a.ecdc", "-o", tmp_path / "a2.wav", "--weights", w, "-q")
+    run("decompress", tmp_path / "b.ecdc", "-o", tmp_path / "b2.wav", "--weights", w, "-q")
+    run("decompress", tmp_path / "b.ecdc", "-o", tmp_path / "b3.flac", "--weights", w, "-q")
+    run("decompress", tmp_path / "a.ecdc", "-o", tmp_path / "a3.flac", "--bits", "16", "--weights", w, "-q")
+    for name, subtype in (("a2.flac", "PCM_24"), ("a2.wav", "PCM_24"), ("b2.wav", "FLOAT"),
+                          ("b3.flac", "PCM_16"), ("a3.flac", "PCM_16")):   # FLAC has no float: 16
+        assert sf.info(tmp_path / name).subtype == subtype, name
+    for name in ("a2.flac", "a2.wav"):
+        with sf.SoundFile(tmp_path / name) as f:
+            assert (f.title, f.artist) == ("Interview, part 1", "Zoë Example"), name
+    assert json.loads(run("info", "--json", tmp_path / "a.ecdc").output)["size_bytes"] > 0
