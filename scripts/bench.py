@@ -205,7 +205,7 @@ def codec_bench(a, work: Path, weights: dict) -> None:
         w = weights[name]
         res = {k: [] for k in ("ec", "ed", "rc", "rd")}
         for _ in range(a.repeats):
-            res["ec"].append(run(ecdc_cmd("compress", wav, "-o", work / "e.ecdc", "-f", "-q",
+            res["ec"].append(run(ecdc_cmd("compress", wav, "-o", work / "e.ecdc", "-f", "-q", "--raw",
                                           "--model", flag, "-b", 6, "--weights", w)))
             res["rc"].append(run(ref_cmd(a.ref_python, "compress", wav, work / "r.ecdc", "-b", 6,
                                          "--weights", work / "weights")
@@ -248,7 +248,7 @@ def jobs_bench(work: Path, w: Path) -> None:
         out = work / f"jobs{jobs}"
         out.mkdir(exist_ok=True)
         times[jobs] = run(ecdc_cmd("compress", *files, "-o", out, "-f", "-q", "--jobs", jobs,
-                                   "--weights", w))[0]
+                                   "--raw", "--weights", w))[0]
     print(f"\n--jobs on 4 one-minute files (24 kHz, 6 kbps, {os.cpu_count()} cores): "
           f"1 job {times[1]:.1f} s, 2 jobs {times[2]:.1f} s, throughput x{times[1] / times[2]:.2f}")
 

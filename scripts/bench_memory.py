@@ -64,7 +64,7 @@ def main() -> None:
     a.workdir.mkdir(parents=True, exist_ok=True)
     checkpoints = write_checkpoints(a.workdir / "weights", lm=a.lm)
     weights = checkpoints[f"encodec_{a.model}"]
-    lm = ["--lm", "--lm-weights", str(checkpoints[f"encodec_lm_{a.model}"])] if a.lm else []
+    lm = ["--lm", "--lm-weights", str(checkpoints[f"encodec_lm_{a.model}"])] if a.lm else ["--raw"]
     wav = a.workdir / f"long_{a.model}.wav"
     if not wav.exists() or sf.info(wav).duration != a.hours * 3600:
         long_wav(wav, a.hours, a.model)
@@ -75,7 +75,7 @@ def main() -> None:
                               "--model", a.model, "--weights", str(weights), "-q", *lm])
     t2, m2 = measured(ecdc + ["decompress", str(a.workdir / "long.ecdc"), "-o",
                               str(a.workdir / "long_out.wav"), "-f", "--weights", str(weights), "-q",
-                              *lm[1:]])
+                              *lm[1:]])  # decompress takes --lm-weights, not --lm/--raw
     mode = " --lm" if a.lm else ""
     print(f"{a.model}{mode}, {seconds / 3600:.2f} h of audio ({wav.stat().st_size / 2**20:.0f} MiB WAV)")
     print("| direction | wall time | real-time factor | peak RSS |")
