@@ -33,6 +33,7 @@ EXP_SIZE = 22 * 1024       # EXP is 0 from t = 22004 on; indices are clamped to 
 GELU_STEP = 5              # GELU table every 2**-5, linear interpolation between
 GELU_EDGE = 6 << Q         # beyond +-6: gelu(x) = x, or 0
 POS_BITS = 32              # positions 0 .. 2**32 - 1 (at 75 frames/s: 1.8 years)
+POS_BLOCK = 1024           # position embeddings computed this many steps at a time
 ACT_LIMIT = 1 << 20        # q, k, v saturate at +-2**20 (1024.0)
 ATT_BITS = 13              # attention weights in Q13
 LN_INPUT_BITS = 17         # LayerNorm input is shifted down to below 2**17
@@ -339,9 +340,8 @@ class IntLMState:
         self.lm, self.n_q, self.batch = lm, n_q, batch
         self.capacity = min(lm.past_context, frames) + 1 + self.SLACK
         self.offset = 0
-        first = np.zeros(batch, np.int64) if first is None else np.asarray(first, np.int64)
-        steps = (first[:, None] + np.arange(frames)).reshape(-1)
-        self._pos = positions(steps).astype(np.int32).reshape(batch, frames, DIM)
+        self._first = np.zeros(batch, np.int64) if first is None else np.asarray(first, np.int64)
+        self._pos, self._pos_block, self._frames = np.zeros((batch, 0, DIM), np.int32), -1, frames
         self.prev = np.zeros((batch, n_q), np.int64)
         self._codebooks = np.arange(n_q)[None]
         layers = len(lm.layers)
@@ -379,11 +379,22 @@ class IntLMState:
         acc = _sum(acc * _BLOCKS, axis=1).astype(np.int64)                       # [B, D], exact
         return rshift_round(acc << np.repeat(top[:, :, 0], HEAD_DIM, axis=1), ATT_BITS)
 
+    def _position(self) -> np.ndarray:
+        """Each stream's position embedding at this step, from a table of POS_BLOCK steps
+        (memory stays flat however long the streams)."""
+        block, i = divmod(self.offset, POS_BLOCK)
+        if block != self._pos_block:
+            count = min(POS_BLOCK, self._frames - block * POS_BLOCK)
+            steps = self._first[:, None] + block * POS_BLOCK + np.arange(count)
+            self._pos = positions(steps.reshape(-1)).astype(np.int32).reshape(self.batch, count, DIM)
+            self._pos_block = block
+        return self._pos[:, i]
+
     def step(self) -> np.ndarray:
         """Integer frequencies [batch, n_q, 1024] of the next frame (rows sum to 2**24 - 1024)."""
         lm = self.lm
         x = _sum(lm.emb[self._codebooks, self.prev], axis=1, dtype=np.int64)
-        x = lm.norm_in(x) + self._pos[:, self.offset]
+        x = lm.norm_in(x) + self._position()
         pos = self.start + self.count
         if pos == self.capacity:  # move the window back to the front of the buffers
             for buf in (self.k, self.v):

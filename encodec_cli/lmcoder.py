@@ -57,23 +57,31 @@ def model_probabilities(freqs: np.ndarray) -> np.ndarray:
 class _Batch:
     """The streams of several packets, stepped together: stream i codes frame t at step t.
 
-    A 24 kHz packet's stream starts at the position of its first frame in the file
-    (`offsets`: frames before each packet); 48 kHz segments start at position 0.
+    Streams are the packets' segments in order, so a packet's streams are contiguous
+    (`ranges`); their frames are rows of the packets' codes laid end to end (`base`: each
+    stream's first row). A 24 kHz packet's stream starts at the position of its first frame
+    in the file (`offsets`: frames before each packet); 48 kHz segments start at position 0.
     """
 
     def __init__(self, lm: IntLM, n_q: int, packets: tp.Sequence[tp.Sequence[F.Segment]],
                  offsets: tp.Optional[tp.Sequence[int]]):
         self.lengths = np.array([n for segs in packets for n, _ in segs], np.int64)
-        starts = [np.cumsum([0] + [n for n, _ in segs])[:-1] for segs in packets]
-        self.packet_of = np.concatenate([np.full(len(segs), i) for i, segs in enumerate(packets)])
-        self.first_row = np.concatenate(starts).astype(np.int64)   # the stream's first frame in its packet
-        first = None if offsets is None else np.asarray(offsets, np.int64)[self.packet_of]
-        steps = int(self.lengths.max()) if len(self.lengths) else 0
-        self.state = lm.start(n_q, len(self.lengths), steps, first) if steps else None
-        self.steps = steps
+        self.base = np.cumsum(self.lengths) - self.lengths
+        counts = np.cumsum([len(segs) for segs in packets])
+        self.ranges = list(zip(counts - [len(segs) for segs in packets], counts))
+        first = None
+        if offsets is not None:
+            first = np.repeat(np.asarray(offsets, np.int64), [len(segs) for segs in packets])
+        self.steps = int(self.lengths.max()) if len(self.lengths) else 0
+        self.state = lm.start(n_q, len(self.lengths), self.steps, first) if self.steps else None
 
-    def live(self, t: int) -> np.ndarray:
-        return t < self.lengths
+    def rows(self, t: int) -> np.ndarray:
+        """Per stream, the row it codes at step t (a finished stream: its last row, unused)."""
+        return self.base + np.minimum(t, self.lengths - 1)
+
+    def probabilities(self, n_q: int) -> np.ndarray:
+        """What constriction gets for the next step: [streams, n_q, 1024]."""
+        return model_probabilities(self.state.step()).reshape(len(self.lengths), n_q, CARD)
 
 
 class LMEncoder:
@@ -101,15 +109,16 @@ class LMEncoder:
         self.frames += sum(sizes)
         batch = _Batch(self.lm, self.n_q, [segs for _, segs in packets], offsets)
         coders = [constriction.stream.queue.RangeEncoder() for _ in packets]
+        codes = np.concatenate([c for c, _ in packets]) if packets else np.zeros((0, self.n_q))
         for t in range(batch.steps):
-            probs = model_probabilities(batch.state.step()).reshape(len(batch.lengths), self.n_q, CARD)
-            rows = batch.first_row + np.minimum(t, batch.lengths - 1)
-            frame = np.stack([packets[p][0][r] for p, r in zip(batch.packet_of, rows)])
-            live = batch.live(t)
-            for p, coder in enumerate(coders):
-                sel = live & (batch.packet_of == p)
+            probs = batch.probabilities(self.n_q)
+            live = t < batch.lengths
+            frame = codes[batch.rows(t)]
+            for coder, (lo, hi) in zip(coders, batch.ranges):
+                sel = live[lo:hi]
                 if sel.any():
-                    coder.encode(frame[sel].reshape(-1).astype(np.int32), _MODEL, probs[sel].reshape(-1, CARD))
+                    coder.encode(frame[lo:hi][sel].reshape(-1).astype(np.int32), _MODEL,
+                                 probs[lo:hi][sel].reshape(-1, CARD))
             batch.state.push(frame)
         return [struct.pack(">I", codes_crc(codes)) + coder.get_compressed().astype(">u4").tobytes()
                 for (codes, _), coder in zip(packets, coders)]
@@ -177,21 +186,22 @@ class LMDecoder:
             words = np.frombuffer(data, ">u4", offset=4).astype(np.uint32)
             coders.append(constriction.stream.queue.RangeDecoder(words))
         batch = _Batch(self.lm, self.n_q, [p.segments for p in packets], offsets)
-        codes = [np.zeros((p.frames, self.n_q), np.uint16) for p in packets]
+        decoded = np.zeros((sum(p.frames for p in packets), self.n_q), np.uint16)
         for t in range(batch.steps):
-            probs = model_probabilities(batch.state.step()).reshape(len(batch.lengths), self.n_q, CARD)
-            live = batch.live(t)
-            rows = batch.first_row + np.minimum(t, batch.lengths - 1)
-            for p, coder in enumerate(coders):
-                sel = np.flatnonzero(live & (batch.packet_of == p))
-                if len(sel):
+            probs = batch.probabilities(self.n_q)
+            live = t < batch.lengths
+            rows = batch.rows(t)
+            for p, (lo, hi) in enumerate(batch.ranges):
+                sel = live[lo:hi]
+                if sel.any():
                     try:
-                        symbols = coder.decode(_MODEL, probs[sel].reshape(-1, CARD))
+                        symbols = coders[p].decode(_MODEL, probs[lo:hi][sel].reshape(-1, CARD))
                     except Exception as e:  # constriction's own checks on damaged data
                         raise CorruptError(f"corrupted file: LM packet {numbers[p]} at byte "
                                            f"{packets[p].offset} cannot be decoded ({e})") from None
-                    codes[p][rows[sel]] = symbols.reshape(-1, self.n_q)
-            batch.state.push(np.stack([codes[p][r] for p, r in zip(batch.packet_of, rows)]))
+                    decoded[rows[lo:hi][sel]] = symbols.reshape(-1, self.n_q)
+            batch.state.push(decoded[rows])
+        codes = np.split(decoded, np.cumsum([p.frames for p in packets])[:-1])
         for p, (packet, crc) in enumerate(zip(packets, crcs)):
             if codes_crc(codes[p]) != crc:
                 raise CorruptError(f"corrupted file: LM packet {numbers[p]} (byte {packet.offset}) "
