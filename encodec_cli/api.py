@@ -287,10 +287,7 @@ def decompress_file(src: str, dst: str, opts: DecompressOptions = DecompressOpti
         A.check_subtype(fmt, opts.bits, dst)
 
     def bits(h: F.Header) -> str:
-        if opts.bits is not None:
-            return opts.bits
-        keep = h.source_bits or "16"
-        return keep if fmt is None or A.sf.check_format(fmt, A.SUBTYPES[keep]) else "16"
+        return opts.bits or A.output_bits(fmt, h.source_bits)
 
     fo = _open_ecdc(src)
     try:

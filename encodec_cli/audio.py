@@ -296,6 +296,12 @@ def _clip(x: np.ndarray, sink) -> np.ndarray:
     return x
 
 
+def output_bits(fmt: tp.Optional[str], source: tp.Optional[str]) -> str:
+    """The original's bit depth where format `fmt` (None: a WAV stream) holds it, else 16."""
+    keep = source or "16"
+    return keep if fmt is None or sf.check_format(fmt, SUBTYPES[keep]) else "16"
+
+
 def check_subtype(fmt: str, bits: str, name: str) -> None:
     if not sf.check_format(fmt, SUBTYPES[bits]):
         can = " or ".join(b for b in SUBTYPES if sf.check_format(fmt, SUBTYPES[b]))
@@ -369,9 +375,10 @@ class WavPipeSink:
         fmt = struct.pack("<HHIIHH", tag, channels, sample_rate, sample_rate * channels * width,
                           channels * width, width * 8)
         size = None if frames is None else frames * channels * width
-        if size is not None and 36 + len(fmt) - 16 + size + (size & 1) > 0xFFFFFFFE:
-            size = None  # too long for a WAV header: 'unknown'
-        riff = 0xFFFFFFFF if size is None else 4 + 8 + len(fmt) + 8 + size + (size & 1)
+        riff = None if size is None else 4 + 8 + len(fmt) + 8 + size + (size & 1)
+        if riff is not None and riff >= 0xFFFFFFFF:  # too long for a WAV header: 'unknown'
+            size = riff = None
+        riff = 0xFFFFFFFF if riff is None else riff
         self._pad = size is not None and size & 1
         self._head = (b"RIFF" + struct.pack("<I", riff) + b"WAVE" + b"fmt " + struct.pack("<I", len(fmt))
                       + fmt + b"data" + struct.pack("<I", 0xFFFFFFFF if size is None else size))

@@ -55,7 +55,8 @@ def _execute(kind: str, inputs, output, opts, force, quiet, threads, jobs, recur
         what = "compressed data" if kind == "compress" else "WAV data"
         raise OptionError(f"refusing to write {what} to a terminal; use -o FILE or a pipe")
     durations = [_duration(kind, s) for s, _ in plan]
-    total = sum(d for d in durations if d) if all(durations) else None
+    # files that cannot be read have no duration, and fail without adding any audio
+    total = sum(d for d in durations if d) or None
     show = not quiet and sys.stderr.isatty() and all(d != "-" for _, d in plan)
     prefix = len(plan) > 1
 
