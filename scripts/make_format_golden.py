@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,8 @@ def save(name: str, data: bytes, h: F.Header, packets: list, end: F.End) -> None
                    "bandwidth": h.bandwidth, "sample_rate": h.sample_rate,
                    "channels": h.channels, "source_sample_rate": h.source_sample_rate,
                    "source_channels": h.source_channels, "weights_fp": h.weights_fingerprint.hex(),
-                   "lm_fp": h.lm_fingerprint.hex()},
+                   "lm_fp": h.lm_fingerprint.hex(), "source_bits": h.source_bits,
+                   "tags": dict(h.tags)},
         "packets": [{"flags": f, "segments": [list(x) for x in seg], "codes": c.tolist()}
                     for c, seg, f in packets],
         "end": {"frames": end.frames, "num_samples": end.num_samples,
@@ -68,6 +70,19 @@ def raw_24khz() -> None:
             F._write_record(buf, 7, b"future record")
     end = w.finish(115 * 320 - 100, round((115 * 320 - 100) * 44100 / 24000))
     save("v1_raw_24khz", buf.getvalue(), h, packets, end)
+
+
+def raw_24khz_tags() -> None:
+    """Revision 2 of the header: the source's bit depth and tags (non-ASCII included)."""
+    rng = np.random.default_rng(25)
+    h = replace(header("encodec_24khz", "raw", 4, 3.0, 48000, 1), source_bits="24",
+                tags=(("title", "Interview, part 1"), ("artist", "Zoë Example")))
+    buf = io.BytesIO()
+    w = F.Writer(buf, h)
+    codes = rng.integers(0, 1024, (30, 4)).astype(np.uint16)
+    w.write_packet([(30, 1.0)], F.pack_codes(codes))
+    end = w.finish(30 * 320, 30 * 640)
+    save("v1_raw_24khz_tags", buf.getvalue(), replace(h, num_samples=30 * 320), [(codes, [(30, 1.0)], 0)], end)
 
 
 class _Pipe(io.BytesIO):
@@ -155,6 +170,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     raw_24khz()
     raw_48khz_pipe()
+    raw_24khz_tags()
     lm_24khz()
     lm_48khz()
     frequencies()

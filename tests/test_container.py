@@ -87,7 +87,8 @@ def test_pipe_leaves_lengths_to_end_record():
     assert reader.end.num_samples == 35 * 320 - 7
 
 
-@pytest.mark.parametrize("name", ["v1_raw_24khz", "v1_raw_48khz_pipe", "v1_lm_24khz", "v1_lm_48khz"])
+@pytest.mark.parametrize("name", ["v1_raw_24khz", "v1_raw_48khz_pipe", "v1_raw_24khz_tags", "v1_lm_24khz",
+                                  "v1_lm_48khz"])
 def test_golden_files_still_read(name):
     doc = json.loads((GOLDEN / f"{name}.codes.json").read_text())
     reader, packets = read_all((GOLDEN / f"{name}.ecdc").read_bytes())
@@ -98,6 +99,8 @@ def test_golden_files_still_read(name):
     assert (h.source_sample_rate, h.source_channels) == (
         doc["header"]["source_sample_rate"], doc["header"]["source_channels"])
     assert h.weights_fingerprint.hex() == doc["header"]["weights_fp"]
+    assert h.source_bits == doc["header"].get("source_bits")                   # revision 2
+    assert dict(h.tags) == doc["header"].get("tags", {})
     assert len(packets) == len(doc["packets"])
     for packet, expected in zip(packets, doc["packets"]):
         assert packet.frames == len(expected["codes"])
