@@ -6,9 +6,11 @@ Pairs: `compress_file`/`decompress_file` (paths, '-' for stdin/stdout) and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import itertools
 import os
+import struct
 import sys
 import tempfile
 import typing as tp
@@ -19,7 +21,7 @@ import numpy as np
 
 from . import audio as A
 from . import container as F
-from .errors import AudioError, OptionError, WeightsError
+from .errors import AudioError, FormatError, OptionError, WeightsError
 from .specs import SPECS
 
 MODELS = {"24khz": "encodec_24khz", "48khz": "encodec_48khz"}
@@ -52,6 +54,10 @@ class DecompressOptions:
     bits: tp.Optional[str] = None  # '16', '24' or 'float'; None: the original's (16 if unknown)
     progress: bool = True
     format: tp.Optional[str] = None  # 'wav', 'flac', 'ogg', 'opus', ...: else the output's extension
+    start: float = 0.0             # seconds: decode only from here ...
+    end: tp.Optional[float] = None  # ... to here (None: the end)
+    lm_threads: tp.Optional[int] = None  # version-0 LM files: the writer's torch threads
+    # (None: torch's default here, as Meta's encodec ran; each count rounds differently)
 
 
 @dataclass
@@ -136,44 +142,117 @@ def _grouped(code_packets, spec) -> tp.Iterator[tp.Tuple[np.ndarray, tp.List[F.S
         yield np.concatenate(codes), segments
 
 
+def decoded_packets(reader, opts: "DecompressOptions") -> tp.Iterator[F.Packet]:
+    """The packets of `reader` (container.open_reader: version 1 or 0) with their codes
+    decoded. Torch is imported only for LM-coded files."""
+    h = reader.header
+    if h.version == 0 and h.coder == "lm":
+        from .v0lm import load_float_lm, reference_threads
+
+        reader.lm = load_float_lm(h.model, opts.lm_weights, opts.progress)
+        reader.lm.threads = opts.lm_threads or reference_threads()
+    if h.version == 0 or h.coder == "raw":
+        yield from reader
+        return
+
+    from .coders import batches, make_decoder
+    from .specs import SPECS
+
+    coder = make_decoder(h, opts, SPECS[h.model])
+    for batch in batches(reader, lambda p: len(p.segments), coder.batch_streams):
+        for packet, codes in zip(batch, coder.decode_many(batch)):
+            yield dataclasses.replace(packet, codes=codes)
+
+
+def _output_range(opts: "DecompressOptions", rate: int, total: tp.Optional[int]
+                  ) -> tp.Tuple[int, tp.Optional[int]]:
+    """Output samples [start, end) of `opts.start`..`opts.end` (end None: to the end)."""
+    start = round(opts.start * rate)
+    end = None if opts.end is None else round(opts.end * rate)
+    if end is not None and end < start:
+        raise OptionError(f"the range ends ({opts.end:g} s) before it starts ({opts.start:g} s)")
+    if total is not None:
+        if start and start >= total:
+            raise OptionError(f"--start {opts.start:g} s is past the end of the audio ({total / rate:.3f} s)")
+        end = None if end is None or end >= total else end
+    return start, end
+
+
+def _skip(blocks: tp.Iterable[np.ndarray], n: int) -> tp.Iterator[np.ndarray]:
+    """The blocks without their first n samples."""
+    for block in blocks:
+        if n >= len(block):
+            n -= len(block)
+            continue
+        yield block[n:]
+        n = 0
+
+
 def decompress_stream(fo: tp.BinaryIO, open_sink: tp.Callable[[int, int, tp.Optional[int], F.Header], A.Sink],
                       opts: DecompressOptions, progress: Progress = None) -> Result:
-    """Read an .ecdc stream and write its audio to the sink made by
-    `open_sink(rate, channels, frames, header)` (frames: the output's length, None if not
-    yet known; the header has the source's bit depth and tags)."""
-    reader = F.Reader(fo)  # a file that is not .ecdc is refused before torch is imported
+    """Read an .ecdc stream (version 1, or 0: Meta's encodec) and write its audio, or the
+    range `opts.start`..`opts.end`, to the sink made by `open_sink(rate, channels, frames,
+    header)` (frames: the output's length, None if not yet known; the header has the
+    source's bit depth and tags)."""
+    from .seek import plan
+
+    reader = F.open_reader(fo)  # a file that is not .ecdc is refused before torch is imported
     h = reader.header
+    rate, channels = (h.sample_rate, h.channels) if opts.model_format else (h.source_sample_rate, h.source_channels)
+
+    def total() -> tp.Optional[int]:  # of the whole output
+        return reader.num_samples if opts.model_format else reader.source_num_samples
+
+    start, end = _output_range(opts, rate, total())
 
     from . import codec as C
-    from .coders import batches, make_decoder
 
     codec = C.load_codec(h.model, opts.weights, opts.progress)
-    if codec.fingerprint != h.weights_fingerprint:
+    if h.version and codec.fingerprint != h.weights_fingerprint:  # version 0 does not record it
         raise WeightsError(f"the file was compressed with other weights (fingerprint "
                            f"{h.weights_fingerprint.hex()}, loaded {codec.fingerprint.hex()}); "
                            f"pass the same --weights FILE")
-    coder = make_decoder(h, opts, codec.spec)
+    span = plan(codec.spec, rate, start, end)
+    reader.skip_before, reader.stop_at = span.first_frame, span.last_frame
 
     def packets() -> tp.Iterator[C.CodePacket]:
-        for batch in batches(reader, lambda p: len(p.segments), coder.batch_streams):
-            for packet, codes in zip(batch, coder.decode_many(batch)):
-                start = 0
-                for frames, scale in packet.segments:
-                    yield C.CodePacket(codes[start:start + frames], scale)
-                    start += frames
+        for packet in decoded_packets(reader, opts):
+            pos = packet.start
+            for frames, scale in packet.segments:
+                lo, hi = max(0, span.first_frame - pos), frames
+                if span.last_frame is not None:
+                    hi = min(hi, span.last_frame - pos)
+                if lo < hi:
+                    row = pos - packet.start
+                    yield C.CodePacket(packet.codes[row + lo:row + hi], scale)
+                pos += frames
 
     coded = packets()
     first = next(coded, None)
-    decoded = C.decode(codec, itertools.chain([first], coded)) if first is not None else iter(())
-    blocks = A.fit_length((a.T for a in decoded), lambda: reader.num_samples, HOP, h.channels)
-    rate, channels = h.sample_rate, h.channels
+    decoded = C.decode(codec, itertools.chain([first], coded), span.weight_length) if first is not None else iter(())
+
+    def model_total() -> tp.Optional[int]:  # model-rate samples from span.model_start
+        n = reader.num_samples
+        if n is None:
+            return None
+        return max(0, (n if span.model_end is None else min(n, span.model_end)) - span.model_start)
+
+    blocks = _skip((a.T for a in decoded), span.model_start - span.decode_start)
+    blocks = A.fit_length(blocks, model_total, HOP, h.channels)
+    out_start = span.model_start
     if not opts.model_format:
-        rate, channels = h.source_sample_rate, h.source_channels
         resampled = A.converted(blocks, h.sample_rate, rate, h.channels)
-        blocks = A.fit_length((A.to_channels(b, channels) for b in resampled),
-                              lambda: reader.source_num_samples, 4096, channels)
-    known = reader.num_samples if opts.model_format else reader.source_num_samples
-    sink = open_sink(rate, channels, known, h)
+        blocks = (A.to_channels(b, channels) for b in resampled)
+        out_start = span.model_start * rate // h.sample_rate  # exact: the span starts on a common sample
+
+    def out_total() -> tp.Optional[int]:
+        n = total()
+        if n is None:
+            return None
+        return max(0, (n if end is None else min(n, end)) - start)
+
+    blocks = A.fit_length(_skip(blocks, start - out_start), out_total, 4096, channels)
+    sink = open_sink(rate, channels, out_total(), h)
     written = 0
     try:
         for block in blocks:
@@ -320,6 +399,177 @@ def _decompress_to_stdout_via_file(src: str, opts: DecompressOptions, progress: 
         return result
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- codes
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    coder: tp.Optional[str] = None          # 'raw' or 'lm'; None: raw stays raw, LM-coded becomes 'lm'
+    weights: tp.Optional[Path] = None       # version 0: the codec weights whose fingerprint to record
+    lm_weights: tp.Optional[Path] = None
+    progress: bool = True
+    lm_threads: tp.Optional[int] = None     # version-0 LM files: see DecompressOptions
+
+    def decoding(self) -> DecompressOptions:
+        return DecompressOptions(self.weights, self.lm_weights, progress=self.progress,
+                                 lm_threads=self.lm_threads)
+
+
+def _hash_packet(digest, packet: F.Packet) -> None:
+    digest.update(np.ascontiguousarray(packet.codes, dtype=">u2").tobytes())
+    for frames, scale in packet.segments:
+        digest.update(struct.pack(">If", frames, scale))
+
+
+def convert_stream(fi: tp.BinaryIO, fo: tp.BinaryIO, opts: ConvertOptions = ConvertOptions(),
+                   progress: Progress = None) -> tp.Tuple[Result, bytes]:
+    """Re-container an .ecdc stream (version 0 or 1) as version 1 with coder `opts.coder`,
+    without touching its codes. Returns the result and a digest of the codes and scales."""
+    import hashlib
+
+    from . import weights as W
+    from .coders import RawEncoder, batches
+    from .specs import SPECS
+
+    if opts.coder not in (None, "raw", "lm"):
+        raise OptionError(f"unknown coder {opts.coder!r}")
+    reader = F.open_reader(fi)
+    h = reader.header
+    spec = SPECS[h.model]
+    # version 0 does not record its weights: those that decompress would use stand for them
+    fingerprint = (W.resolve(h.model, opts.weights, opts.progress).fingerprint if h.version == 0
+                   else h.weights_fingerprint)
+    if (opts.coder or h.coder) == "lm":
+        from .lmcoder import LMEncoder
+
+        encoder = LMEncoder.load(spec, h.n_codebooks, opts.lm_weights, opts.progress)
+    else:
+        encoder = RawEncoder()
+    header = dataclasses.replace(h, coder=encoder.name, weights_fingerprint=fingerprint,
+                                 lm_fingerprint=encoder.fingerprint, num_samples=None,
+                                 source_num_samples=None, version=F.VERSION)
+    writer = F.Writer(fo, header)
+    digest = hashlib.sha256()
+    frames = 0
+    for batch in batches(decoded_packets(reader, opts.decoding()), lambda p: len(p.segments),
+                         encoder.batch_streams):
+        items = [(p.codes, p.segments) for p in batch]
+        for packet, (payload, flags) in zip(batch, encoder.encode_many(items)):
+            writer.write_packet(packet.segments, payload, flags)
+            _hash_packet(digest, packet)
+            frames += packet.frames
+            if progress:
+                progress(packet.frames / spec.frame_rate)
+    writer.finish(reader.num_samples, reader.source_num_samples)
+    return Result(seconds=(reader.source_num_samples or 0) / h.source_sample_rate), digest.digest()
+
+
+def _codes_digest(path: str, opts: ConvertOptions) -> bytes:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for packet in decoded_packets(F.open_reader(f), opts.decoding()):
+            _hash_packet(digest, packet)
+    return digest.digest()
+
+
+def convert_file(src: str, dst: str, opts: ConvertOptions = ConvertOptions(), force: bool = False,
+                 progress: Progress = None) -> Result:
+    """Convert .ecdc file `src` ('-': stdin) to version 1 at `dst` ('-': stdout; `dst` may be
+    `src`: replaced once the new file is checked). The new file is decoded and must give the
+    same codes before it replaces or becomes `dst`."""
+    import shutil
+
+    in_place = src != "-" and dst != "-" and os.path.exists(dst) and os.path.samefile(src, dst)
+    fi = _open_ecdc(src)
+    try:
+        if dst == "-":
+            folder = tempfile.mkdtemp(prefix="ecdc-convert-")
+            target, force = os.path.join(folder, "out.ecdc"), True
+        else:
+            folder, target = None, dst
+        try:
+            with atomic_path(target, force or in_place) as tmp:
+                with open(tmp, "wb") as f:
+                    result, digest = convert_stream(fi, f, opts, progress)
+                    result.bytes_written = f.tell()
+                if _codes_digest(tmp, opts) != digest:
+                    raise FormatError(f"the converted file does not decode to the codes of {src}; "
+                                      f"nothing was written")
+            if dst == "-":
+                with open(target, "rb") as f:
+                    shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
+                sys.stdout.buffer.flush()
+        finally:
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
+        return result
+    finally:
+        if fi is not sys.stdin.buffer:
+            fi.close()
+
+
+def read_codes(path: tp.Union[str, os.PathLike, tp.BinaryIO], opts: DecompressOptions = DecompressOptions()
+               ) -> tp.Tuple[tp.Union[np.ndarray, tp.List[tp.Tuple[np.ndarray, float]]], F.Header]:
+    """The codes of an .ecdc file (version 1, or 0: Meta's encodec) and its header.
+
+    24 kHz: a [codebooks, frames] uint16 array. 48 kHz: one (codes [codebooks, frames],
+    scale) pair per 1 s segment. No model is loaded, and torch is not imported, for raw
+    files; LM-coded ones load the language model (`opts.lm_weights`).
+    """
+    with (open(path, "rb") if isinstance(path, (str, os.PathLike)) else contextlib.nullcontext(path)) as f:
+        reader = F.open_reader(f)
+        packets = list(decoded_packets(reader, opts))
+    h = reader.header
+    k = h.n_codebooks
+    if SPECS[h.model].causal:
+        codes = np.concatenate([p.codes for p in packets]) if packets else np.zeros((0, k), np.uint16)
+        return np.ascontiguousarray(codes.T), h
+    segments = []
+    for p in packets:
+        row = 0
+        for frames, scale in p.segments:
+            segments.append((np.ascontiguousarray(p.codes[row:row + frames].T), float(scale)))
+            row += frames
+    return segments, h
+
+
+def codes_file(src: str, dst: str, opts: DecompressOptions = DecompressOptions(), force: bool = False,
+               progress: Progress = None) -> Result:
+    """Write the codes of .ecdc file `src` to `dst` as .npz (see read_codes): `codes`
+    [codebooks, frames] uint16 (48 kHz: the segments end to end, with `segment_frames` and
+    `scales`), and `model`, `sample_rate`, `bandwidth`, `num_samples`."""
+    fi = _open_ecdc(src)
+    try:
+        codes, h = read_codes(fi, opts)
+    finally:
+        if fi is not sys.stdin.buffer:
+            fi.close()
+    arrays = {"model": np.array(h.model), "sample_rate": np.array(h.sample_rate),
+              "bandwidth": np.array(h.bandwidth), "num_samples": np.array(h.num_samples or 0)}
+    if isinstance(codes, list):
+        arrays["codes"] = (np.concatenate([c for c, _ in codes], axis=1) if codes
+                           else np.zeros((h.n_codebooks, 0), np.uint16))
+        arrays["segment_frames"] = np.array([c.shape[1] for c, _ in codes], np.int32)
+        arrays["scales"] = np.array([s for _, s in codes], np.float32)
+    else:
+        arrays["codes"] = codes
+    seconds = (h.num_samples or 0) / h.sample_rate
+    if progress:
+        progress(seconds)
+    if dst == "-":
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        sys.stdout.buffer.write(buf.getvalue())
+        sys.stdout.buffer.flush()
+        return Result(seconds=seconds)
+    with atomic_path(dst, force) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            size = f.tell()
+    return Result(seconds=seconds, bytes_written=size)
 
 
 # ---------------------------------------------------------------- memory

@@ -121,12 +121,16 @@ def _encode_batch(model, windows: tp.List[np.ndarray], n_q: int) -> tp.Iterator[
 
 
 @torch.inference_mode()
-def decode(codec: Codec, packets: tp.Iterable[CodePacket]) -> tp.Iterator[np.ndarray]:
-    """Model-rate audio blocks [channels, n]; the end may overshoot the true length."""
+def decode(codec: Codec, packets: tp.Iterable[CodePacket], weight_length: tp.Optional[int] = None
+           ) -> tp.Iterator[np.ndarray]:
+    """Model-rate audio blocks [channels, n]; the end may overshoot the true length.
+
+    48 kHz: `weight_length` is the overlap-add window's length when the packets do not
+    start with the file's first segment (whose length sets it)."""
     if codec.spec.causal:
         yield from _decode_stream(codec.model, packets)
     else:
-        yield from _decode_segments(codec.model, packets)
+        yield from _decode_segments(codec.model, packets, weight_length)
 
 
 def _embed(model, codes: np.ndarray) -> torch.Tensor:
@@ -153,17 +157,16 @@ def _decode_stream(model, packets) -> tp.Iterator[np.ndarray]:
 class OverlapAdd:
     """The reference's linear overlap-add of decoded segments, emitted as it settles."""
 
-    def __init__(self, stride: int):
+    def __init__(self, stride: int, length: tp.Optional[int] = None):
         self.stride = stride
-        self.weight: tp.Optional[torch.Tensor] = None
+        self.weight: tp.Optional[torch.Tensor] = None if length is None else self._window(length)
         self.acc: tp.Optional[torch.Tensor] = None   # weighted sum from the current offset
         self.wsum: tp.Optional[torch.Tensor] = None
 
     def push(self, frame: torch.Tensor) -> torch.Tensor:
         n = frame.shape[-1]
         if self.weight is None:  # the reference derives the window from the first frame
-            t = torch.linspace(0, 1, n + 2, dtype=frame.dtype)[1:-1]
-            self.weight = 0.5 - (t - 0.5).abs()
+            self.weight = self._window(n)
         w = self.weight[:n]
         size = n if self.acc is None else max(n, self.acc.shape[-1])
         acc = frame.new_zeros(*frame.shape[:-1], size)
@@ -177,14 +180,19 @@ class OverlapAdd:
         self.acc, self.wsum = acc[..., done:], wsum[done:]
         return acc[..., :done] / wsum[:done]
 
+    @staticmethod
+    def _window(n: int) -> torch.Tensor:
+        t = torch.linspace(0, 1, n + 2, dtype=torch.float32)[1:-1]
+        return 0.5 - (t - 0.5).abs()
+
     def finish(self) -> torch.Tensor:
         if self.acc is None or self.acc.shape[-1] == 0:
             return torch.zeros(0)
         return self.acc / self.wsum
 
 
-def _decode_segments(model, packets) -> tp.Iterator[np.ndarray]:
-    ola = OverlapAdd(model.spec.segment_stride)
+def _decode_segments(model, packets, weight_length=None) -> tp.Iterator[np.ndarray]:
+    ola = OverlapAdd(model.spec.segment_stride, weight_length)
     batch: tp.List[CodePacket] = []
 
     def flush() -> tp.Iterator[np.ndarray]:

@@ -61,6 +61,7 @@ class Header:
     lm_fingerprint: bytes = bytes(8)
     source_bits: tp.Optional[str] = None          # '16', '24' or 'float': restored on decompression
     tags: tp.Tuple[tp.Tuple[str, str], ...] = ()  # the source's (name, text) tags: title, artist, ...
+    version: int = VERSION          # of the file read (0: Meta's encodec, see v0.py); not written
 
     def extension(self) -> bytes:
         """Fields after the 50-byte body (revision 2 of version 1): source bit depth, tags."""
@@ -95,6 +96,8 @@ class Packet:
     flags: int = 0
     payload: bytes = b""            # the coded codes as stored
     offset: int = 0                 # byte offset of the record in the file
+    start: int = 0                  # index of its first frame in the file
+    index: int = 1                  # its number in the file, from 1
 
     @property
     def frames(self) -> int:
@@ -199,13 +202,14 @@ class _Input:
         return data
 
 
-def read_header(inp: _Input) -> Header:
-    prefix = inp.fo.read(_PREFIX.size)
-    inp.pos += len(prefix)
+def read_header(inp: _Input, head: bytes = b"") -> Header:
+    """The header; `head`: its first bytes, already read from `inp`."""
+    rest = inp.fo.read(_PREFIX.size - len(head))
+    prefix = head + rest
+    inp.pos += len(rest)
     if len(prefix) < len(MAGIC) or not prefix.startswith(MAGIC):
         if prefix.startswith(b"ECDC"):
-            raise FormatError("this is a file of Meta's encodec tool, not of ecdc; "
-                              "decode it with `encodec`")
+            raise FormatError("a version-0 file (of Meta's encodec) where version 1 was expected")
         raise FormatError("not an .ecdc file (no ecdc signature at the start)")
     if len(prefix) < _PREFIX.size:
         raise TruncatedError(f"truncated file: the header needs {_PREFIX.size} bytes, "
@@ -252,12 +256,22 @@ def read_header(inp: _Input) -> Header:
 
 
 class Reader:
-    """Iterates over the packets of an .ecdc stream; `end` is set once read."""
+    """Iterates over the packets of an .ecdc stream; `end` is set once read.
 
-    def __init__(self, fo: tp.BinaryIO):
+    Packets that end before frame `skip_before`, or start at or after `stop_at`, are passed
+    over unread: on a seekable file only their record and segment heads are read (their
+    checksums are not checked), on a pipe their bytes are read and dropped. Past `stop_at`
+    the iteration ends at once when the header has the lengths.
+    """
+    version = VERSION
+
+    def __init__(self, fo: tp.BinaryIO, skip_before: int = 0, head: bytes = b""):
         self._in = _Input(fo)
-        self.header = read_header(self._in)
+        self._in.pos = len(head)
+        self.header = read_header(self._in, head)
         self.end: tp.Optional[End] = None
+        self.skip_before = skip_before
+        self.stop_at: tp.Optional[int] = None
 
     @property
     def num_samples(self) -> tp.Optional[int]:
@@ -287,6 +301,19 @@ class Reader:
             kind, size = _RECORD.unpack(head)
             if size > MAX_RECORD:
                 raise CorruptError(f"corrupted file: record at byte {offset} claims {size} bytes")
+            after = self.stop_at is not None and frames >= self.stop_at
+            if kind == RECORD_PACKET and after and h.num_samples is not None:
+                return  # the rest is not wanted, and the lengths are known without the end record
+            if kind == RECORD_PACKET and (frames < self.skip_before or after) and seekable(inp.fo):
+                n = self._skim(size, offset)
+                if frames + n <= self.skip_before or after:
+                    inp.fo.seek(offset + _RECORD.size + size + _CRC.size)
+                    inp.pos = offset + _RECORD.size + size + _CRC.size
+                    count += 1
+                    frames += n
+                    continue
+                inp.fo.seek(offset + _RECORD.size)
+                inp.pos = offset + _RECORD.size
             payload = inp.read_exactly(size, f"record {count + 1}", offset)
             (crc,) = _CRC.unpack(inp.read_exactly(_CRC.size, f"record {count + 1}'s checksum", offset))
             if zlib.crc32(payload, zlib.crc32(head)) != crc:
@@ -315,19 +342,50 @@ class Reader:
             segments = tuple(_SEGMENT.unpack_from(payload, _PACKET.size + i * _SEGMENT.size)
                              for i in range(nseg))
             n = sum(f for f, _ in segments)
+            if frames + n <= self.skip_before or after:  # on a pipe: read, then dropped undecoded
+                count += 1
+                frames += n
+                continue
             data = payload[start:]
             if h.coder == "raw" or flags & FLAG_RAW:
                 codes = unpack_codes(data, n, h.n_codebooks)
             else:
                 codes = np.empty((n, 0), np.uint16)
+            yield Packet(codes, segments, flags, data, offset, frames, count + 1)
             count += 1
             frames += n
-            yield Packet(codes, segments, flags, data, offset)
+
+    def _skim(self, size: int, offset: int) -> int:
+        """Frames of the packet whose payload (`size` bytes) comes next, from its segment table."""
+        inp = self._in
+        if size < _PACKET.size:
+            raise CorruptError(f"corrupted file: packet at byte {offset} is too short")
+        _, nseg = _PACKET.unpack(inp.read_exactly(_PACKET.size, f"the packet at byte {offset}"))
+        if nseg == 0 or size < _PACKET.size + nseg * _SEGMENT.size:
+            raise CorruptError(f"corrupted file: packet at byte {offset} has a bad segment table")
+        table = inp.read_exactly(nseg * _SEGMENT.size, f"the packet at byte {offset}")
+        return sum(_SEGMENT.unpack_from(table, i * _SEGMENT.size)[0] for i in range(nseg))
+
+
+def open_reader(fo: tp.BinaryIO, skip_before: int = 0):
+    """A reader of version 1, or of version 0 (v0.V0Reader: the files of Meta's encodec)."""
+    head = fo.read(4)
+    if head == b"ECDC":
+        from .v0 import V0Reader
+
+        return V0Reader(fo, head)
+    return Reader(fo, skip_before, head)
 
 
 def describe(fo: tp.BinaryIO) -> tp.Tuple[Header, End, int]:
-    """Header, end record and file size, reading every record (for `ecdc info`)."""
-    reader = Reader(fo)
+    """Header, end record and file size, reading every record (for `ecdc info`); of a
+    version-0 file, what its metadata says (`header.version` is 0)."""
+    head = fo.read(4)
+    if head == b"ECDC":
+        from . import v0
+
+        return v0.describe(fo, head)
+    reader = Reader(fo, head=head)
     for _ in reader:
         pass
     assert reader.end is not None

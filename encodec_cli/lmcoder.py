@@ -143,8 +143,6 @@ class LMDecoder:
     def __init__(self, lm: IntLM, spec: ModelSpec, n_q: int):
         self.lm, self.n_q = lm, n_q
         self.positions = spec.causal
-        self.packets = 0  # packets read so far
-        self.frames = 0   # and their frames
 
     @classmethod
     def load(cls, spec: ModelSpec, header: F.Header, weights: tp.Optional[Path], progress: bool = True):
@@ -161,16 +159,13 @@ class LMDecoder:
         return self.decode_many([packet])[0]
 
     def decode_many(self, packets: tp.Sequence[F.Packet]) -> tp.List[np.ndarray]:
-        """The codes of the file's next packets, in order; raw packets cost no LM work."""
-        first = self.packets + 1
-        offsets = self.frames + np.cumsum([0] + [p.frames for p in packets[:-1]])
-        self.packets += len(packets)
-        self.frames += sum(p.frames for p in packets)
+        """The codes of any packets of a file (their `start` and `index` say where they are
+        in it); raw packets cost no LM work."""
         out = [p.codes for p in packets]
         coded = [i for i, p in enumerate(packets) if not p.flags & F.FLAG_RAW]
         if coded:
-            decoded = self._decode_lm([packets[i] for i in coded], [first + i for i in coded],
-                                      [int(offsets[i]) for i in coded] if self.positions else None)
+            decoded = self._decode_lm([packets[i] for i in coded], [packets[i].index for i in coded],
+                                      [packets[i].start for i in coded] if self.positions else None)
             for i, codes in zip(coded, decoded):
                 out[i] = codes
         return out

@@ -2,6 +2,7 @@
 the float LM, its golden frequencies, the range coder, and its portability."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
@@ -19,6 +20,7 @@ import torch
 
 from encodec_cli import container as F
 from encodec_cli import intlm, random_weights
+from encodec_cli.errors import CorruptError
 from encodec_cli.lm import DIM, MAX_PERIOD, POSITION_BLOCK, build_lm
 from encodec_cli.lmcoder import LMDecoder, LMEncoder, load_lm
 from encodec_cli.models import SPECS
@@ -137,12 +139,16 @@ def test_golden_frequencies(name):
 
 
 def code_packets(encoder, parts, segments=None):
-    """Encode the parts as packets of one batch, read back as the container gives them."""
+    """Encode the parts as packets of one batch, read back as the container gives them
+    (the first one at frame `encoder.frames` of the file)."""
     segs = [tuple(segments[i]) if segments else ((len(p), 1.0),) for i, p in enumerate(parts)]
+    start = encoder.frames
     packets = []
-    for (payload, flags), part, seg in zip(encoder.encode_many(list(zip(parts, segs))), parts, segs):
+    for i, ((payload, flags), part, seg) in enumerate(zip(encoder.encode_many(list(zip(parts, segs))),
+                                                          parts, segs)):
         codes = part if flags else np.empty((len(part), 0), np.uint16)
-        packets.append(F.Packet(codes, seg, flags, payload))
+        packets.append(F.Packet(codes, seg, flags, payload, start=start, index=i + 1))
+        start += len(part)
     return packets
 
 
@@ -177,8 +183,11 @@ def test_packets_are_independent_whatever_the_batching(lm24):
     elsewhere.frames = 1000
     assert code_packets(elsewhere, parts[:1])[0].payload != together[0].payload  # positions count
     dec = LMDecoder(lm24, spec, 4)
-    dec.frames = int(offsets[2])  # seek to packet 3
-    np.testing.assert_array_equal(dec.decode(together[2]), parts[2])
+    np.testing.assert_array_equal(dec.decode(together[2]), parts[2])  # a seek to packet 3
+    np.testing.assert_array_equal(dec.decode_many([together[3], together[1]])[1], parts[1])
+    moved = dataclasses.replace(together[2], start=together[2].start + 1)
+    with pytest.raises(CorruptError, match="checksum|cannot be decoded"):
+        dec.decode(moved)  # a packet decodes only at its own position
     dec = LMDecoder(lm24, spec, 4)
     for got, part in zip(dec.decode_many(together[:1]) + dec.decode_many(together[1:]), parts):
         np.testing.assert_array_equal(got, part)
