@@ -150,7 +150,10 @@ def decoded_packets(reader, opts: "DecompressOptions") -> tp.Iterator[F.Packet]:
         from .v0lm import load_float_lm, reference_threads
 
         reader.lm = load_float_lm(h.model, opts.lm_weights, opts.progress)
-        reader.lm.threads = opts.lm_threads or reference_threads()
+        threads = reader.lm.threads = opts.lm_threads or reference_threads()
+        reader.why = (f"a damaged file, or one written with other torch threads or another kind of CPU "
+                      f"(read with {threads} thread{'s' if threads > 1 else ''}; encodec ran with as many "
+                      f"as the writing machine had cores: try --threads N)")
     if h.version == 0 or h.coder == "raw":
         yield from reader
         return
@@ -428,7 +431,6 @@ def convert_stream(fi: tp.BinaryIO, fo: tp.BinaryIO, opts: ConvertOptions = Conv
     without touching its codes. Returns the result and a digest of the codes and scales."""
     import hashlib
 
-    from . import weights as W
     from .coders import RawEncoder, batches
     from .specs import SPECS
 
@@ -437,9 +439,11 @@ def convert_stream(fi: tp.BinaryIO, fo: tp.BinaryIO, opts: ConvertOptions = Conv
     reader = F.open_reader(fi)
     h = reader.header
     spec = SPECS[h.model]
-    # version 0 does not record its weights: those that decompress would use stand for them
-    fingerprint = (W.resolve(h.model, opts.weights, opts.progress).fingerprint if h.version == 0
-                   else h.weights_fingerprint)
+    fingerprint = h.weights_fingerprint
+    if h.version == 0:  # it does not record its weights: those that decompress would load stand for them
+        from .codec import load_codec
+
+        fingerprint = load_codec(h.model, opts.weights, opts.progress).fingerprint
     if (opts.coder or h.coder) == "lm":
         from .lmcoder import LMEncoder
 

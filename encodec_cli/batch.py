@@ -22,7 +22,7 @@ AUDIO_EXTENSIONS = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".aif", "
                     ".au", ".snd", ".caf", ".w64", ".rf64", ".mp3", ".voc", ".sd2", ".paf",
                     ".svx", ".nist", ".sph", ".ircam", ".sf", ".mat", ".pvf", ".xi", ".htk",
                     ".sds", ".avr", ".wve", ".mpc"}
-SUFFIX = {"compress": ".ecdc", "decompress": ".wav"}
+SUFFIX = {"compress": ".ecdc", "decompress": ".wav", "convert": ".ecdc", "codes": ".npz"}
 
 
 @dataclass
@@ -47,7 +47,7 @@ class FileResult:
 
 def _wanted(kind: str, path: str) -> bool:
     ext = os.path.splitext(path)[1].lower()
-    return ext == ".ecdc" if kind == "decompress" else ext in AUDIO_EXTENSIONS
+    return ext in AUDIO_EXTENSIONS if kind == "compress" else ext == ".ecdc"
 
 
 def plan(inputs: tp.Sequence[str], output: tp.Optional[str], kind: str,
@@ -97,7 +97,7 @@ def plan(inputs: tp.Sequence[str], output: tp.Optional[str], kind: str,
     if len(set(dsts)) != len(dsts):
         raise OptionError("two inputs would write the same output file")
     if folders and not pairs:
-        raise OptionError(f"no {'.ecdc' if kind == 'decompress' else 'audio'} files under "
+        raise OptionError(f"no {'audio' if kind == 'compress' else '.ecdc'} files under "
                           f"{', '.join(folders)}")
     return pairs
 
@@ -114,6 +114,17 @@ def complete(kind: str, src: str, dst: str, opts) -> bool:
                 h, _, _ = container.describe(f)   # every CRC and the end record
             return (h.model == opts.model and abs(h.bandwidth - opts.bandwidth) < 1e-9
                     and h.coder == ("lm" if opts.lm else "raw"))
+        if kind == "convert":
+            with open(dst, "rb") as f:
+                h, _, _ = container.describe(f)
+            with open(src, "rb") as f:
+                source = container.open_reader(f).header
+            return h.version == container.VERSION and h.coder == (opts.coder or source.coder)
+        if kind == "codes":
+            import numpy as np
+
+            with np.load(dst) as data:  # a zip: every member's CRC is checked as it is read
+                return all(data[k] is not None for k in data.files)
         import soundfile as sf
 
         with open(src, "rb") as f:
@@ -129,7 +140,7 @@ def complete(kind: str, src: str, dst: str, opts) -> bool:
 
 
 def _ecdc_size(kind: str, src: str, dst: str) -> int:
-    path = dst if kind == "compress" else src
+    path = dst if kind in ("compress", "convert") else src
     try:
         return os.path.getsize(path) if path != "-" else 0
     except OSError:
@@ -147,7 +158,7 @@ def skipped(kind: str, src: str, dst: str) -> FileResult:
 
     seconds = 0.0
     try:
-        with open(dst if kind == "compress" else src, "rb") as f:
+        with open(dst if kind in ("compress", "convert") else src, "rb") as f:
             h, end, _ = container.describe(f)
         seconds = end.num_samples / h.sample_rate
     except Exception:
@@ -161,7 +172,8 @@ def process(kind: str, src: str, dst: str, opts, force: bool, progress=None,
     `make_folders`: create the output's folder first (a mirrored tree)."""
     from . import api
 
-    fn = api.compress_file if kind == "compress" else api.decompress_file
+    fn = {"compress": api.compress_file, "decompress": api.decompress_file,
+          "convert": api.convert_file, "codes": api.codes_file}[kind]
     start = time.perf_counter()
     try:
         if make_folders and dst != "-" and os.path.dirname(dst):

@@ -20,7 +20,7 @@ from .errors import EcdcError, OptionError
 WEIGHTS = click.Path(dir_okay=False, path_type=Path)
 
 
-def _duration(kind: str, src: str) -> tp.Optional[float]:
+def _duration(kind: str, src: str, opts) -> tp.Optional[float]:
     """Seconds of audio in `src`, if cheap to know (for the progress bar)."""
     if src == "-":
         return None
@@ -32,15 +32,19 @@ def _duration(kind: str, src: str) -> tp.Optional[float]:
         from . import container
 
         with open(src, "rb") as f:
-            reader = container.Reader(f)  # reads the header only
+            reader = container.open_reader(f)  # reads the header only
         n = reader.num_samples
+        if kind == "decompress" and getattr(opts, "end", None) is not None and n is not None:
+            n = min(n, round(opts.end * reader.header.sample_rate))
+        if kind == "decompress" and n is not None:
+            n = max(0, n - round(opts.start * reader.header.sample_rate))
         return None if n is None else n / reader.header.sample_rate
     except Exception:
         return None  # errors are reported when the file is processed
 
 
 def _execute(kind: str, inputs, output, opts, force, quiet, threads, jobs, recursive=False,
-             resume=False, manifest=None, cluster=None) -> None:
+             resume=False, manifest=None, cluster=None, in_place=False) -> None:
     from tqdm import tqdm
 
     from . import batch
@@ -52,9 +56,11 @@ def _execute(kind: str, inputs, output, opts, force, quiet, threads, jobs, recur
     fmt = getattr(opts, "format", None)
     plan = batch.plan(inputs, output, kind, recursive, "." + fmt if fmt else None)
     if any(d == "-" for _, d in plan) and sys.stdout.isatty():
-        what = "compressed data" if kind == "compress" else "WAV data"
+        what = {"decompress": "WAV data", "codes": "NumPy data"}.get(kind, "compressed data")
         raise OptionError(f"refusing to write {what} to a terminal; use -o FILE or a pipe")
-    durations = [_duration(kind, s) for s, _ in plan]
+    if in_place:
+        plan = [(s, s) for s, _ in plan]
+    durations = [_duration(kind, s, opts) for s, _ in plan]
     # files that cannot be read have no duration, and fail without adding any audio
     total = sum(d for d in durations if d) or None
     show = not quiet and sys.stderr.isatty() and all(d != "-" for _, d in plan)
@@ -197,17 +203,80 @@ def compress(inputs, output, bandwidth, model, lm, weights, lm_weights, force, q
                    "outputs named by ecdc.")
 @click.option("--model-format", is_flag=True,
               help="Keep the model's sample rate and channels instead of restoring the original's.")
+@click.option("--start", "start", metavar="TIME",
+              help="Decode from this time: seconds (90.5) or [h:]mm:ss[.ms] (1:30.5).")
+@click.option("--duration", metavar="TIME", help="Decode this long (from --start).")
+@click.option("--end", "end", metavar="TIME", help="Decode up to this time (instead of --duration).")
 @_common
 @_guard
-def decompress(inputs, output, bits, fmt, model_format, weights, lm_weights, force, quiet, threads, jobs,
-               recursive, resume, manifest, cluster):
+def decompress(inputs, output, bits, fmt, model_format, start, duration, end, weights, lm_weights, force,
+               quiet, threads, jobs, recursive, resume, manifest, cluster):
     """Decompress .ecdc files or folders (-r) ('-' for stdin) to WAV, FLAC, OGG, Opus, AIFF, ...
-    (by --format or extension; stdout: WAV unless --format says)."""
+    (by --format or extension; stdout: WAV unless --format says). Also reads the .ecdc files
+    of Meta's encodec (format 0)."""
     from .api import DecompressOptions
+    from .seek import parse_time
 
-    opts = DecompressOptions(weights, lm_weights, model_format, bits, progress=not quiet, format=fmt)
+    if duration is not None and end is not None:
+        raise click.UsageError("give --duration or --end, not both")
+    first = parse_time(start) if start is not None else 0.0
+    last = first + parse_time(duration) if duration is not None else (
+        parse_time(end) if end is not None else None)
+    if resume and (first or last is not None):
+        raise click.UsageError("--resume cannot tell a range's output from a whole file's")
+    opts = DecompressOptions(weights, lm_weights, model_format, bits, progress=not quiet, format=fmt,
+                             start=first, end=last, lm_threads=_explicit_threads(threads))
     _execute("decompress", inputs, output, opts, force, quiet, threads, jobs, recursive, resume,
              manifest, cluster)
+
+
+def _explicit_threads(threads: int) -> tp.Optional[int]:
+    """--threads if given: the float LM of format-0 files then runs with it (else with
+    torch's default, as Meta's encodec did)."""
+    from click.core import ParameterSource
+
+    source = click.get_current_context().get_parameter_source("threads")
+    return threads if source == ParameterSource.COMMANDLINE else None
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--lm/--raw", "lm", default=None,
+              help="Coder of the new file (default: raw stays raw, LM-coded becomes the portable LM coder).")
+@click.option("--in-place", is_flag=True, help="Replace each input by its conversion (once checked).")
+@_common
+@_guard
+def convert(inputs, output, lm, in_place, weights, lm_weights, force, quiet, threads, jobs, recursive,
+            resume, manifest, cluster):
+    """Re-container .ecdc files without touching the audio: Meta's encodec files (format 0) to
+    format 1, or raw to LM-coded and back. Each new file is decoded and checked to give the
+    same codes before it is written. --weights: the codec weights to record for format-0
+    files (which do not say theirs); --threads: the threads Meta's encodec ran with when it
+    wrote an LM-coded file (default: torch's default here)."""
+    from .api import ConvertOptions
+
+    if in_place and output is not None:
+        raise click.UsageError("give -o or --in-place, not both")
+    if output is None and not in_place and "-" not in inputs:
+        raise click.UsageError("convert needs -o OUT (a file, or a folder for several inputs) or --in-place")
+    coder = None if lm is None else ("lm" if lm else "raw")
+    opts = ConvertOptions(coder, weights, lm_weights, progress=not quiet, lm_threads=_explicit_threads(threads))
+    _execute("convert", inputs, output, opts, force or in_place, quiet, threads, jobs, recursive, resume,
+             manifest, cluster, in_place)
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@_common
+@_guard
+def codes(inputs, output, weights, lm_weights, force, quiet, threads, jobs, recursive, resume, manifest,
+          cluster):
+    """Write the codes of .ecdc files as NumPy .npz: `codes` [codebooks, frames] uint16; 48 kHz
+    also `segment_frames` and `scales`. No codec is run (LM-coded files load the LM)."""
+    from .api import DecompressOptions
+
+    opts = DecompressOptions(weights, lm_weights, progress=not quiet, lm_threads=_explicit_threads(threads))
+    _execute("codes", inputs, output, opts, force, quiet, threads, jobs, recursive, resume, manifest, cluster)
 
 
 @main.command()
@@ -249,17 +318,19 @@ def _describe(file: str) -> dict:
     with (open(file, "rb") if file != "-" else sys.stdin.buffer) as f:
         h, end, size = container.describe(f)
     seconds = end.num_samples / h.sample_rate
+    v1 = h.version > 0  # format 0 (Meta's encodec) records neither the original nor the weights
     return {
         "file": file,
         "model": h.model, "sample_rate": h.sample_rate, "channels": h.channels,
         "bandwidth_kbps": h.bandwidth, "codebooks": h.n_codebooks, "coder": h.coder,
-        "duration_s": round(seconds, 6), "frames": end.frames, "packets": end.packets,
-        "source_sample_rate": h.source_sample_rate, "source_channels": h.source_channels,
-        "source_samples": end.source_num_samples, "size_bytes": size,
+        "duration_s": round(seconds, 6), "frames": end.frames, "packets": end.packets if v1 else None,
+        "source_sample_rate": h.source_sample_rate if v1 else None,
+        "source_channels": h.source_channels if v1 else None,
+        "source_samples": end.source_num_samples if v1 else None, "size_bytes": size,
         "achieved_kbps": round(size * 8 / seconds / 1000, 3) if seconds else None,
-        "weights_fingerprint": h.weights_fingerprint.hex(),
-        "lm_fingerprint": h.lm_fingerprint.hex() if h.coder == "lm" else None,
-        "format_version": container.VERSION,
+        "weights_fingerprint": h.weights_fingerprint.hex() if v1 else None,
+        "lm_fingerprint": h.lm_fingerprint.hex() if h.coder == "lm" and v1 else None,
+        "format_version": h.version,
     }
 
 
@@ -267,7 +338,22 @@ def _info_rows(d: dict) -> tp.List[tp.Tuple[str, str]]:
     ch = {1: "mono", 2: "stereo"}
     seconds = d["duration_s"]
     kbps = f"{d['achieved_kbps']:.2f} kbps achieved" if seconds else "empty"
+    if d["format_version"] == 0:
+        return [
+            ("format", "0 (Meta's encodec 0.1.1)"),
+            ("model", f"{d['model']} ({d['sample_rate']} Hz, {ch[d['channels']]})"),
+            ("bandwidth", f"{d['bandwidth_kbps']:g} kbps nominal, {d['codebooks']} codebooks"),
+            ("coder", "raw (10 bits per code)" if d["coder"] == "raw" else
+             "lm (encodec's float LM: decodes only where floats round as where it was written; "
+             "`ecdc convert` it there)"),
+            ("duration", f"{seconds:.3f} s ({d['frames']} frames)"),
+            ("original", "unknown (format 0 does not record the original's rate, channels or bit depth)"),
+            ("size", f"{d['size_bytes']} bytes, {kbps}"),
+            ("weights", "not recorded (format 0)"),
+            ("checksums", "none (format 0)"),
+        ]
     return [
+        ("format", str(d["format_version"])),
         ("model", f"{d['model']} ({d['sample_rate']} Hz, {ch[d['channels']]})"),
         ("bandwidth", f"{d['bandwidth_kbps']:g} kbps nominal, {d['codebooks']} codebooks"),
         ("coder", {"raw": "raw (10 bits per code)", "lm": "lm (language-model range coding)"}[d["coder"]]),

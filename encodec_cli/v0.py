@@ -108,8 +108,8 @@ class ArithmeticDecoder:
     bit of each byte first.
     """
 
-    def __init__(self, inp: F._Input, what: str):
-        self.inp, self.what = inp, what
+    def __init__(self, inp: F._Input, what: str, why: str):
+        self.inp, self.what, self.why = inp, what, why
         self.low = self.high = self.current = 0
         self.max_bit = -1
         self._byte = self._left = 0
@@ -119,8 +119,7 @@ class ArithmeticDecoder:
             b = self.inp.fo.read(1)
             if not b:
                 raise TruncatedError(f"{self.what} ends before its last frame at byte {self.inp.pos}: "
-                                     f"a truncated or damaged file, or an LM-coded one read where "
-                                     f"floats round otherwise than where it was written")
+                                     f"{self.why}")
             self.inp.pos += 1
             self._byte, self._left = b[0], 8
         bit = self._byte & 1
@@ -140,8 +139,7 @@ class ArithmeticDecoder:
         lows = -((np.concatenate([[0], cdf[:-1]]) * -delta) >> RANGE_BITS)  # ceil(cdf[s-1] * delta / 2**24)
         s = int(np.searchsorted(lows, rel, side="right")) - 1
         if s < 0 or rel > ((int(cdf[s]) - 1) * delta) >> RANGE_BITS:
-            raise CorruptError(f"{self.what} cannot be decoded at byte {self.inp.pos}: a damaged file, "
-                               f"or one read where floats round otherwise than where it was written")
+            raise CorruptError(f"{self.what} cannot be decoded at byte {self.inp.pos}: {self.why}")
         self.high = self.low + (((int(cdf[s]) - 1) * delta) >> RANGE_BITS)
         self.low += int(lows[s])
         while self.max_bit >= 0:  # drop the leading bits that low and high share
@@ -174,6 +172,7 @@ class V0Reader:
         self.skip_before = 0  # version 0 has no index: earlier packets are decoded (and dropped)
         self.stop_at: tp.Optional[int] = None  # the packets from this frame on are not wanted
         self.lm = None
+        self.why = "a truncated or damaged file"  # what errors say could be the cause
 
     @property
     def num_samples(self) -> int:
@@ -227,9 +226,7 @@ class V0Reader:
             yield packet()
             packets += 1
         if inp.fo.read(1):
-            raise FormatError(f"unexpected data after the last frame at byte {inp.pos}: a damaged file"
-                              + (", or an LM-coded one read where floats round otherwise than where "
-                                 "it was written" if meta.lm else ""))
+            raise FormatError(f"unexpected data after the last frame at byte {inp.pos}: {self.why}")
         self.end = F.End(frames, meta.audio_length, meta.audio_length, packets)
 
     def _raw_codes(self, n: int, chunk: int, i: int) -> tp.Iterator[np.ndarray]:
@@ -244,7 +241,7 @@ class V0Reader:
 
     def _lm_codes(self, n: int, i: int) -> tp.Iterator[np.ndarray]:
         k = self.meta.n_codebooks
-        decoder = ArithmeticDecoder(self._in, f"the LM-coded data of segment {i + 1}")
+        decoder = ArithmeticDecoder(self._in, f"the LM-coded data of segment {i + 1}", self.why)
         state = self.lm.start(k)
         chunk = int(PACKET_SECONDS * self.spec.frame_rate)
         out = np.zeros((min(n, chunk), k), np.uint16)
