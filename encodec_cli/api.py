@@ -481,12 +481,11 @@ def _codes_digest(path: str, opts: ConvertOptions) -> bytes:
 
 def convert_file(src: str, dst: str, opts: ConvertOptions = ConvertOptions(), force: bool = False,
                  progress: Progress = None) -> Result:
-    """Convert .ecdc file `src` ('-': stdin) to version 1 at `dst` ('-': stdout; `dst` may be
-    `src`: replaced once the new file is checked). The new file is decoded and must give the
-    same codes before it replaces or becomes `dst`."""
+    """Convert .ecdc file `src` ('-': stdin) to version 1 at `dst` ('-': stdout; with `force`,
+    `dst` may be `src`). The new file is decoded and must give the same codes before it
+    replaces or becomes `dst`."""
     import shutil
 
-    in_place = src != "-" and dst != "-" and os.path.exists(dst) and os.path.samefile(src, dst)
     fi = _open_ecdc(src)
     try:
         if dst == "-":
@@ -495,7 +494,7 @@ def convert_file(src: str, dst: str, opts: ConvertOptions = ConvertOptions(), fo
         else:
             folder, target = None, dst
         try:
-            with atomic_path(target, force or in_place) as tmp:
+            with atomic_path(target, force) as tmp:  # in place: with -f (--in-place sets it)
                 with open(tmp, "wb") as f:
                     result, digest = convert_stream(fi, f, opts, progress)
                     result.bytes_written = f.tell()

@@ -12,14 +12,14 @@ with real weights); then `ecdc decompress` runs as a whole process
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
 import soundfile as sf
-
 from bench import ROOT, looped, run
 
-ECDC = [str(Path(__import__("sys").executable)), "-m", "encodec_cli"]
+ECDC = [sys.executable, "-m", "encodec_cli"]
 RECORDINGS = {"encodec_24khz": "test_24k.wav", "encodec_48khz": "test_48k.wav"}
 
 
