@@ -68,7 +68,7 @@ def read_metadata(inp: F._Input, head: bytes = b"") -> Metadata:
     return Metadata(model, length, nc, lm)
 
 
-def segments(spec: ModelSpec, length: int) -> tp.List[int]:
+def segments(spec: ModelSpec, length: int) -> tp.Iterator[int]:
     """Frames per segment of a file of `length` samples, as the encoder wrote them.
 
     The reference's decoder counts ceil(n / rate * frame_rate) in floats, which is one
@@ -76,10 +76,26 @@ def segments(spec: ModelSpec, length: int) -> tp.List[int]:
     encoder's count is ceil(n / hop).
     """
     if length == 0:
-        return []
+        return
     size = spec.segment_length or length
     stride = spec.segment_stride or length
-    return [-(-min(length - offset, size) // spec.hop_length) for offset in range(0, length, stride)]
+    for offset in range(0, length, stride):
+        yield -(-min(length - offset, size) // spec.hop_length)
+
+
+def _summary(spec: ModelSpec, length: int, per_segment: tp.Callable[[int], int]
+             ) -> tp.Tuple[int, int, int]:
+    """(segments, frames, sum of per_segment(frames)) without a loop over every segment
+    (a crafted length must not cost time): all segments but the last two are full."""
+    if length == 0:
+        return 0, 0, 0
+    size = spec.segment_length or length
+    stride = spec.segment_stride or length
+    count = -(-length // stride)
+    full = max(0, min(count, (length - size) // stride + 1))
+    frames = -(-size // spec.hop_length)
+    tail = [-(-min(length - i * stride, size) // spec.hop_length) for i in range(full, count)]
+    return count, full * frames + sum(tail), full * per_segment(frames) + sum(map(per_segment, tail))
 
 
 def header(meta: Metadata) -> F.Header:
@@ -265,24 +281,14 @@ def describe(fo: tp.BinaryIO, head: bytes = b"") -> tp.Tuple[F.Header, F.End, in
     inp.pos = len(head)
     meta = read_metadata(inp, head)
     spec = SPECS[meta.model]
-    frames = segments(spec, meta.audio_length)
+    scale = _SCALE.size if spec.normalize else 0
+    count, frames, coded = _summary(spec, meta.audio_length,
+                                    lambda n: scale + -(-n * meta.n_codebooks * CODE_BITS // 8))
     size = inp.pos + sum(len(block) for block in iter(lambda: fo.read(1 << 20), b""))
     if not meta.lm:
-        per = (_SCALE.size if spec.normalize else 0)
-        expected = inp.pos + sum(per + -(-n * meta.n_codebooks * CODE_BITS // 8) for n in frames)
+        expected = inp.pos + coded
         if size < expected:
             raise TruncatedError(f"truncated file: {size} bytes, its codes need {expected}")
         if size > expected:
             raise FormatError(f"unexpected data after the last frame at byte {expected}")
-    limit = PACKET_SECONDS * spec.frame_rate
-    packets = math.ceil(sum(frames) / limit) if spec.causal else _groups(frames, limit)
-    return header(meta), F.End(sum(frames), meta.audio_length, meta.audio_length, packets), size
-
-
-def _groups(frames: tp.Sequence[int], limit: float) -> int:
-    count = pending = 0
-    for n in frames:
-        pending += n
-        if pending >= limit:
-            count, pending = count + 1, 0
-    return count + (pending > 0)
+    return header(meta), F.End(frames, meta.audio_length, meta.audio_length, count), size

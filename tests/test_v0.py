@@ -143,9 +143,22 @@ def test_frame_counts_are_the_encoders_not_the_references_float_formula():
     many and runs off its own files; the encoder wrote ceil(n / 320)."""
     spec = SPECS["encodec_24khz"]
     assert math.ceil(6720 / 24000 * 75) == 22
-    assert v0.segments(spec, 6720) == [21]
-    assert v0.segments(SPECS["encodec_48khz"], 120062) == [150, 150, 79]
-    assert v0.segments(spec, 0) == []
+    assert list(v0.segments(spec, 6720)) == [21]
+    assert list(v0.segments(SPECS["encodec_48khz"], 120062)) == [150, 150, 79]
+    assert list(v0.segments(spec, 0)) == []
+    for model in ("encodec_24khz", "encodec_48khz"):  # describe's sums, without the loop
+        for length in (1, 319, 320, 47520, 48000, 48001, 95041, 120062, 1_000_001):
+            frames = list(v0.segments(SPECS[model], length))
+            assert v0._summary(SPECS[model], length, lambda n: 3 * n + 1) == (
+                len(frames), sum(frames), sum(3 * n + 1 for n in frames)), (model, length)
+
+
+def test_a_crafted_huge_length_costs_no_time():
+    data = v0_file({"m": "encodec_48khz", "al": 10**15, "nc": 2, "lm": False}, bytes(1000))
+    with pytest.raises(TruncatedError, match="its codes need"):
+        F.describe(io.BytesIO(data))
+    with pytest.raises(FormatError, match="scale 0.0"):  # the zeros after the metadata
+        api.read_codes(io.BytesIO(data))
 
 
 def v0_file(meta: dict, body: bytes = b"") -> bytes:
@@ -357,3 +370,19 @@ def test_converted_lm_file_decodes_under_other_kernels(checkpoints, tmp_path):
                                str(threads)], env={**os.environ, **env}, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == expected, env
+
+
+def test_any_damage_to_a_raw_v0_file_is_an_ecdc_error():
+    """Seeded mutations and cuts: every outcome is codes or the library's own error."""
+    data = golden("v0_raw_48khz")
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        damaged = bytearray(data)
+        for i in rng.integers(0, len(data), rng.integers(1, 4)):
+            damaged[i] = rng.integers(0, 256)
+        damaged = bytes(damaged[:rng.integers(5, len(data) + 2)])
+        for read in (lambda b: api.read_codes(io.BytesIO(b)), lambda b: F.describe(io.BytesIO(b))):
+            try:
+                read(damaged)
+            except EcdcError:
+                pass
