@@ -147,7 +147,8 @@ COMMON = [
     click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs."),
     click.option("-q", "--quiet", is_flag=True, help="No progress bar or notes."),
     click.option("--threads", type=int, default=1, show_default=True,
-                 help="Torch threads per file."),
+                 help="Torch threads per file. Reading an LM-coded file of Meta's encodec (format 0): "
+                      "the threads it was written with (if not given: torch's default, as encodec ran)."),
     click.option("-j", "--jobs", type=int, default=1, show_default=True,
                  help="Files processed in parallel, one process each (with --cluster local: workers)."),
     click.option("-r", "--recursive", is_flag=True,
