@@ -280,6 +280,84 @@ def codes(inputs, output, weights, lm_weights, force, quiet, threads, jobs, recu
     _execute("codes", inputs, output, opts, force, quiet, threads, jobs, recursive, resume, manifest, cluster)
 
 
+@main.command("eval")
+@click.argument("source", metavar="IN")
+@click.option("-b", "--bandwidth", "bandwidths", type=float, multiple=True,
+              help="kbps to try; repeat for several (default: all of the model's).")
+@click.option("--model", type=click.Choice(["24khz", "48khz"]), default="24khz", show_default=True,
+              help="The model to evaluate, as for compress.")
+@click.option("--lm/--raw", default=True, show_default=True, help="The coder, as for compress.")
+@click.option("--plot", metavar="FILE.png",
+              help="Draw rate-quality curves and mel spectrograms to this image (.png, .svg, .pdf).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the rows as JSON: codec, bandwidth (asked), kbps (achieved), si_snr, "
+                   "mel_distance, stoi, seconds {encode, decode}, bytes.")
+@click.option("--keep", type=click.Path(path_type=Path), metavar="DIR",
+              help="Keep each coded file and its decoded WAV in this folder, to listen to.")
+@click.option("--opus/--no-opus", default=True, show_default=True,
+              help="Compare with Opus at 6, 12 and 24 kbps (and the other bandwidths asked for from 6 up).")
+@click.option("--weights", type=WEIGHTS, help="Model checkpoint, as for compress.")
+@click.option("--lm-weights", type=WEIGHTS, help="Language model checkpoint, as for compress.")
+@click.option("--threads", type=int, default=1, show_default=True, help="Torch threads for ecdc.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite the plot and kept files.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or notes.")
+@_guard
+def eval_(source, bandwidths, model, lm, plot, as_json, keep, opus, weights, lm_weights, threads, force, quiet):
+    """Measure what each bandwidth costs on IN, next to Opus: achieved kbps, SI-SNR, mel
+    distance, STOI and seconds each way, compared with IN at its own rate and channels.
+    Needs pip install 'ecdc[eval]'."""
+    from .api import MODELS
+    from .evaluate import EvalOptions, check_extra
+
+    check_extra(plot is not None)
+    if threads < 1:
+        raise click.UsageError("--threads takes a positive number")
+    if lm_weights is not None and not lm:
+        raise click.UsageError("--lm-weights has no use with --raw")
+    opts = EvalOptions(MODELS[model], tuple(bandwidths), lm, weights, lm_weights, threads, opus, keep, force,
+                       progress=not quiet)
+    opts.targets()  # a bandwidth the model lacks stops us here
+    fmt = _plot_format(plot, force) if plot is not None else None
+    _evaluate(source, opts, plot, fmt, as_json, quiet)
+
+
+def _plot_format(plot: str, force: bool) -> str:
+    from .api import check_output
+    from .plot import formats
+
+    ext = os.path.splitext(plot)[1].lstrip(".").lower()
+    if ext not in formats():
+        raise OptionError(f"--plot {plot}: give a file name ending in .png, .svg or .pdf"
+                          + (f" (matplotlib cannot write .{ext})" if ext else ""))
+    check_output(plot, force)
+    return ext
+
+
+def _evaluate(source, opts, plot, fmt, as_json, quiet) -> None:
+    from tqdm import tqdm
+
+    from . import evaluate as E
+
+    runs = len(opts.targets()) + (len(opts.opus_targets()) if opts.opus else 0)
+    with tqdm(total=runs, unit="run", disable=quiet or not sys.stderr.isatty(), desc="eval",
+              file=sys.stderr, leave=False) as bar:
+        report = E.evaluate(source, opts, step=lambda label: (bar.set_postfix_str(label), bar.update()))
+    if not quiet:
+        for note in report.notes:
+            click.echo(f"note: {note}", err=True)
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in report.rows], indent=2))
+    else:
+        click.echo(E.describe(report))
+        click.echo(E.table(report))
+    if plot is not None:
+        from .api import atomic_path
+        from .plot import write
+
+        with atomic_path(plot, opts.force) as tmp:
+            write(report, tmp, fmt)
+
+
 @main.command()
 @click.argument("files", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True,
