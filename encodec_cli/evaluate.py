@@ -153,8 +153,9 @@ def evaluate(source: str, opts: EvalOptions = EvalOptions(),
         for path in kept_names(source, opts, backend is not None):
             api.check_output(str(path), opts.force)
     notes = [] if backend or not opts.opus else [f"no Opus to compare with: {O.HOW_TO_GET}"]
+    first = "input (the reference)" + ("; every spectrogram averages the channels" if channels > 1 else "")
     report = Report(source, rate, channels, duration, opts.model, "lm" if opts.lm else "raw",
-                    backend.name if backend else None, [], [_spectrogram("input (the reference)", x, rate)], notes)
+                    backend.name if backend else None, [], [_spectrogram(first, x, rate)], notes)
 
     def measure(codec: str, kbps: float, y: np.ndarray, data: bytes, times: tp.Tuple[float, float],
                 ends: tp.Sequence[float]) -> None:
@@ -232,7 +233,7 @@ def _keep_wav(path: Path, y: np.ndarray, rate: int, bits: str, force: bool) -> N
 def table(report: Report) -> str:
     """The rows as a table for the terminal."""
     head = ("codec", "asked", "kbps", "SI-SNR", "mel dist", "STOI", "encode", "decode")
-    unit = ("", "kbps", "achieved", "dB", "lower=better", "0..1", "s", "s")
+    unit = ("", "kbps", "achieved", "dB", "lower=better", "max 1", "s", "s")
     lines = [head, unit]
     for r in report.rows:
         lines.append((r.codec, f"{r.bandwidth:g}", f"{r.kbps:.2f}", _fmt(r.si_snr, ".2f"),
