@@ -107,17 +107,10 @@ def check_extra(plot: bool) -> None:
         raise OptionError(f"ecdc eval needs {' and '.join(missing)}: {EXTRA}")
 
 
-def kept_names(source: str, opts: EvalOptions, opus: bool) -> tp.List[Path]:
-    """The files --keep writes: per codec and bandwidth, the coded file and the decoded WAV."""
-    if opts.keep is None:
-        return []
-    stem = "stdin" if source == "-" else Path(source).stem
-    names = []
-    for codec, ext, kbps in [("ecdc", ".ecdc", b) for b in opts.targets()] + \
-                            [("opus", ".opus", b) for b in (opts.opus_targets() if opus else ())]:
-        base = f"{stem}-{codec}-{kbps:g}kbps"
-        names += [opts.keep / (base + ext), opts.keep / (base + ".wav")]
-    return names
+def _kept(source: str, keep: Path, codec: str, kbps: float) -> tp.Tuple[Path, Path]:
+    """Where --keep puts one coding: the coded file and the decoded WAV."""
+    base = f"{'stdin' if source == '-' else Path(source).stem}-{codec}-{kbps:g}kbps"
+    return keep / (base + (".opus" if codec == "opus" else ".ecdc")), keep / (base + ".wav")
 
 
 def _read(source: str) -> tp.Tuple[np.ndarray, int, str]:
@@ -150,8 +143,10 @@ def evaluate(source: str, opts: EvalOptions = EvalOptions(),
     channels, duration = x.shape[1], len(x) / rate
     if opts.keep is not None:
         opts.keep.mkdir(parents=True, exist_ok=True)
-        for path in kept_names(source, opts, backend is not None):
-            api.check_output(str(path), opts.force)
+        runs = [("ecdc", b) for b in targets] + [("opus", b) for b in (opts.opus_targets() if backend else ())]
+        for codec, kbps in runs:
+            for path in _kept(source, opts.keep, codec, kbps):
+                api.check_output(str(path), opts.force)
     notes = [] if backend or not opts.opus else [f"no Opus to compare with: {O.HOW_TO_GET}"]
     first = "input (the reference)" + ("; every spectrogram averages the channels" if channels > 1 else "")
     report = Report(source, rate, channels, duration, opts.model, "lm" if opts.lm else "raw",
@@ -166,9 +161,9 @@ def evaluate(source: str, opts: EvalOptions = EvalOptions(),
             report.spectrograms.append(
                 _spectrogram(f"{label} ({report.rows[-1].kbps:.2f} kbps achieved)", y, rate))
         if opts.keep is not None:
-            base = opts.keep / f"{'stdin' if source == '-' else Path(source).stem}-{codec}-{kbps:g}kbps"
-            _keep(base.with_name(base.name + (".opus" if codec == "opus" else ".ecdc")), data, opts.force)
-            _keep_wav(base.with_name(base.name + ".wav"), y, rate, bits, opts.force)
+            coded, wav = _kept(source, opts.keep, codec, kbps)
+            _keep(coded, data, opts.force)
+            _keep_wav(wav, y, rate, bits, opts.force)
         if step:
             step(label)
 

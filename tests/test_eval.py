@@ -316,3 +316,26 @@ def test_compress_and_decompress_never_import_the_extra(tmp_path, w24):
                         str(tmp_path / "b.wav")], capture_output=True, text=True, env=dict(os.environ))
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "b.wav").exists()
+
+
+def test_eval_48khz_lm_rows_match_what_the_files_decode_to(tmp_path, checkpoints):
+    """The default LM coder and the 48 kHz model: each row is measured on the audio its kept
+    .ecdc file decompresses to, and its kbps is that file's size."""
+    from encodec_cli.api import DecompressOptions, decompress
+
+    src = write_audio(tmp_path / "music.wav", 1.5, 48000, channels=2)
+    opts = E.EvalOptions("encodec_48khz", (3.0, 12.0), True, checkpoints["encodec_48khz"],
+                         checkpoints["encodec_lm_48khz"], opus=False, keep=tmp_path / "k")
+    report = E.evaluate(str(src), opts)
+    assert [(r.codec, r.bandwidth) for r in report.rows] == [("ecdc", 3.0), ("ecdc", 12.0)]
+    assert report.coder == "lm" and [s.label.split(" (")[0] for s in report.spectrograms] == [
+        "input", "ecdc at 3 kbps", "ecdc at 12 kbps"]
+    x, _ = sf.read(src, dtype="float32", always_2d=True)
+    for r in report.rows:
+        data = (tmp_path / "k" / f"music-ecdc-{r.bandwidth:g}kbps.ecdc").read_bytes()
+        assert r.bytes == len(data) and r.kbps == pytest.approx(len(data) * 8 / 1.5 / 1000)
+        y, rate = decompress(data, DecompressOptions(checkpoints["encodec_48khz"], checkpoints["encodec_lm_48khz"]))
+        assert rate == 48000 and y.shape == x.shape
+        # (eval decoded with one torch thread, this test with torch's default: the last bits differ)
+        assert r.si_snr == pytest.approx(M.si_snr(x, y), abs=1e-3)
+        assert r.mel_distance == pytest.approx(M.mel_distance(x, y, 48000), rel=1e-5)
