@@ -388,20 +388,27 @@ def decompress_file(src: str, dst: str, opts: DecompressOptions = DecompressOpti
             fo.close()
 
 
-def _decompress_to_stdout_via_file(src: str, opts: DecompressOptions, progress: Progress) -> Result:
-    """Formats that libsndfile cannot stream to a pipe: written to a temporary file, then copied."""
+@contextlib.contextmanager
+def _stdout_through_file(name: str) -> tp.Iterator[str]:
+    """A path in a temporary folder; what the block writes there is copied to stdout if it
+    succeeds (for outputs that need a seekable file or are checked before they go out)."""
     import shutil
 
     folder = tempfile.mkdtemp(prefix="ecdc-out-")
     try:
-        path = os.path.join(folder, "out." + opts.format)
-        result = decompress_file(src, path, opts, progress=progress)
+        path = os.path.join(folder, name)
+        yield path
         with open(path, "rb") as f:
             shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
         sys.stdout.buffer.flush()
-        return result
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _decompress_to_stdout_via_file(src: str, opts: DecompressOptions, progress: Progress) -> Result:
+    """Formats that libsndfile cannot stream to a pipe: written to a temporary file, then copied."""
+    with _stdout_through_file("out." + opts.format) as path:
+        return decompress_file(src, path, opts, progress=progress)
 
 
 # ---------------------------------------------------------------- codes
@@ -455,14 +462,12 @@ def convert_stream(fi: tp.BinaryIO, fo: tp.BinaryIO, opts: ConvertOptions = Conv
                                  source_num_samples=None, version=F.VERSION)
     writer = F.Writer(fo, header)
     digest = hashlib.sha256()
-    frames = 0
     for batch in batches(decoded_packets(reader, opts.decoding()), lambda p: len(p.segments),
                          encoder.batch_streams):
         items = [(p.codes, p.segments) for p in batch]
         for packet, (payload, flags) in zip(batch, encoder.encode_many(items)):
             writer.write_packet(packet.segments, payload, flags)
             _hash_packet(digest, packet)
-            frames += packet.frames
             if progress:
                 progress(packet.frames / spec.frame_rate)
     writer.finish(reader.num_samples, reader.source_num_samples)
@@ -484,30 +489,18 @@ def convert_file(src: str, dst: str, opts: ConvertOptions = ConvertOptions(), fo
     """Convert .ecdc file `src` ('-': stdin) to version 1 at `dst` ('-': stdout; with `force`,
     `dst` may be `src`). The new file is decoded and must give the same codes before it
     replaces or becomes `dst`."""
-    import shutil
-
+    if dst == "-":  # checked in a file before any of it goes out
+        with _stdout_through_file("out.ecdc") as path:
+            return convert_file(src, path, opts, True, progress)
     fi = _open_ecdc(src)
     try:
-        if dst == "-":
-            folder = tempfile.mkdtemp(prefix="ecdc-convert-")
-            target, force = os.path.join(folder, "out.ecdc"), True
-        else:
-            folder, target = None, dst
-        try:
-            with atomic_path(target, force) as tmp:  # in place: with -f (--in-place sets it)
-                with open(tmp, "wb") as f:
-                    result, digest = convert_stream(fi, f, opts, progress)
-                    result.bytes_written = f.tell()
-                if _codes_digest(tmp, opts) != digest:
-                    raise FormatError(f"the converted file does not decode to the codes of {src}; "
-                                      f"nothing was written")
-            if dst == "-":
-                with open(target, "rb") as f:
-                    shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
-                sys.stdout.buffer.flush()
-        finally:
-            if folder:
-                shutil.rmtree(folder, ignore_errors=True)
+        with atomic_path(dst, force) as tmp:  # in place: with -f (--in-place sets it)
+            with open(tmp, "wb") as f:
+                result, digest = convert_stream(fi, f, opts, progress)
+                result.bytes_written = f.tell()
+            if _codes_digest(tmp, opts) != digest:
+                raise FormatError(f"the converted file does not decode to the codes of {src}; "
+                                  f"nothing was written")
         return result
     finally:
         if fi is not sys.stdin.buffer:

@@ -7,6 +7,7 @@ model a few 1 s segments (their LSTM steps run as one batch) and the overlap-add
 """
 from __future__ import annotations
 
+import contextlib
 import typing as tp
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,20 @@ from .models import EncodecModel, ModelSpec, build_model
 CHUNK_SECONDS = 2.0      # encoder input per step, 24 kHz model (fastest measured)
 DECODE_FRAMES = 150      # decoder input per step, 24 kHz model
 SEGMENT_BATCH = 4        # 48 kHz segments whose LSTM steps run as one batch
+
+
+@contextlib.contextmanager
+def torch_threads(n: tp.Optional[int]) -> tp.Iterator[None]:
+    """Torch's thread count set to `n` for the block (None: left as it is), then restored."""
+    before = torch.get_num_threads()
+    change = bool(n) and n != before
+    if change:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if change:
+            torch.set_num_threads(before)
 
 
 @dataclass

@@ -16,6 +16,7 @@ import numpy as np
 from .errors import CorruptError, FormatError, TruncatedError
 
 MAGIC = b"\x89ECDC\r\n\x1a"
+V0_MAGIC = b"ECDC"  # how the files of Meta's encodec (version 0, v0.py) begin
 VERSION = 1
 UNKNOWN = 0xFFFF_FFFF_FFFF_FFFF  # a length not known when the header was written
 CODE_BITS = 10
@@ -208,7 +209,7 @@ def read_header(inp: _Input, head: bytes = b"") -> Header:
     prefix = head + rest
     inp.pos += len(rest)
     if len(prefix) < len(MAGIC) or not prefix.startswith(MAGIC):
-        if prefix.startswith(b"ECDC"):
+        if prefix.startswith(V0_MAGIC):
             raise FormatError("a version-0 file (of Meta's encodec) where version 1 was expected")
         raise FormatError("not an .ecdc file (no ecdc signature at the start)")
     if len(prefix) < _PREFIX.size:
@@ -369,8 +370,8 @@ class Reader:
 
 def open_reader(fo: tp.BinaryIO, skip_before: int = 0):
     """A reader of version 1, or of version 0 (v0.V0Reader: the files of Meta's encodec)."""
-    head = fo.read(4)
-    if head == b"ECDC":
+    head = fo.read(len(V0_MAGIC))
+    if head == V0_MAGIC:
         from .v0 import V0Reader
 
         return V0Reader(fo, head)
@@ -380,8 +381,8 @@ def open_reader(fo: tp.BinaryIO, skip_before: int = 0):
 def describe(fo: tp.BinaryIO) -> tp.Tuple[Header, End, int]:
     """Header, end record and file size, reading every record (for `ecdc info`); of a
     version-0 file, what its metadata says (`header.version` is 0)."""
-    head = fo.read(4)
-    if head == b"ECDC":
+    head = fo.read(len(V0_MAGIC))
+    if head == V0_MAGIC:
         from . import v0
 
         return v0.describe(fo, head)

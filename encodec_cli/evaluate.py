@@ -93,6 +93,12 @@ class Report:
     spectrograms: tp.List[Spectrogram]  # the input's, then the lowest and highest of each codec
     notes: tp.List[str]
 
+    def input_line(self) -> str:
+        """'name: 20.00 s, 24000 Hz mono'."""
+        name = "stdin" if self.source == "-" else os.path.basename(self.source)
+        layout = {1: "mono", 2: "stereo"}.get(self.channels, f"{self.channels} channels")
+        return f"{name}: {self.duration:.2f} s, {self.sample_rate} Hz {layout}"
+
 
 def check_extra(plot: bool) -> None:
     """The `eval` extra's packages, imported now so that a missing one stops us before work."""
@@ -130,8 +136,6 @@ def evaluate(source: str, opts: EvalOptions = EvalOptions(),
              step: tp.Optional[tp.Callable[[str], None]] = None) -> Report:
     """Code `source` (a path, '-': stdin) at each bandwidth with ecdc, and with Opus where
     there is one; `step(label)` is called after each coding."""
-    import torch
-
     from . import codec as C
 
     targets = opts.targets()
@@ -167,9 +171,7 @@ def evaluate(source: str, opts: EvalOptions = EvalOptions(),
         if step:
             step(label)
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(opts.threads)
-    try:
+    with C.torch_threads(opts.threads):
         C.load_codec(opts.model, opts.weights, opts.progress)  # loading is not coding: not timed
         for kbps in targets:
             copts = api.CompressOptions(kbps, opts.model, opts.weights, opts.lm, opts.lm_weights, opts.progress)
@@ -184,8 +186,6 @@ def evaluate(source: str, opts: EvalOptions = EvalOptions(),
             y, _ = api.decompress(data, dopts)
             t2 = time.perf_counter()
             measure("ecdc", kbps, _fit(y, len(x)), data, (t1 - t0, t2 - t1), targets)
-    finally:
-        torch.set_num_threads(before)
 
     if backend is not None:
         usable = [b for b in opts.opus_targets() if b >= backend.min_kbps(channels)]
@@ -245,8 +245,6 @@ def _fmt(x: tp.Optional[float], spec: str) -> str:
 
 
 def describe(report: Report) -> str:
-    ch = {1: "mono", 2: "stereo"}.get(report.channels, f"{report.channels} channels")
-    name = "stdin" if report.source == "-" else os.path.basename(report.source)
-    return (f"{name}: {report.duration:.2f} s, {report.sample_rate} Hz {ch}; {report.model} "
-            f"({report.coder} coder); Opus: {report.opus or 'not compared'}")
+    return (f"{report.input_line()}; {report.model} ({report.coder} coder); "
+            f"Opus: {report.opus or 'not compared'}")
 

@@ -4,7 +4,6 @@ matplotlib's object API on the Agg canvas: no display, no pyplot state.
 """
 from __future__ import annotations
 
-import os
 import typing as tp
 
 import numpy as np
@@ -53,10 +52,8 @@ def write(report: Report, path: str, fmt: str = "png") -> None:
 
 
 def _curves(fig, report: Report) -> None:
-    name = "stdin" if report.source == "-" else os.path.basename(report.source)
-    ch = {1: "mono", 2: "stereo"}.get(report.channels, f"{report.channels} channels")
     coder = {"lm": "LM", "raw": "raw"}[report.coder]
-    fig.suptitle(f"{name}: {report.duration:.1f} s, {report.sample_rate} Hz {ch}.    ecdc: {report.model}, "
+    fig.suptitle(f"{report.input_line()}.    ecdc: {report.model}, "
                  f"{coder} coder" + (f".    Opus: {report.opus}" if report.opus else ""),
                  fontsize=12, fontweight="bold")
     fig.text(0.5, 0.885, "Each point is one coding of the input: x is the bitrate achieved (the coded file's size over "

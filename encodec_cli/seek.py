@@ -34,10 +34,6 @@ class Span:
     last_frame: tp.Optional[int]  # frames needed, exclusive (None: all)
     weight_length: tp.Optional[int] = None  # 48 kHz: the overlap-add window's length
 
-    @property
-    def whole(self) -> bool:
-        return self.start == 0 and self.end is None
-
 
 WHOLE = Span(0, None, 0, None, 0, 0, None)
 

@@ -25,7 +25,6 @@ from . import container as F
 from .errors import CorruptError, FormatError, TruncatedError
 from .specs import SPECS, ModelSpec
 
-MAGIC = b"ECDC"
 _HEAD = struct.Struct("!4sBI")   # magic, version, size of the JSON metadata
 _SCALE = struct.Struct("!f")
 CODE_BITS = 10
@@ -45,7 +44,7 @@ class Metadata:
 def read_metadata(inp: F._Input, head: bytes = b"") -> Metadata:
     data = head + inp.read_exactly(_HEAD.size - len(head), "the version-0 header", 0)
     magic, version, size = _HEAD.unpack(data)
-    if magic != MAGIC:
+    if magic != F.V0_MAGIC:
         raise FormatError("not a version-0 .ecdc file")
     if version != 0:
         raise FormatError(f"unsupported version {version} of Meta's encodec format (ecdc reads version 0)")

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import weights as W
+from .codec import torch_threads
 from .lm import CARD, DIM, HEADS, HIDDEN, LAYERS, MAX_PERIOD, checkpoint_name, past_context
 from .specs import SPECS
 
@@ -112,14 +113,8 @@ class FloatLMState:
     @torch.no_grad()
     def cdfs(self) -> np.ndarray:
         """The quantized CDFs of the next frame's codes, [n_q, 1024] int64."""
-        threads, before = self.lm.threads, torch.get_num_threads()
-        if threads and threads != before:
-            torch.set_num_threads(threads)
-        try:
+        with torch_threads(self.lm.threads):  # the float results depend on it
             probas, self.states, self.offset = self.lm(self.input, self.states, self.offset)
-        finally:
-            if threads and threads != before:
-                torch.set_num_threads(before)
         return torch.stack([quantized_cdf(probas[0, :, k, 0]) for k in range(self.n_q)]).numpy()
 
     def push(self, codes: np.ndarray) -> None:

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import typing as tp
 from pathlib import Path
 
 import numpy as np
@@ -228,12 +229,11 @@ def codec_bench(a, work: Path, weights: dict) -> None:
                          fl / 1e9, gf))
         print(f"{flag}: ecdc time by stage for {minutes:g} min (s): " +
               ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
-    print("\n| input | direction | ecdc RTF | reference RTF | speed-up | ecdc peak RSS | reference peak RSS "
-          "| model GFLOP per s of audio | ecdc GFLOP/s attained |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]:.1f}x | {r[3]:.1f}x | **{r[4]:.2f}x** | {r[5]:.0f} MB | "
-              f"{r[6]:.0f} MB | {r[7]:.2f} | {r[8]:.0f} |")
+    print()
+    _table(["input", "direction", "ecdc RTF", "reference RTF", "speed-up", "ecdc peak RSS", "reference peak RSS",
+            "model GFLOP per s of audio", "ecdc GFLOP/s attained"],
+           [[r[0], r[1], f"{r[2]:.1f}x", f"{r[3]:.1f}x", f"**{r[4]:.2f}x**", f"{r[5]:.0f} MB", f"{r[6]:.0f} MB",
+             f"{r[7]:.2f}", f"{r[8]:.0f}"] for r in rows])
     jobs_bench(work, weights["encodec_24khz"])
 
 
@@ -312,18 +312,20 @@ def lm_bench(a, work: Path, weights: dict) -> None:
         raw = sum(len(F.pack_codes(c)) for c, _ in grouped)
         ref_size = (work / "r.ecdc").stat().st_size if have_ref else None
         sizes.append((flag, ref_size, (work / "e.ecdc").stat().st_size, pure, with_fallback, raw))
-    print("| input | direction | raw RTF | --lm RTF | --lm / raw speed | --lm peak RSS "
-          "| reference --lm RTF | ecdc --lm vs reference --lm |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        ref = f"{r[6]:.2f}x | **{r[7]:.1f}x**" if r[6] else "n/a | n/a"
-        print(f"| {r[0]} | {r[1]} | {r[2]:.1f}x | {r[3]:.1f}x | **{100 * r[4]:.0f}%** | {r[5]:.0f} MB | {ref} |")
-    print("\n| input | reference --lm file | ecdc --lm file | coder 3 payload, no fallback "
-          "| with raw fallback | raw payload |")
-    print("|---|---|---|---|---|---|")
-    for s in sizes:
-        ref = f"{s[1]} B" if s[1] else "n/a"
-        print(f"| {s[0]} | {ref} | {s[2]} B | {s[3]} B | {s[4]} B | {s[5]} B |")
+    _table(["input", "direction", "raw RTF", "--lm RTF", "--lm / raw speed", "--lm peak RSS",
+            "reference --lm RTF", "ecdc --lm vs reference --lm"],
+           [[r[0], r[1], f"{r[2]:.1f}x", f"{r[3]:.1f}x", f"**{100 * r[4]:.0f}%**", f"{r[5]:.0f} MB",
+             f"{r[6]:.2f}x" if r[6] else "n/a", f"**{r[7]:.1f}x**" if r[6] else "n/a"] for r in rows])
+    print()
+    _table(["input", "reference --lm file", "ecdc --lm file", "coder 3 payload, no fallback",
+            "with raw fallback", "raw payload"],
+           [[s[0], f"{s[1]} B" if s[1] else "n/a", *(f"{v} B" for v in s[2:])] for s in sizes])
+
+
+def _table(head: tp.Sequence[str], rows: tp.Iterable[tp.Sequence[str]]) -> None:
+    """A Markdown table on stdout."""
+    for cells in [head, ["---"] * len(head), *rows]:
+        print("| " + " | ".join(cells) + " |")
 
 
 def main() -> None:

@@ -311,6 +311,20 @@ def test_convert_in_place_and_checked_before_it_replaces(checkpoints, tmp_path, 
                                   reference_codes("v0_raw_24khz"))
 
 
+def test_convert_to_stdout_is_checked_then_sent(checkpoints, tmp_path, monkeypatch, capfd):
+    """`-o -`: the same bytes as to a file, and nothing at all when the check fails."""
+    w = str(checkpoints["encodec_24khz"])
+    convert(FORMATS / "v0_raw_24khz.ecdc", "-o", tmp_path / "file.ecdc", "--weights", w)
+    p = subprocess.run([sys.executable, "-m", "encodec_cli", "convert", "-q", "-", "-o", "-", "--weights", w],
+                       input=golden("v0_raw_24khz"), capture_output=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == (tmp_path / "file.ecdc").read_bytes()
+    monkeypatch.setattr(api, "_codes_digest", lambda path, opts: b"not the same")
+    with pytest.raises(FormatError, match="does not decode to the codes"):
+        api.convert_file(str(FORMATS / "v0_raw_24khz.ecdc"), "-", api.ConvertOptions(weights=Path(w)))
+    assert capfd.readouterr().out == ""
+
+
 def test_convert_batch_mirrors_a_tree(checkpoints, tmp_path):
     src = tmp_path / "old"
     (src / "a").mkdir(parents=True)
