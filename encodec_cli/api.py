@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import audio as A
-from . import container as F
+from .audio import files as A
+from .formats import v1 as F
 from .errors import AudioError, FormatError, OptionError, WeightsError
 from .specs import SPECS
 
@@ -75,8 +75,8 @@ Progress = tp.Optional[tp.Callable[[float], None]]
 def compress_stream(source: A.Source, fo: tp.BinaryIO, opts: CompressOptions,
                     progress: Progress = None) -> Result:
     """Read `source` block by block and write an .ecdc stream to `fo`."""
-    from . import codec as C
-    from .coders import batches, make_encoder
+    from .codec import streaming as C
+    from .entropy.coders import batches, make_encoder
 
     opts.check()
     blocks = iter(source.blocks())
@@ -147,7 +147,7 @@ def decoded_packets(reader, opts: "DecompressOptions") -> tp.Iterator[F.Packet]:
     decoded. Torch is imported only for LM-coded files."""
     h = reader.header
     if h.version == 0 and h.coder == "lm":
-        from .v0lm import load_float_lm, reference_threads
+        from .entropy.reference_lm import load_float_lm, reference_threads
 
         reader.lm = load_float_lm(h.model, opts.lm_weights, opts.progress)
         threads = reader.lm.threads = opts.lm_threads or reference_threads()
@@ -158,7 +158,7 @@ def decoded_packets(reader, opts: "DecompressOptions") -> tp.Iterator[F.Packet]:
         yield from reader
         return
 
-    from .coders import batches, make_decoder
+    from .entropy.coders import batches, make_decoder
     from .specs import SPECS
 
     coder = make_decoder(h, opts, SPECS[h.model])
@@ -197,7 +197,7 @@ def decompress_stream(fo: tp.BinaryIO, open_sink: tp.Callable[[int, int, tp.Opti
     range `opts.start`..`opts.end`, to the sink made by `open_sink(rate, channels, frames,
     header)` (frames: the output's length, None if not yet known; the header has the
     source's bit depth and tags)."""
-    from .seek import plan
+    from .formats.seek import plan
 
     reader = F.open_reader(fo)  # a file that is not .ecdc is refused before torch is imported
     h = reader.header
@@ -208,7 +208,7 @@ def decompress_stream(fo: tp.BinaryIO, open_sink: tp.Callable[[int, int, tp.Opti
 
     start, end = _output_range(opts, rate, total())
 
-    from . import codec as C
+    from .codec import streaming as C
 
     codec = C.load_codec(h.model, opts.weights, opts.progress)
     if h.version and codec.fingerprint != h.weights_fingerprint:  # version 0 does not record it
@@ -438,7 +438,7 @@ def convert_stream(fi: tp.BinaryIO, fo: tp.BinaryIO, opts: ConvertOptions = Conv
     without touching its codes. Returns the result and a digest of the codes and scales."""
     import hashlib
 
-    from .coders import RawEncoder, batches
+    from .entropy.coders import RawEncoder, batches
     from .specs import SPECS
 
     if opts.coder not in (None, "raw", "lm"):
@@ -448,11 +448,11 @@ def convert_stream(fi: tp.BinaryIO, fo: tp.BinaryIO, opts: ConvertOptions = Conv
     spec = SPECS[h.model]
     fingerprint = h.weights_fingerprint
     if h.version == 0:  # it does not record its weights: those that decompress would load stand for them
-        from .codec import load_codec
+        from .codec.streaming import load_codec
 
         fingerprint = load_codec(h.model, opts.weights, opts.progress).fingerprint
     if (opts.coder or h.coder) == "lm":
-        from .lmcoder import LMEncoder
+        from .entropy.lmcoder import LMEncoder
 
         encoder = LMEncoder.load(spec, h.n_codebooks, opts.lm_weights, opts.progress)
     else:

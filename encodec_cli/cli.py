@@ -29,7 +29,7 @@ def _duration(kind: str, src: str, opts) -> tp.Optional[float]:
             import soundfile as sf
 
             return sf.info(src).duration
-        from . import container
+        from .formats import v1 as container
 
         with open(src, "rb") as f:
             reader = container.open_reader(f)  # reads the header only
@@ -47,7 +47,7 @@ def _execute(kind: str, inputs, output, opts, force, quiet, threads, jobs, recur
              resume=False, manifest=None, cluster=None, in_place=False) -> None:
     from tqdm import tqdm
 
-    from . import batch
+    from .jobs import task as batch
 
     if threads < 1 or jobs < 1:
         raise click.UsageError("--threads and --jobs take a positive number")
@@ -216,7 +216,7 @@ def decompress(inputs, output, bits, fmt, model_format, start, duration, end, we
     (by --format or extension; stdout: WAV unless --format says). Also reads the .ecdc files
     of Meta's encodec (format 0)."""
     from .api import DecompressOptions
-    from .seek import parse_time
+    from .formats.seek import parse_time
 
     if duration is not None and end is not None:
         raise click.UsageError("give --duration or --end, not both")
@@ -307,7 +307,7 @@ def eval_(source, bandwidths, model, lm, plot, as_json, keep, opus, weights, lm_
     distance, STOI and seconds each way, compared with IN at its own rate and channels.
     Needs pip install 'ecdc[eval]'."""
     from .api import MODELS
-    from .evaluate import EvalOptions, check_extra
+    from .evaluation.report import EvalOptions, check_extra
 
     check_extra(plot is not None)
     if threads < 1:
@@ -323,7 +323,7 @@ def eval_(source, bandwidths, model, lm, plot, as_json, keep, opus, weights, lm_
 
 def _plot_format(plot: str, force: bool) -> str:
     from .api import check_output
-    from .plot import formats
+    from .evaluation.plot import formats
 
     ext = os.path.splitext(plot)[1].lstrip(".").lower()
     if ext not in formats():
@@ -336,7 +336,7 @@ def _plot_format(plot: str, force: bool) -> str:
 def _evaluate(source, opts, plot, fmt, as_json, quiet) -> None:
     from tqdm import tqdm
 
-    from . import evaluate as E
+    from .evaluation import report as E
 
     runs = len(opts.targets()) + (len(opts.opus_targets()) if opts.opus else 0)
     with tqdm(total=runs, unit="run", disable=quiet or not sys.stderr.isatty(), desc="eval",
@@ -352,7 +352,7 @@ def _evaluate(source, opts, plot, fmt, as_json, quiet) -> None:
         click.echo(E.table(report))
     if plot is not None:
         from .api import atomic_path
-        from .plot import write
+        from .evaluation.plot import write
 
         with atomic_path(plot, opts.force) as tmp:
             write(report, tmp, fmt)
@@ -388,7 +388,7 @@ def info(files, as_json):
 
 
 def _describe(file: str) -> dict:
-    from . import container
+    from .formats import v1 as container
 
     if file != "-" and os.path.isdir(file):
         raise OptionError(f"{file} is a folder, not an .ecdc file")

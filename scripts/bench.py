@@ -77,7 +77,7 @@ def matmul_peak() -> float:
 
 def model_flops(name: str) -> dict:
     """FLOPs (2 x multiply-adds) per second of audio, counted layer by layer."""
-    from encodec_cli.models import SLSTM, SConv1d, SConvTranspose1d, build_model
+    from encodec_cli.codec.models import SLSTM, SConv1d, SConvTranspose1d, build_model
 
     model = build_model(name)
     model.fold()
@@ -118,9 +118,9 @@ def model_flops(name: str) -> dict:
 
 def breakdown(name: str, wav: Path, weights: Path) -> dict:
     """ecdc's time by stage, in process (the same calls the CLI makes)."""
-    from encodec_cli import audio as A
-    from encodec_cli import codec as C
-    from encodec_cli import container as F
+    from encodec_cli.audio import files as A
+    from encodec_cli.codec import streaming as C
+    from encodec_cli.formats import v1 as F
 
     torch.set_num_threads(1)
     codec = C.load_codec(name, weights)
@@ -255,10 +255,10 @@ def jobs_bench(work: Path, w: Path) -> None:
 
 def lm_bench(a, work: Path, weights: dict) -> None:
     """--lm: coder 3 against raw mode (the same ecdc) and against the reference's --lm; sizes."""
-    from encodec_cli import codec as C
-    from encodec_cli import container as F
+    from encodec_cli.codec import streaming as C
+    from encodec_cli.formats import v1 as F
     from encodec_cli.api import CompressOptions, _grouped, compress_file
-    from encodec_cli.lmcoder import LMEncoder, load_lm
+    from encodec_cli.entropy.lmcoder import LMEncoder, load_lm
 
     refenv = {"PYTHONPATH": str(SHARED / "reference" / "refshim")}
     have_ref = Path(a.ref_python).exists()
@@ -340,7 +340,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.quick:
         a.repeats, a.minutes24, a.minutes48, a.lm_seconds = 1, 0.5, 0.5, 10
-    from encodec_cli.random_weights import write_checkpoints
+    from encodec_cli.testing import write_checkpoints
 
     print(f"ecdc benchmark, {datetime.date.today()}, torch {torch.__version__}, single thread\n")
     with tempfile.TemporaryDirectory(prefix="ecdc-bench-") as d:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from encodec_cli.random_weights import write_checkpoints
+from encodec_cli.testing import write_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDING = ROOT.parent / "shared" / "audio" / "test_24k.wav"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from encodec_cli.random_weights import write_checkpoints
+from encodec_cli.testing import write_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDING = {"24khz": ROOT.parent / "shared" / "audio" / "test_24k.wav",
@@ -40,7 +40,7 @@ def long_wav(path: Path, hours: float, model: str) -> None:
             done += n
 
 
-NO_FALLBACK = ("import sys; from encodec_cli.lmcoder import LMEncoder; LMEncoder.fallback = False; "
+NO_FALLBACK = ("import sys; from encodec_cli.entropy.lmcoder import LMEncoder; LMEncoder.fallback = False; "
                "from encodec_cli.cli import main; sys.argv[0] = 'ecdc'; main()")
 
 

@@ -28,8 +28,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seconds", type=float, default=180.0)
     a = p.parse_args()
-    from encodec_cli import api, lmcoder
-    from encodec_cli.random_weights import write_checkpoints
+    from encodec_cli import api
+    from encodec_cli.entropy import lmcoder
+    from encodec_cli.testing import write_checkpoints
 
     lmcoder.LMEncoder.fallback = False
 

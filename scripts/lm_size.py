@@ -23,10 +23,10 @@ import time
 import numpy as np
 import torch
 
-from encodec_cli.intlm import IntLM
-from encodec_cli.lm import build_lm
-from encodec_cli.lmcoder import LMEncoder
-from encodec_cli.random_weights import lm_state
+from encodec_cli.entropy.intlm import IntLM
+from encodec_cli.codec.lm import build_lm
+from encodec_cli.entropy.lmcoder import LMEncoder
+from encodec_cli.testing import lm_state
 from encodec_cli.specs import SPECS
 
 PACKET_FRAMES = {"encodec_24khz": 600, "encodec_48khz": 150}  # 8 s packets; 1 s segments

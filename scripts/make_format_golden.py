@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from encodec_cli import container as F
-from encodec_cli.lmcoder import LMEncoder
-from encodec_cli.models import SPECS
-from encodec_cli.random_weights import likely_codes, random_int_lm
+from encodec_cli.formats import v1 as F
+from encodec_cli.entropy.lmcoder import LMEncoder
+from encodec_cli.codec.models import SPECS
+from encodec_cli.testing import likely_codes, random_int_lm
 
 random_lm = random_int_lm
 

@@ -20,7 +20,7 @@ import soundfile as sf
 import torch
 from encodec.model import EncodecModel, LMModel
 
-from encodec_cli.random_weights import lm_state, model_state
+from encodec_cli.testing import lm_state, model_state
 
 ROOT = Path(__file__).resolve().parents[1]
 AUDIO = ROOT.parent / "shared" / "audio"

@@ -28,7 +28,7 @@ import torch
 from encodec.model import EncodecModel, LMModel
 from encodec.quantization.ac import build_stable_quantized_cdf
 
-from encodec_cli.random_weights import lm_state, model_state
+from encodec_cli.testing import lm_state, model_state
 
 C = importlib.import_module("encodec.compress")  # the package's `compress` name is a function
 

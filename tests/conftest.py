@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from encodec_cli.random_weights import write_checkpoints
+from encodec_cli.testing import write_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from encodec_cli import audio as A
+from encodec_cli.audio import files as A
 from encodec_cli.errors import AudioError
 
 from .conftest import tone

@@ -15,15 +15,15 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from encodec_cli import audio as A
-from encodec_cli import codec as C
-from encodec_cli import container as F
-from encodec_cli import lmcoder
+from encodec_cli.audio import files as A
+from encodec_cli.codec import streaming as C
+from encodec_cli.formats import v1 as F
+from encodec_cli.entropy import lmcoder
 from encodec_cli.cli import main
-from encodec_cli.lmcoder import LMEncoder, load_lm
-from encodec_cli.models import SPECS
-from encodec_cli.random_weights import likely_codes, model_state
-from encodec_cli.weights import REGISTRY
+from encodec_cli.entropy.lmcoder import LMEncoder, load_lm
+from encodec_cli.codec.models import SPECS
+from encodec_cli.testing import likely_codes, model_state
+from encodec_cli.codec.weights import REGISTRY
 
 from .conftest import tone, write_audio
 
@@ -463,7 +463,7 @@ def test_force_keeps_the_mode_and_the_symlink(tmp_path, checkpoints):
 def test_bad_output_paths_fail_first_and_name_the_path(tmp_path, checkpoints, monkeypatch, output, message):
     monkeypatch.chdir(tmp_path)
     src = write_audio(tmp_path / "in.wav", 0.3, 24000)
-    from encodec_cli import codec
+    from encodec_cli.codec import streaming as codec
 
     monkeypatch.setattr(codec, "load_codec", lambda *a, **k: pytest.fail("work done before the check"))
     result = run("compress", src, "-o", output, "--weights", checkpoints["encodec_24khz"], ok=False)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from encodec_cli import container as F
+from encodec_cli.formats import v1 as F
 from encodec_cli.errors import CorruptError, EcdcError, FormatError, TruncatedError
 
 GOLDEN = Path(__file__).resolve().parents[1] / "formats" / "golden"

@@ -12,11 +12,11 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from encodec_cli import evaluate as E
-from encodec_cli import metrics as M
-from encodec_cli import opus as O
+from encodec_cli.evaluation import report as E
+from encodec_cli.evaluation import metrics as M
+from encodec_cli.evaluation import opus as O
 from encodec_cli.cli import main
-from encodec_cli.container import MAGIC
+from encodec_cli.formats.v1 import MAGIC
 
 from .conftest import tone, write_audio
 
@@ -254,7 +254,7 @@ def test_eval_keep_and_force(tmp_path, w24):
 def test_eval_plot_is_an_image_of_the_expected_size(tmp_path, w24):
     from matplotlib.image import imread
 
-    from encodec_cli import plot
+    from encodec_cli.evaluation import plot
 
     png = tmp_path / "out.png"
     r = _eval(tmp_path, w24, "-b", "1.5", "-b", "24", "--plot", png)

@@ -18,14 +18,15 @@ import numpy as np
 import pytest
 import torch
 
-from encodec_cli import container as F
-from encodec_cli import intlm, random_weights
+from encodec_cli.formats import v1 as F
+from encodec_cli.entropy import intlm
+from encodec_cli import testing as random_weights
 from encodec_cli.errors import CorruptError
-from encodec_cli.lm import DIM, MAX_PERIOD, POSITION_BLOCK, build_lm
-from encodec_cli.lmcoder import LMDecoder, LMEncoder, load_lm
-from encodec_cli.models import SPECS
-from encodec_cli.random_weights import likely_codes
-from encodec_cli.weights import REGISTRY
+from encodec_cli.codec.lm import DIM, MAX_PERIOD, POSITION_BLOCK, build_lm
+from encodec_cli.entropy.lmcoder import LMDecoder, LMEncoder, load_lm
+from encodec_cli.codec.models import SPECS
+from encodec_cli.testing import likely_codes
+from encodec_cli.codec.weights import REGISTRY
 
 from .conftest import GOLDEN
 from .test_models import manifest
@@ -274,9 +275,9 @@ KERNELS = {
 
 _DECODE = """
 import hashlib, io, json, sys, numpy as np, torch
-from encodec_cli import container as F
-from encodec_cli.lmcoder import LMDecoder, load_lm
-from encodec_cli.models import SPECS
+from encodec_cli.formats import v1 as F
+from encodec_cli.entropy.lmcoder import LMDecoder, load_lm
+from encodec_cli.codec.models import SPECS
 out = {}
 for path in sys.argv[1:]:
     data = open(path, "rb").read()
@@ -335,7 +336,7 @@ def test_files_decode_under_other_kernels_and_threads(kernels, portable_files):
 
 def test_batches_ramp_up_for_pipes():
     """To a pipe the first packets go out one by one, then in doubling batches."""
-    from encodec_cli.coders import batches
+    from encodec_cli.entropy.coders import batches
 
     sizes = [len(b) for b in batches(range(40), lambda _: 1, 8, ramp=True)]
     assert sizes == [1, 1, 2, 4, 8, 8, 8, 8] and sum(sizes) == 40

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from encodec_cli import audio as A
-from encodec_cli.weights import REGISTRY
+from encodec_cli.audio import files as A
+from encodec_cli.codec.weights import REGISTRY
 
 from .conftest import tone, write_audio
 

@@ -11,8 +11,10 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from encodec_cli import api, lmcoder, seek
-from encodec_cli import container as F
+from encodec_cli import api
+from encodec_cli.entropy import lmcoder
+from encodec_cli.formats import seek
+from encodec_cli.formats import v1 as F
 from encodec_cli.cli import main
 from encodec_cli.errors import OptionError
 

@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from encodec_cli import api, v0
-from encodec_cli import container as F
+from encodec_cli import api
+from encodec_cli.formats import v0
+from encodec_cli.formats import v1 as F
 from encodec_cli.cli import main
 from encodec_cli.errors import EcdcError, FormatError, TruncatedError
 from encodec_cli.specs import SPECS
@@ -60,7 +61,7 @@ def as_array(codes) -> np.ndarray:
 def cdf_digests_match(name: str, checkpoints) -> bool:
     """Whether this machine's float LM gives the reference's quantized CDFs (golden digests),
     stepping over the reference's codes segment by segment."""
-    from encodec_cli.v0lm import load_float_lm
+    from encodec_cli.entropy.reference_lm import load_float_lm
 
     model = model_of(name)
     lm = load_float_lm(model, checkpoints[model.replace("encodec_", "encodec_lm_")], False)

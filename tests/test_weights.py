@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from encodec_cli import weights as W
+from encodec_cli.codec import weights as W
 from encodec_cli.errors import WeightsError
 
 
@@ -175,8 +175,8 @@ def test_first_default_run_downloads_codec_and_language_model(server, monkeypatc
 
 
 def test_weights_of_the_other_model_are_named(tmp_path, checkpoints):
-    from encodec_cli.lm import build_lm
-    from encodec_cli.models import build_model
+    from encodec_cli.codec.lm import build_lm
+    from encodec_cli.codec.models import build_model
 
     state = W.load_state_dict(checkpoints["encodec_48khz"])
     with pytest.raises(WeightsError, match="holds the weights of encodec_48khz.*check --weights"):

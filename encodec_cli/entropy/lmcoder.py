@@ -17,12 +17,12 @@ from pathlib import Path
 import constriction
 import numpy as np
 
-from . import container as F
-from . import weights as W
-from .errors import CorruptError, WeightsError
+from ..formats import v1 as F
+from ..codec import weights as W
+from ..errors import CorruptError, WeightsError
 from .intlm import IntLM
-from .lm import CARD, build_lm, checkpoint_name
-from .specs import ModelSpec
+from ..codec.lm import CARD, build_lm, checkpoint_name
+from ..specs import ModelSpec
 
 _MODEL = constriction.stream.model.Categorical(perfect=False)
 BATCH_STREAMS = 8  # streams (24 kHz packets, 48 kHz segments) stepped together: ~22 MB of state at 24 kHz

@@ -8,8 +8,8 @@ import typing as tp
 
 import numpy as np
 
-from . import metrics as M
-from .evaluate import Report, Row
+from ..evaluation import metrics as M
+from .report import Report, Row
 
 DPI = 100
 WIDTH = 12.0            # inches: 1200 pixels

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .errors import CorruptError, FormatError, TruncatedError
+from ..errors import CorruptError, FormatError, TruncatedError
 
 MAGIC = b"\x89ECDC\r\n\x1a"
 V0_MAGIC = b"ECDC"  # how the files of Meta's encodec (version 0, v0.py) begin
@@ -383,7 +383,7 @@ def describe(fo: tp.BinaryIO) -> tp.Tuple[Header, End, int]:
     version-0 file, what its metadata says (`header.version` is 0)."""
     head = fo.read(len(V0_MAGIC))
     if head == V0_MAGIC:
-        from . import v0
+        from ..formats import v0
 
         return v0.describe(fo, head)
     reader = Reader(fo, head=head)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
-from . import audio as A
-from .errors import AudioError
+from ..audio import files as A
+from ..errors import AudioError
 
 HOW_TO_GET = ("Opus rows need opusenc/opusdec (apt install opus-tools, brew install opus-tools) "
               "or a libsndfile with Ogg/Opus (1.0.29 or later)")

@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import WeightsError
+from ..errors import WeightsError
 
 ROOT_URL = "https://dl.fbaipublicfiles.com/encodec/v0/"
 

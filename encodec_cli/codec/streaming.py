@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import weights as W
+from ..codec import weights as W
 from .models import EncodecModel, ModelSpec, build_model
 
 CHUNK_SECONDS = 2.0      # encoder input per step, 24 kHz model (fastest measured)

@@ -14,8 +14,8 @@ import re
 import typing as tp
 from dataclasses import dataclass
 
-from .errors import OptionError
-from .specs import ModelSpec
+from ..errors import OptionError
+from ..specs import ModelSpec
 
 WARMUP_SECONDS = 1.0
 RESAMPLER_MARGIN = 0.1

@@ -17,7 +17,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .errors import AudioError
+from ..errors import AudioError
 
 BLOCK = 1 << 15  # frames per read
 SUBTYPES = {"16": "PCM_16", "24": "PCM_24", "float": "FLOAT"}

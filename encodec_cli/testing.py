@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .weights import REGISTRY
+from .codec.weights import REGISTRY
 
 
 def _generator(seed: int, key: str) -> torch.Generator:
@@ -66,20 +66,20 @@ def randomize(template: tp.Dict[str, torch.Tensor], seed: int) -> tp.Dict[str, t
 
 
 def model_state(name: str, seed: int = 1234) -> tp.Dict[str, torch.Tensor]:
-    from .models import build_model
+    from .codec.models import build_model
 
     return randomize(build_model(name).state_dict(), seed)
 
 
 def lm_state(name: str, seed: int = 1234) -> tp.Dict[str, torch.Tensor]:
-    from .lm import build_lm
+    from .codec.lm import build_lm
 
     return randomize(build_lm(name).state_dict(), seed)
 
 
 def random_lm(name: str, seed: int = 1234):
     """The LM of codec `name` with seeded random weights, folded and ready to step."""
-    from .lm import build_lm
+    from .codec.lm import build_lm
 
     lm = build_lm(name)
     lm.load_state_dict(lm_state(name, seed))
@@ -89,8 +89,8 @@ def random_lm(name: str, seed: int = 1234):
 
 def random_int_lm(name: str, seed: int = 1234, used: tp.Optional[int] = None):
     """The integer LM (coder 3) of the seeded random LM, for its first `used` codebooks."""
-    from .intlm import IntLM
-    from .lm import build_lm
+    from .entropy.intlm import IntLM
+    from .codec.lm import build_lm
 
     lm = build_lm(name, used)
     lm.load_state_dict(lm_state(name, seed))

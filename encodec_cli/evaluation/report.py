@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import api
-from . import audio as A
-from . import metrics as M
-from . import opus as O
-from .errors import AudioError, OptionError
-from .specs import SPECS
+from .. import api
+from ..audio import files as A
+from ..evaluation import metrics as M
+from ..evaluation import opus as O
+from ..errors import AudioError, OptionError
+from ..specs import SPECS
 
 OPUS_KBPS = (6.0, 12.0, 24.0)  # always compared, with whatever else was asked for from 6 up
 EXTRA = "pip install 'ecdc[eval]'"
@@ -136,7 +136,7 @@ def evaluate(source: str, opts: EvalOptions = EvalOptions(),
              step: tp.Optional[tp.Callable[[str], None]] = None) -> Report:
     """Code `source` (a path, '-': stdin) at each bandwidth with ecdc, and with Opus where
     there is one; `step(label)` is called after each coding."""
-    from . import codec as C
+    from ..codec import streaming as C
 
     targets = opts.targets()
     backend = O.find_opus() if opts.opus else None
@@ -177,7 +177,7 @@ def evaluate(source: str, opts: EvalOptions = EvalOptions(),
             copts = api.CompressOptions(kbps, opts.model, opts.weights, opts.lm, opts.lm_weights, opts.progress)
             dopts = api.DecompressOptions(opts.weights, opts.lm_weights, progress=opts.progress)
             if opts.lm:
-                from .lmcoder import load_lm
+                from ..entropy.lmcoder import load_lm
 
                 load_lm(opts.model, opts.lm_weights, SPECS[opts.model].codebooks_for(kbps), opts.progress)
             t0 = time.perf_counter()

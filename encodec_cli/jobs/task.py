@@ -15,7 +15,7 @@ import time
 import typing as tp
 from dataclasses import asdict, dataclass
 
-from .errors import EcdcError, OptionError
+from ..errors import EcdcError, OptionError
 
 # extensions of the formats libsndfile reads (headerless RAW excluded)
 AUDIO_EXTENSIONS = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".aifc",
@@ -104,7 +104,7 @@ def plan(inputs: tp.Sequence[str], output: tp.Optional[str], kind: str,
 
 def complete(kind: str, src: str, dst: str, opts) -> bool:
     """Whether `dst` is a finished, valid output of `src` under `opts` (for --resume)."""
-    from . import container
+    from ..formats import v1 as container
 
     if dst == "-" or not os.path.isfile(dst):
         return False
@@ -154,7 +154,7 @@ def _finish(r: FileResult, kind: str) -> FileResult:
 
 
 def skipped(kind: str, src: str, dst: str) -> FileResult:
-    from . import container
+    from ..formats import v1 as container
 
     seconds = 0.0
     try:
@@ -170,7 +170,7 @@ def process(kind: str, src: str, dst: str, opts, force: bool, progress=None,
             make_folders: bool = False) -> FileResult:
     """Compress or decompress one file; library errors become an 'error' result.
     `make_folders`: create the output's folder first (a mirrored tree)."""
-    from . import api
+    from .. import api
 
     fn = {"compress": api.compress_file, "decompress": api.decompress_file,
           "convert": api.convert_file, "codes": api.codes_file}[kind]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import typing as tp
 
-from .batch import FileResult, process, remove_stale_parts
-from .errors import OptionError
+from .task import FileResult, process, remove_stale_parts
+from ..errors import OptionError
 
 RETRIES = 2  # more tries of a file whose worker died, before it is reported as failed
 

@@ -24,10 +24,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import weights as W
-from .codec import torch_threads
-from .lm import CARD, DIM, HEADS, HIDDEN, LAYERS, MAX_PERIOD, checkpoint_name, past_context
-from .specs import SPECS
+from ..codec import weights as W
+from ..codec.streaming import torch_threads
+from ..codec.lm import CARD, DIM, HEADS, HIDDEN, LAYERS, MAX_PERIOD, checkpoint_name, past_context
+from ..specs import SPECS
 
 ROUNDOFF = 1e-8     # the reference's defaults
 MIN_RANGE = 2

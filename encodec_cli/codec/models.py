@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .specs import SPECS, ModelSpec
+from ..specs import SPECS, ModelSpec
 
 # ---------------------------------------------------------------- padding rules
 

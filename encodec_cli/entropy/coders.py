@@ -10,7 +10,7 @@ import typing as tp
 
 import numpy as np
 
-from . import container as F
+from ..formats import v1 as F
 
 
 class RawEncoder:

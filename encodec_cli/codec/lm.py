@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .specs import SPECS
+from ..specs import SPECS
 
 DIM, HEADS, LAYERS, HIDDEN, CARD = 200, 8, 5, 800, 1024
 MAX_PERIOD = 10000

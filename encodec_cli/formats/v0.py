@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import container as F
-from .errors import CorruptError, FormatError, TruncatedError
-from .specs import SPECS, ModelSpec
+from ..formats import v1 as F
+from ..errors import CorruptError, FormatError, TruncatedError
+from ..specs import SPECS, ModelSpec
 
 _HEAD = struct.Struct("!4sBI")   # magic, version, size of the JSON metadata
 _SCALE = struct.Struct("!f")

@@ -22,7 +22,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 import numpy as np
 import torch
 
-from .lm import CARD, DIM, HEADS, LanguageModel
+from ..codec.lm import CARD, DIM, HEADS, LanguageModel
 
 Q = 10                     # activations are Q10 integers
 HEAD_DIM = DIM // HEADS
