@@ -29,16 +29,17 @@ def _duration(kind: str, src: str, opts) -> tp.Optional[float]:
             import soundfile as sf
 
             return sf.info(src).duration
-        from .formats import v1 as container
+        from .formats.reader import read_header
+        from .formats.records import Input
 
         with open(src, "rb") as f:
-            reader = container.open_reader(f)  # reads the header only
-        n = reader.num_samples
+            header = read_header(Input(f))
+        n, rate = header.num_samples, header.sample_rate
         if kind == "decompress" and getattr(opts, "end", None) is not None and n is not None:
-            n = min(n, round(opts.end * reader.header.sample_rate))
+            n = min(n, round(opts.end * rate))
         if kind == "decompress" and n is not None:
-            n = max(0, n - round(opts.start * reader.header.sample_rate))
-        return None if n is None else n / reader.header.sample_rate
+            n = max(0, n - round(opts.start * rate))
+        return None if n is None else n / rate
     except Exception:
         return None  # errors are reported when the file is processed
 
@@ -47,14 +48,16 @@ def _execute(kind: str, inputs, output, opts, force, quiet, threads, jobs, recur
              resume=False, manifest=None, cluster=None, in_place=False) -> None:
     from tqdm import tqdm
 
-    from .jobs import task as batch
+    from .jobs import plan as P
+    from .jobs import run as R
+    from .jobs.task import FileResult
 
     if threads < 1 or jobs < 1:
         raise click.UsageError("--threads and --jobs take a positive number")
     if cluster is not None:
         _check_ray()
     fmt = getattr(opts, "format", None)
-    plan = batch.plan(inputs, output, kind, recursive, "." + fmt if fmt else None)
+    plan = P.plan(inputs, output, kind, recursive, "." + fmt if fmt else None)
     if any(d == "-" for _, d in plan) and sys.stdout.isatty():
         what = {"decompress": "WAV data", "codes": "NumPy data"}.get(kind, "compressed data")
         raise OptionError(f"refusing to write {what} to a terminal; use -o FILE or a pipe")
@@ -68,11 +71,11 @@ def _execute(kind: str, inputs, output, opts, force, quiet, threads, jobs, recur
 
     with tqdm(total=total, unit="s", disable=not show, desc=kind, file=sys.stderr,
               bar_format=bar_format(total)) as bar:
-        def note(r: batch.FileResult) -> None:
+        def note(r: FileResult) -> None:
             if r.status == "ok" and r.clipped and not quiet:
                 tqdm.write(f"note: {r.output}: {r.clipped} samples clipped to full scale", file=sys.stderr)
 
-        results = batch.run_batch(plan, kind, opts, force=force, resume=resume, jobs=jobs,
+        results = R.run_batch(plan, kind, opts, force=force, resume=resume, jobs=jobs,
                                   threads=threads, cluster=cluster, manifest=manifest,
                                   make_folders=recursive, on_result=note, progress=bar.update)
     failures = [f"{r.source}: {r.error}" if prefix else str(r.error) for r in results if r.status == "error"]
@@ -184,11 +187,12 @@ def _common(fn):
 def compress(inputs, output, bandwidth, model, lm, weights, lm_weights, force, quiet, threads, jobs,
              recursive, resume, manifest, cluster):
     """Compress audio files or folders (-r) (WAV, FLAC, OGG, ...; '-' for stdin) to .ecdc."""
-    from .api import MODELS, CompressOptions
+    from .options import MODELS, CompressOptions
 
     if lm_weights is not None and not lm:
         raise click.UsageError("--lm-weights has no use with --raw")
-    opts = CompressOptions(bandwidth, MODELS[model], weights, lm, lm_weights, progress=not quiet)
+    opts = CompressOptions(bandwidth=bandwidth, model=MODELS[model], weights=weights, lm=lm,
+                           lm_weights=lm_weights, download_bars=not quiet)
     opts.check()
     _execute("compress", inputs, output, opts, force, quiet, threads, jobs, recursive, resume,
              manifest, cluster)
@@ -215,8 +219,8 @@ def decompress(inputs, output, bits, fmt, model_format, start, duration, end, we
     """Decompress .ecdc files or folders (-r) ('-' for stdin) to WAV, FLAC, OGG, Opus, AIFF, ...
     (by --format or extension; stdout: WAV unless --format says). Also reads the .ecdc files
     of Meta's encodec (format 0)."""
-    from .api import DecompressOptions
     from .formats.seek import parse_time
+    from .options import DecompressOptions
 
     if duration is not None and end is not None:
         raise click.UsageError("give --duration or --end, not both")
@@ -225,8 +229,9 @@ def decompress(inputs, output, bits, fmt, model_format, start, duration, end, we
         parse_time(end) if end is not None else None)
     if resume and (first or last is not None):
         raise click.UsageError("--resume cannot tell a range's output from a whole file's")
-    opts = DecompressOptions(weights, lm_weights, model_format, bits, progress=not quiet, format=fmt,
-                             start=first, end=last, lm_threads=_explicit_threads(threads))
+    opts = DecompressOptions(weights=weights, lm_weights=lm_weights, model_format=model_format, bits=bits,
+                             format=fmt, start=first, end=last, lm_threads=_explicit_threads(threads),
+                             download_bars=not quiet)
     _execute("decompress", inputs, output, opts, force, quiet, threads, jobs, recursive, resume,
              manifest, cluster)
 
@@ -254,14 +259,15 @@ def convert(inputs, output, lm, in_place, weights, lm_weights, force, quiet, thr
     same codes before it is written. --weights: the codec weights to record for format-0
     files (which do not say theirs); --threads: the threads Meta's encodec ran with when it
     wrote an LM-coded file (default: torch's default here)."""
-    from .api import ConvertOptions
+    from .options import ConvertOptions
 
     if in_place and output is not None:
         raise click.UsageError("give -o or --in-place, not both")
     if output is None and not in_place and "-" not in inputs:
         raise click.UsageError("convert needs -o OUT (a file, or a folder for several inputs) or --in-place")
     coder = None if lm is None else ("lm" if lm else "raw")
-    opts = ConvertOptions(coder, weights, lm_weights, progress=not quiet, lm_threads=_explicit_threads(threads))
+    opts = ConvertOptions(coder=coder, weights=weights, lm_weights=lm_weights,
+                          lm_threads=_explicit_threads(threads), download_bars=not quiet)
     _execute("convert", inputs, output, opts, force or in_place, quiet, threads, jobs, recursive, resume,
              manifest, cluster, in_place)
 
@@ -274,9 +280,10 @@ def codes(inputs, output, weights, lm_weights, force, quiet, threads, jobs, recu
           cluster):
     """Write the codes of .ecdc files as NumPy .npz: `codes` [codebooks, frames] uint16; 48 kHz
     also `segment_frames` and `scales`. No codec is run (LM-coded files load the LM)."""
-    from .api import DecompressOptions
+    from .options import DecompressOptions
 
-    opts = DecompressOptions(weights, lm_weights, progress=not quiet, lm_threads=_explicit_threads(threads))
+    opts = DecompressOptions(weights=weights, lm_weights=lm_weights, lm_threads=_explicit_threads(threads),
+                             download_bars=not quiet)
     _execute("codes", inputs, output, opts, force, quiet, threads, jobs, recursive, resume, manifest, cluster)
 
 
@@ -306,24 +313,25 @@ def eval_(source, bandwidths, model, lm, plot, as_json, keep, opus, weights, lm_
     """Measure what each bandwidth costs on IN, next to Opus: achieved kbps, SI-SNR, mel
     distance, STOI and seconds each way, compared with IN at its own rate and channels.
     Needs pip install 'ecdc[eval]'."""
-    from .api import MODELS
     from .evaluation.report import EvalOptions, check_extra
+    from .options import MODELS
 
     check_extra(plot is not None)
     if threads < 1:
         raise click.UsageError("--threads takes a positive number")
     if lm_weights is not None and not lm:
         raise click.UsageError("--lm-weights has no use with --raw")
-    opts = EvalOptions(MODELS[model], tuple(bandwidths), lm, weights, lm_weights, threads, opus, keep, force,
-                       progress=not quiet)
+    opts = EvalOptions(model=MODELS[model], bandwidths=tuple(bandwidths), lm=lm, weights=weights,
+                       lm_weights=lm_weights, threads=threads, opus=opus, keep=keep, force=force,
+                       download_bars=not quiet)
     opts.targets()  # a bandwidth the model lacks stops us here
     fmt = _plot_format(plot, force) if plot is not None else None
     _evaluate(source, opts, plot, fmt, as_json, quiet)
 
 
 def _plot_format(plot: str, force: bool) -> str:
-    from .api import check_output
     from .evaluation.plot import formats
+    from .outputs import check_output
 
     ext = os.path.splitext(plot)[1].lstrip(".").lower()
     if ext not in formats():
@@ -351,8 +359,8 @@ def _evaluate(source, opts, plot, fmt, as_json, quiet) -> None:
         click.echo(E.describe(report))
         click.echo(E.table(report))
     if plot is not None:
-        from .api import atomic_path
         from .evaluation.plot import write
+        from .outputs import atomic_path
 
         with atomic_path(plot, opts.force) as tmp:
             write(report, tmp, fmt)
@@ -365,10 +373,12 @@ def _evaluate(source, opts, plot, fmt, as_json, quiet) -> None:
 @_guard
 def info(files, as_json):
     """Describe .ecdc files without decoding them."""
+    from .info import describe_file, rows
+
     described, failures = [], []
     for file in files:
         try:
-            described.append(_describe(file))
+            described.append(describe_file(file))
         except EcdcError as e:
             if len(files) == 1:
                 raise
@@ -379,67 +389,9 @@ def info(files, as_json):
         for i, data in enumerate(described):
             if len(files) > 1:
                 click.echo(("\n" if i else "") + f"{'file:':<11}{data['file']}")
-            for key, value in _info_rows(data):
+            for key, value in rows(data):
                 click.echo(f"{key + ':':<11}{value}")
     if failures:
         for line in failures[:-1]:
             click.echo(f"Error: {line}", err=True)
         raise click.ClickException(failures[-1])
-
-
-def _describe(file: str) -> dict:
-    from .formats import v1 as container
-
-    if file != "-" and os.path.isdir(file):
-        raise OptionError(f"{file} is a folder, not an .ecdc file")
-    if file != "-" and not os.path.isfile(file):
-        raise OptionError(f"{file} does not exist")
-    with (open(file, "rb") if file != "-" else sys.stdin.buffer) as f:
-        h, end, size = container.describe(f)
-    seconds = end.num_samples / h.sample_rate
-    v1 = h.version > 0  # format 0 (Meta's encodec) records neither the original nor the weights
-    return {
-        "file": file,
-        "model": h.model, "sample_rate": h.sample_rate, "channels": h.channels,
-        "bandwidth_kbps": h.bandwidth, "codebooks": h.n_codebooks, "coder": h.coder,
-        "duration_s": round(seconds, 6), "frames": end.frames, "packets": end.packets if v1 else None,
-        "source_sample_rate": h.source_sample_rate if v1 else None,
-        "source_channels": h.source_channels if v1 else None,
-        "source_samples": end.source_num_samples if v1 else None, "size_bytes": size,
-        "achieved_kbps": round(size * 8 / seconds / 1000, 3) if seconds else None,
-        "weights_fingerprint": h.weights_fingerprint.hex() if v1 else None,
-        "lm_fingerprint": h.lm_fingerprint.hex() if h.coder == "lm" and v1 else None,
-        "format_version": h.version,
-    }
-
-
-def _info_rows(d: dict) -> tp.List[tp.Tuple[str, str]]:
-    ch = {1: "mono", 2: "stereo"}
-    seconds = d["duration_s"]
-    kbps = f"{d['achieved_kbps']:.2f} kbps achieved" if seconds else "empty"
-    if d["format_version"] == 0:
-        return [
-            ("format", "0 (Meta's encodec 0.1.1)"),
-            ("model", f"{d['model']} ({d['sample_rate']} Hz, {ch[d['channels']]})"),
-            ("bandwidth", f"{d['bandwidth_kbps']:g} kbps nominal, {d['codebooks']} codebooks"),
-            ("coder", "raw (10 bits per code)" if d["coder"] == "raw" else
-             "lm (encodec's float LM: decodes only where floats round as where it was written; "
-             "`ecdc convert` it there)"),
-            ("duration", f"{seconds:.3f} s ({d['frames']} frames)"),
-            ("original", "unknown (format 0 does not record the original's rate, channels or bit depth)"),
-            ("size", f"{d['size_bytes']} bytes, {kbps}"),
-            ("weights", "not recorded (format 0)"),
-            ("checksums", "none (format 0)"),
-        ]
-    return [
-        ("format", str(d["format_version"])),
-        ("model", f"{d['model']} ({d['sample_rate']} Hz, {ch[d['channels']]})"),
-        ("bandwidth", f"{d['bandwidth_kbps']:g} kbps nominal, {d['codebooks']} codebooks"),
-        ("coder", {"raw": "raw (10 bits per code)", "lm": "lm (language-model range coding)"}[d["coder"]]),
-        ("duration", f"{seconds:.3f} s ({d['frames']} frames)"),
-        ("original", f"{d['source_sample_rate']} Hz, {d['source_channels']} channel"
-                     f"{'s' if d['source_channels'] > 1 else ''}, {d['source_samples']} samples"),
-        ("size", f"{d['size_bytes']} bytes, {kbps}"),
-        ("packets", str(d["packets"])),
-        ("weights", d["weights_fingerprint"]),
-    ]

@@ -1,4 +1,5 @@
-"""Seeded random checkpoints with the official architecture, for tests and benchmarks.
+"""Test and benchmark support, not used by ecdc itself: seeded random checkpoints with the
+official architecture, and the float LM stepped as the reference computes it.
 
 The official weights cannot be fetched everywhere; compute cost does not depend on the
 weight values, and equivalence with the reference is checked on the same random weights.
@@ -12,9 +13,16 @@ import math
 import typing as tp
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch.nn import functional as F
 
-from .codec.weights import REGISTRY
+from .codec.lm import DIM, HEADS, MAX_PERIOD, LanguageModel, build_lm
+from .codec.models import build_model
+from .codec.weights import REGISTRY, lm_name
+from .entropy.intlm import IntLM, Window
+
+POSITION_BLOCK = 1024  # float positions computed at a time: memory stays flat however long the stream
 
 
 def _generator(seed: int, key: str) -> torch.Generator:
@@ -66,21 +74,15 @@ def randomize(template: tp.Dict[str, torch.Tensor], seed: int) -> tp.Dict[str, t
 
 
 def model_state(name: str, seed: int = 1234) -> tp.Dict[str, torch.Tensor]:
-    from .codec.models import build_model
-
     return randomize(build_model(name).state_dict(), seed)
 
 
 def lm_state(name: str, seed: int = 1234) -> tp.Dict[str, torch.Tensor]:
-    from .codec.lm import build_lm
-
     return randomize(build_lm(name).state_dict(), seed)
 
 
 def random_lm(name: str, seed: int = 1234):
     """The LM of codec `name` with seeded random weights, folded and ready to step."""
-    from .codec.lm import build_lm
-
     lm = build_lm(name)
     lm.load_state_dict(lm_state(name, seed))
     lm.fold()
@@ -89,9 +91,6 @@ def random_lm(name: str, seed: int = 1234):
 
 def random_int_lm(name: str, seed: int = 1234, used: tp.Optional[int] = None):
     """The integer LM (coder 3) of the seeded random LM, for its first `used` codebooks."""
-    from .entropy.intlm import IntLM
-    from .codec.lm import build_lm
-
     lm = build_lm(name, used)
     lm.load_state_dict(lm_state(name, seed))
     lm.fold()
@@ -101,8 +100,6 @@ def random_int_lm(name: str, seed: int = 1234, used: tp.Optional[int] = None):
 def likely_codes(lm, k: int, frames: int, first: tp.Optional[tp.Sequence[int]] = None):
     """[frames, k] codes the integer LM `lm` finds likely: its greedy choices (after
     `first`, if given), so that they really get range coded."""
-    import numpy as np
-
     state, codes = lm.start(k, 1, frames), []
     for t in range(frames):
         frame = state.step()[0].argmax(axis=-1)
@@ -121,7 +118,80 @@ def write_checkpoints(folder: Path, seed: int = 1234, lm: bool = True) -> tp.Dic
         paths[name] = folder / REGISTRY[name].filename
         torch.save(model_state(name, seed), paths[name])
         if lm:
-            lm_name = name.replace("encodec_", "encodec_lm_")
-            paths[lm_name] = folder / REGISTRY[lm_name].filename
-            torch.save(lm_state(name, seed), paths[lm_name])
+            paths[lm_name(name)] = folder / REGISTRY[lm_name(name)].filename
+            torch.save(lm_state(name, seed), paths[lm_name(name)])
     return paths
+
+
+# ---------------------------------------------------------------- the float LM, stepped
+
+class FloatLMState:
+    """`batch` streams of a folded float `LanguageModel`, stepped together as the reference
+    computes them (a key/value cache instead of its recomputed past): the float baseline of
+    the integer model's tests and of scripts/lm_size.py."""
+
+    def __init__(self, lm: LanguageModel, n_q: int, batch: int = 1):
+        if n_q > lm.used:
+            raise ValueError(f"this LM serves {lm.used} codebooks, not {n_q}")
+        self.lm, self.n_q, self.batch = lm, n_q, batch
+        self.offset = 0
+        self.prev = torch.zeros(batch, n_q, dtype=torch.long)
+        self._codebooks = torch.arange(n_q)
+        self._positions, self._position_block = torch.zeros(0, DIM), -1
+        capacity = 2 * (lm.past_context + 1)
+        # per layer: keys and values, [2, batch, heads, capacity, head dim]
+        self.kv = [torch.zeros(2, batch, HEADS, capacity, DIM // HEADS) for _ in lm.layers]
+        zero = torch.zeros(batch, DIM)  # the reference starts its past with one all-zero input
+        for kv, weights in zip(self.kv, lm.layers):
+            self._qkv(zero, kv, 0, weights)
+        self.window = Window(lm.past_context, capacity)
+
+    def position(self, offset: int) -> torch.Tensor:
+        """The reference's sinusoidal embedding of one position, from a table of one block."""
+        block = offset // POSITION_BLOCK
+        if block != self._position_block:
+            half = DIM // 2
+            adim = torch.arange(half).view(1, 1, -1)
+            steps = torch.arange(block * POSITION_BLOCK, (block + 1) * POSITION_BLOCK).view(1, -1, 1)
+            phase = steps / (MAX_PERIOD ** (adim / (half - 1)))
+            self._positions = torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)[0]
+            self._position_block = block
+        i = offset - block * POSITION_BLOCK
+        return self._positions[i:i + 1]
+
+    def _qkv(self, x: torch.Tensor, kv: torch.Tensor, pos: int, weights) -> torch.Tensor:
+        """Store the keys and values of `x` at `pos`; return its queries [batch, heads, 1, head dim]."""
+        qkv = F.linear(x, weights[0], weights[1]).view(self.batch, 3, HEADS, DIM // HEADS)
+        kv.select(3, pos).copy_(qkv[:, 1:].transpose(0, 1))
+        return qkv[:, 0, :, None]
+
+    def _move(self, start: int, stop: int) -> None:
+        for kv in self.kv:
+            kv[:, :, :, :stop - start] = kv[:, :, :, start:stop].clone()
+
+    @torch.inference_mode()
+    def step(self) -> torch.Tensor:
+        """Probabilities [batch, n_q, 1024] of the next frame's codes."""
+        lm = self.lm
+        x = lm.emb_table[self._codebooks, self.prev].sum(1)
+        x = F.layer_norm(x, (DIM,), *lm.norm_in)
+        x = x + self.position(self.offset)
+        pos = self.window.slot(self._move)
+        for kv, weights in zip(self.kv, lm.layers):
+            _, _, w_out, b_out, w_n1, b_n1, w_1, b_1, w_2, b_2, w_n2, b_n2 = weights
+            q = self._qkv(x, kv, pos, weights)
+            past = kv[:, :, :, self.window.start:pos + 1]
+            att = F.scaled_dot_product_attention(q, past[0], past[1])
+            att = F.linear(att.reshape(self.batch, DIM), w_out, b_out)
+            x = F.layer_norm(x + att, (DIM,), w_n1, b_n1)
+            ff = F.linear(F.gelu(F.linear(x, w_1, b_1)), w_2, b_2)
+            x = F.layer_norm(x + ff, (DIM,), w_n2, b_n2)
+        self.window.advance()
+        logits = torch.baddbmm(lm.head_b[:self.n_q], x.expand(self.n_q, self.batch, DIM),
+                               lm.head_w[:self.n_q])
+        self.offset += 1
+        return torch.softmax(logits, dim=-1).transpose(0, 1)
+
+    def push(self, codes: torch.Tensor) -> None:
+        """Feed the codes [batch, n_q] of the frame just coded."""
+        self.prev = codes.long().view(self.batch, self.n_q) + 1

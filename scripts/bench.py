@@ -118,9 +118,11 @@ def model_flops(name: str) -> dict:
 
 def breakdown(name: str, wav: Path, weights: Path) -> dict:
     """ecdc's time by stage, in process (the same calls the CLI makes)."""
+    from encodec_cli.audio import blocks as B
     from encodec_cli.audio import files as A
     from encodec_cli.codec import streaming as C
     from encodec_cli.formats import v1 as F
+    from encodec_cli.formats.records import Header
 
     torch.set_num_threads(1)
     codec = C.load_codec(name, weights)
@@ -132,7 +134,7 @@ def breakdown(name: str, wav: Path, weights: Path) -> dict:
 
     t0 = clock()
     src = A.open_source(str(wav))
-    blocks = [b.T for b in A.converted(src.blocks(), src.sample_rate, spec.sample_rate, spec.channels)]
+    blocks = [b.T for b in B.converted(src.blocks(), src.sample_rate, spec.sample_rate, spec.channels)]
     t["read+resample"] += clock() - t0
 
     def timed(fn, key):
@@ -158,8 +160,9 @@ def breakdown(name: str, wav: Path, weights: Path) -> dict:
     t0 = clock()
     import io
     buf = io.BytesIO()
-    h = F.Header(spec.name, "raw", n_q, 6.0, spec.sample_rate, spec.channels, spec.sample_rate,
-                 spec.channels, None, None, codec.fingerprint)
+    h = Header(model=spec.name, coder="raw", n_codebooks=n_q, bandwidth=6.0, sample_rate=spec.sample_rate,
+               channels=spec.channels, source_sample_rate=spec.sample_rate, source_channels=spec.channels,
+               num_samples=None, source_num_samples=None, weights_fingerprint=codec.fingerprint)
     w = F.Writer(buf, h)
     for p in packets:
         w.write_packet([(len(p.codes), p.scale)], F.pack_codes(p.codes))
@@ -167,7 +170,7 @@ def breakdown(name: str, wav: Path, weights: Path) -> dict:
     t["coder+container"] += clock() - t0
 
     t0 = clock()
-    decoded = [C.CodePacket(p.codes, p.segments[0][1]) for p in F.Reader(io.BytesIO(buf.getvalue()))]
+    decoded = [C.CodePacket(p.codes, p.segments[0][1]) for p in F.Reader.open(io.BytesIO(buf.getvalue()))]
     t["container+coder (dec)"] += clock() - t0
     restore = [patch(model.decoder, ("step", "forward_many"), "decoder"),
                patch(model.quantizer, ("decode",), "dequantize")]
@@ -255,10 +258,11 @@ def jobs_bench(work: Path, w: Path) -> None:
 
 def lm_bench(a, work: Path, weights: dict) -> None:
     """--lm: coder 3 against raw mode (the same ecdc) and against the reference's --lm; sizes."""
+    from encodec_cli.api import CompressOptions, compress_file
     from encodec_cli.codec import streaming as C
-    from encodec_cli.formats import v1 as F
-    from encodec_cli.api import CompressOptions, _grouped, compress_file
     from encodec_cli.entropy.lmcoder import LMEncoder, load_lm
+    from encodec_cli.formats import v1 as F
+    from encodec_cli.formats.records import packetize
 
     refenv = {"PYTHONPATH": str(SHARED / "reference" / "refshim")}
     have_ref = Path(a.ref_python).exists()
@@ -270,10 +274,8 @@ def lm_bench(a, work: Path, weights: dict) -> None:
         # random LM weights predict nothing, so ecdc would store most packets raw, and a raw
         # packet costs the decoder no LM work; decompression is timed on a file fully LM coded
         lm_only = work / f"lm_only_{flag}.ecdc"
-        LMEncoder.fallback = False
-        compress_file(str(wav), str(lm_only), CompressOptions(model=name, weights=w, lm=True, lm_weights=lw),
-                      force=True)
-        LMEncoder.fallback = True
+        compress_file(str(wav), str(lm_only), CompressOptions(model=name, weights=w, lm=True, lm_weights=lw,
+                                                              raw_fallback=False), force=True)
         runs = {
             "raw_c": (ecdc_cmd("compress", wav, "-o", work / "raw.ecdc", "-f", "-q", "--model", flag,
                                "--raw", "--weights", w), None),
@@ -305,7 +307,8 @@ def lm_bench(a, work: Path, weights: dict) -> None:
         codec = C.load_codec(name, w)
         n_q = codec.spec.codebooks_for(6.0)
         x = sf.read(wav, dtype="float32", always_2d=True)[0].T.copy()
-        grouped = list(_grouped(C.encode(codec, [x], n_q), codec.spec))
+        grouped = list(packetize(((p.codes, p.scale) for p in C.encode(codec, [x], n_q)), codec.spec.causal,
+                                 codec.spec.frame_rate))
         lm, fp = load_lm(name, lw, n_q)
         pure = sum(len(p) for p in LMEncoder(lm, fp, codec.spec, n_q).encode_lm(grouped))
         with_fallback = sum(len(p) for p, _ in LMEncoder(lm, fp, codec.spec, n_q).encode_many(grouped))

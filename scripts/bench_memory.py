@@ -7,9 +7,10 @@ random official-architecture weights, then runs the installed `ecdc` on it.
 The requirement: peak RSS at most 500 MB for a two-hour 24 kHz file, both directions.
 With --lm, the language model codes the file. Random LM weights predict nothing, so ecdc
 would store most packets raw, and a raw packet costs the decoder no LM work: the compressor
-runs here with the raw fallback off (`LMEncoder.fallback = False`; the LM work of
-compressing is the same either way), so that every packet of the file it writes is range
-coded and the decompressor does the full LM work.
+runs here with the raw fallback off (`CompressOptions(raw_fallback=False)`, through the API
+in a process of its own, one thread as the command runs; the LM work of compressing is the
+same either way), so that every packet of the file it writes is range coded and the
+decompressor does the full LM work.
 """
 from __future__ import annotations
 
@@ -40,8 +41,11 @@ def long_wav(path: Path, hours: float, model: str) -> None:
             done += n
 
 
-NO_FALLBACK = ("import sys; from encodec_cli.entropy.lmcoder import LMEncoder; LMEncoder.fallback = False; "
-               "from encodec_cli.cli import main; sys.argv[0] = 'ecdc'; main()")
+# compress IN OUT MODEL WEIGHTS LM_WEIGHTS, every packet range coded
+LM_ONLY = ("import sys; from pathlib import Path; from encodec_cli.api import CompressOptions, compress_file; "
+           "compress_file(sys.argv[1], sys.argv[2], CompressOptions(model='encodec_' + sys.argv[3], "
+           "weights=Path(sys.argv[4]), lm_weights=Path(sys.argv[5]), raw_fallback=False, download_bars=False), "
+           "force=True)")
 
 
 def measured(cmd: list) -> tuple:
@@ -70,9 +74,12 @@ def main() -> None:
         long_wav(wav, a.hours, a.model)
     seconds = sf.info(wav).duration
     ecdc = [sys.executable, "-m", "encodec_cli"]
-    compress = ecdc if not a.lm else [sys.executable, "-c", NO_FALLBACK]
-    t1, m1 = measured(compress + ["compress", str(wav), "-o", str(a.workdir / "long.ecdc"), "-f",
-                              "--model", a.model, "--weights", str(weights), "-q", *lm])
+    if a.lm:
+        t1, m1 = measured(["env", "OMP_NUM_THREADS=1", "MKL_NUM_THREADS=1", sys.executable, "-c", LM_ONLY,
+                           str(wav), str(a.workdir / "long.ecdc"), a.model, str(weights), lm[2]])
+    else:
+        t1, m1 = measured(ecdc + ["compress", str(wav), "-o", str(a.workdir / "long.ecdc"), "-f",
+                                  "--model", a.model, "--weights", str(weights), "-q", *lm])
     t2, m2 = measured(ecdc + ["decompress", str(a.workdir / "long.ecdc"), "-o",
                               str(a.workdir / "long_out.wav"), "-f", "--weights", str(weights), "-q",
                               *lm[1:]])  # decompress takes --lm-weights, not --lm/--raw

@@ -29,10 +29,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=180.0)
     a = p.parse_args()
     from encodec_cli import api
-    from encodec_cli.entropy import lmcoder
     from encodec_cli.testing import write_checkpoints
-
-    lmcoder.LMEncoder.fallback = False
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -43,9 +40,9 @@ def main() -> None:
             weights = ["--weights", paths[model], "--lm-weights", paths[model.replace("encodec_", "encodec_lm_")]]
             for coder in ("--lm", "--raw"):
                 ecdc = tmp / f"{model}{coder}.ecdc"
-                opts = api.CompressOptions(6.0, model, paths[model], coder == "--lm",
-                                           paths[model.replace("encodec_", "encodec_lm_")] if coder == "--lm"
-                                           else None, progress=False)
+                opts = api.CompressOptions(model=model, weights=paths[model], lm=coder == "--lm",
+                                           lm_weights=paths[model.replace("encodec_", "encodec_lm_")]
+                                           if coder == "--lm" else None, raw_fallback=False, download_bars=False)
                 api.compress_file(str(wav), str(ecdc), opts, force=True)
                 start = f"{a.seconds - 10:g}"
                 full, part = [], []

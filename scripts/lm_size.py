@@ -23,11 +23,11 @@ import time
 import numpy as np
 import torch
 
-from encodec_cli.entropy.intlm import IntLM
 from encodec_cli.codec.lm import build_lm
+from encodec_cli.entropy.intlm import IntLM
 from encodec_cli.entropy.lmcoder import LMEncoder
-from encodec_cli.testing import lm_state
 from encodec_cli.specs import SPECS
+from encodec_cli.testing import FloatLMState, lm_state
 
 PACKET_FRAMES = {"encodec_24khz": 600, "encodec_48khz": 150}  # 8 s packets; 1 s segments
 TARGET_BITS = 6.5
@@ -52,7 +52,7 @@ def sample(lm, k: int, frames: int, streams: int, unit: int, rng) -> tuple:
     state = None
     for t in range(frames):
         if t % unit == 0:
-            state = lm.start(k, streams)
+            state = FloatLMState(lm, k, streams)
         p = state.step().double().numpy()                       # [streams, k, 1024]
         cdf = p.cumsum(-1)
         u = rng.random((streams, k, 1)) * cdf[..., -1:]
@@ -69,7 +69,7 @@ def ideal_bits(lm, codes: np.ndarray, unit: int) -> float:
     bits, state = 0.0, None
     for t in range(frames):
         if t % unit == 0:
-            state = lm.start(k, streams)
+            state = FloatLMState(lm, k, streams)
             state.offset = t
         p = state.step().double().numpy()
         bits -= np.log2(np.take_along_axis(p, codes[:, t, :, None], -1)).sum()
@@ -78,7 +78,7 @@ def ideal_bits(lm, codes: np.ndarray, unit: int) -> float:
 
 
 def entropy(lm, k: int, frames: int = 60) -> float:
-    state, h = lm.start(k, 4), []
+    state, h = FloatLMState(lm, k, 4), []
     rng = np.random.default_rng(0)
     for _ in range(frames):
         p = state.step().double().numpy()

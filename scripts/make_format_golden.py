@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from encodec_cli.formats import v1 as F
-from encodec_cli.entropy.lmcoder import LMEncoder
 from encodec_cli.codec.models import SPECS
+from encodec_cli.entropy.lmcoder import LMEncoder
+from encodec_cli.formats import v1 as F
+from encodec_cli.formats.records import End, Header
 from encodec_cli.testing import likely_codes, random_int_lm
 
 random_lm = random_int_lm
@@ -31,13 +32,14 @@ LM_FP = bytes.fromhex("fedcba9876543210")
 
 
 def header(model: str, coder: str, k: int, bw: float, src_rate: int, src_ch: int,
-           n=None, src_n=None) -> F.Header:
+           n=None, src_n=None) -> Header:
     spec = SPECS[model]
-    return F.Header(model, coder, k, bw, spec.sample_rate, spec.channels, src_rate, src_ch,
-                    n, src_n, FP, LM_FP if coder == "lm" else bytes(8))
+    return Header(model=model, coder=coder, n_codebooks=k, bandwidth=bw, sample_rate=spec.sample_rate,
+                  channels=spec.channels, source_sample_rate=src_rate, source_channels=src_ch, num_samples=n,
+                  source_num_samples=src_n, weights_fingerprint=FP, lm_fingerprint=LM_FP if coder == "lm" else bytes(8))
 
 
-def save(name: str, data: bytes, h: F.Header, packets: list, end: F.End) -> None:
+def save(name: str, data: bytes, h: Header, packets: list, end: End) -> None:
     (OUT / f"{name}.ecdc").write_bytes(data)
     doc = {
         "header": {"model": h.model, "coder": h.coder, "codebooks": h.n_codebooks,

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from encodec_cli.audio import blocks as B
 from encodec_cli.audio import files as A
+from encodec_cli.audio import pipes
 from encodec_cli.errors import AudioError
 
 from .conftest import tone
@@ -20,7 +22,7 @@ def test_wav_pipe_reader_matches_libsndfile(tmp_path, subtype, channels):
     sf.write(path, tone(0.3, 8000, channels), 8000, subtype=subtype)
     expected, _ = sf.read(path, dtype="float32", always_2d=True)
     data = path.read_bytes()
-    src = A.WavPipeSource(io.BytesIO(data[4:]), data[:4])
+    src = pipes.WavPipeSource(io.BytesIO(data[4:]), data[:4])
     assert (src.sample_rate, src.channels, src.frames) == (8000, channels, len(expected))
     got = np.concatenate(list(src.blocks()))
     np.testing.assert_allclose(got, expected, atol=1e-7)
@@ -28,11 +30,11 @@ def test_wav_pipe_reader_matches_libsndfile(tmp_path, subtype, channels):
 
 def test_wav_pipe_reader_streams_unknown_length():
     buf = io.BytesIO()
-    sink = A.WavPipeSink(buf, 16000, 2, "16")
+    sink = pipes.WavPipeSink(buf, 16000, 2, "16")
     x = tone(0.5, 16000, 2)
     sink.write(x)
     data = buf.getvalue() + b"\x01"  # a dangling byte of a partial frame is ignored
-    src = A.WavPipeSource(io.BytesIO(data[4:]), data[:4])
+    src = pipes.WavPipeSource(io.BytesIO(data[4:]), data[:4])
     assert src.frames is None
     got = np.concatenate(list(src.blocks()))
     np.testing.assert_allclose(got, np.floor(x * 32768) / 32768, atol=1e-7)
@@ -40,13 +42,13 @@ def test_wav_pipe_reader_streams_unknown_length():
 
 def test_wav_pipe_reader_rejects_other_streams():
     with pytest.raises(AudioError, match="not a WAV stream"):
-        A.WavPipeSource(io.BytesIO(b"xxxxWAVX"), b"RIFF")
+        pipes.WavPipeSource(io.BytesIO(b"xxxxWAVX"), b"RIFF")
 
 
 @pytest.mark.parametrize("bits", ["16", "24", "float"])
 def test_wav_pipe_writer_is_read_by_libsndfile(tmp_path, bits):
     buf = io.BytesIO()
-    sink = A.WavPipeSink(buf, 22050, 2, bits)
+    sink = pipes.WavPipeSink(buf, 22050, 2, bits)
     x = tone(0.2, 22050, 2)
     sink.write(x[:1000])
     sink.write(x[1000:])
@@ -58,28 +60,28 @@ def test_wav_pipe_writer_is_read_by_libsndfile(tmp_path, bits):
 
 def test_channel_mapping():
     x = np.array([[1.0, 0.0, 0.5, 0.5]], np.float32)
-    np.testing.assert_allclose(A.to_channels(x, 1), [[0.5]])
-    np.testing.assert_allclose(A.to_channels(x, 2), [[0.5, 0.5]])
-    np.testing.assert_allclose(A.to_channels(x[:, :1], 2), [[1.0, 1.0]])
-    np.testing.assert_allclose(A.to_channels(x[:, :2], 2), [[1.0, 0.0]])
+    np.testing.assert_allclose(B.to_channels(x, 1), [[0.5]])
+    np.testing.assert_allclose(B.to_channels(x, 2), [[0.5, 0.5]])
+    np.testing.assert_allclose(B.to_channels(x[:, :1], 2), [[1.0, 1.0]])
+    np.testing.assert_allclose(B.to_channels(x[:, :2], 2), [[1.0, 0.0]])
 
 
 def test_fit_length_trims_and_pads_with_late_total():
     blocks = [np.ones((100, 2), np.float32)] * 3
     known = {}
-    gen = A.fit_length(iter(blocks), lambda: known.get("n"), 50, 2)
+    gen = B.fit_length(iter(blocks), lambda: known.get("n"), 50, 2)
     first = next(gen)
     assert len(first) == 50  # the rest held back while the length is unknown
     known["n"] = 280
     assert sum(len(b) for b in gen) + len(first) == 280
-    padded = np.concatenate(list(A.fit_length(iter(blocks), lambda: 330, 50, 2)))
+    padded = np.concatenate(list(B.fit_length(iter(blocks), lambda: 330, 50, 2)))
     assert len(padded) == 330 and padded[300:].sum() == 0
 
 
 def test_resampler_stream_equals_one_shot():
     x = tone(1.0, 44100)
-    whole = np.concatenate(list(A.converted([x], 44100, 24000, 1)))
-    parts = np.concatenate(list(A.converted([x[i:i + 999] for i in range(0, len(x), 999)],
+    whole = np.concatenate(list(B.converted([x], 44100, 24000, 1)))
+    parts = np.concatenate(list(B.converted([x[i:i + 999] for i in range(0, len(x), 999)],
                                             44100, 24000, 1)))
     assert abs(len(whole) - 24000) <= 1 and whole.shape == parts.shape
     np.testing.assert_allclose(whole, parts, atol=1e-5)
@@ -90,7 +92,7 @@ def test_g711_wav_on_stdin_reads_as_from_a_path(tmp_path, subtype):
     x = tone(0.3, 8000, 2)
     sf.write(tmp_path / "g.wav", x, 8000, subtype=subtype)
     data = (tmp_path / "g.wav").read_bytes()
-    piped = A.WavPipeSource(io.BytesIO(data[4:]), data[:4])
+    piped = pipes.WavPipeSource(io.BytesIO(data[4:]), data[:4])
     from_path = A.FileSource(str(tmp_path / "g.wav"))
     np.testing.assert_array_equal(np.concatenate(list(piped.blocks())), np.concatenate(list(from_path.blocks())))
     from_path.close()

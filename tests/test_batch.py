@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from encodec_cli.jobs import task as batch
+from encodec_cli import batch  # the public path (README)
 from encodec_cli.cli import main
 
 from .conftest import write_audio

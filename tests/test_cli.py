@@ -16,14 +16,17 @@ import torch
 from click.testing import CliRunner
 
 from encodec_cli.audio import files as A
-from encodec_cli.codec import streaming as C
-from encodec_cli.formats import v1 as F
-from encodec_cli.entropy import lmcoder
+from encodec_cli.audio import pipes
 from encodec_cli.cli import main
-from encodec_cli.entropy.lmcoder import LMEncoder, load_lm
+from encodec_cli.codec import streaming as C
 from encodec_cli.codec.models import SPECS
-from encodec_cli.testing import likely_codes, model_state
 from encodec_cli.codec.weights import REGISTRY
+from encodec_cli.entropy import lmcoder
+from encodec_cli.entropy.lmcoder import LMEncoder, load_lm
+from encodec_cli.formats import v1 as F
+from encodec_cli.formats.reader import describe
+from encodec_cli.formats.records import Header
+from encodec_cli.testing import likely_codes, model_state
 
 from .conftest import tone, write_audio
 
@@ -54,14 +57,14 @@ def weights_for(model, checkpoints):
 def read_codes(path: Path) -> np.ndarray:
     """The codes of a file; an LM-coded one is decoded with the random LM of the session."""
     with open(path, "rb") as f:
-        reader = F.Reader(f)
+        reader = F.Reader.open(f)
         packets = list(reader)
     h = reader.header
     if h.coder == "raw":
         return np.concatenate([p.codes for p in packets])
     folder = Path(random_checkpoints["encodec_24khz"]).parent
     lm, _ = load_lm(h.model, folder / REGISTRY[h.model.replace("encodec_", "encodec_lm_")].filename,
-                    h.n_codebooks, progress=False)
+                    h.n_codebooks, download_bars=False)
     return np.concatenate(lmcoder.LMDecoder(lm, SPECS[h.model], h.n_codebooks).decode_many(packets))
 
 
@@ -133,7 +136,7 @@ def test_odd_inputs_restore_rate_channels_length(tmp_path, checkpoints, case, mo
     native = sf.info(tmp_path / "native.wav")
     assert (native.samplerate, native.channels) == (spec.sample_rate, spec.channels)
     with open(tmp_path / "x.ecdc", "rb") as f:
-        h, end, _ = F.describe(f)
+        h, end, _ = describe(f)
     assert native.frames == end.num_samples == h.num_samples
 
 
@@ -210,7 +213,9 @@ def lm_coded_file(path: Path, checkpoints) -> np.ndarray:
     lm, lm_fp = load_lm("encodec_24khz", lw, 4)
     codes = likely_codes(lm, 4, 80)
     spec = SPECS["encodec_24khz"]
-    h = F.Header(spec.name, "lm", 4, 3.0, 24000, 1, 24000, 1, None, None, codec.fingerprint, lm_fp)
+    h = Header(model=spec.name, coder="lm", n_codebooks=4, bandwidth=3.0, sample_rate=24000, channels=1,
+               source_sample_rate=24000, source_channels=1, num_samples=None, source_num_samples=None,
+               weights_fingerprint=codec.fingerprint, lm_fingerprint=lm_fp)
     with open(path, "wb") as f:
         writer = F.Writer(f, h)
         enc = LMEncoder(lm, lm_fp, spec, 4)
@@ -238,7 +243,7 @@ def test_damaged_lm_words_give_one_line_error(tmp_path, checkpoints):
     """A packet whose range coder words were altered (record CRC made to match again)."""
     lm_coded_file(tmp_path / "x.ecdc", checkpoints)
     data = bytearray((tmp_path / "x.ecdc").read_bytes())
-    reader = F.Reader(io.BytesIO(bytes(data)))
+    reader = F.Reader.open(io.BytesIO(bytes(data)))
     packet = next(iter(reader))
     head = 5 + 2 + 6 * len(packet.segments)          # record head, packet head, segment table
     at = packet.offset + head + 4 + 2                   # inside the first range coder word
@@ -393,7 +398,7 @@ def test_clipping_is_counted_and_saturates(tmp_path):
     data, _ = sf.read(tmp_path / "c.wav", dtype="int16")
     assert data.tolist() == [32767, -32768, 16384]
     buf = io.BytesIO()
-    pipe = A.WavPipeSink(buf, 8000, 1, "16")
+    pipe = pipes.WavPipeSink(buf, 8000, 1, "16")
     pipe.write(np.array([[1.5], [-2.0]], np.float32))
     assert pipe.clipped == 2 and buf.getvalue()[-4:] == np.array([32767, -32768], "<i2").tobytes()
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encodec_cli.entropy.intlm import exp_table, gelu_table, positions
 from encodec_cli.codec.lm import build_lm
+from encodec_cli.entropy.intlm import exp_table, gelu_table, positions
 from encodec_cli.testing import lm_state
 
 GOLDEN = Path(__file__).resolve().parents[1] / "formats" / "golden" / "coder3_frequencies.json"

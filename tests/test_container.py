@@ -12,19 +12,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from encodec_cli.formats import v1 as F
 from encodec_cli.errors import CorruptError, EcdcError, FormatError, TruncatedError
+from encodec_cli.formats import v1 as F
+from encodec_cli.formats.records import Header
 
 GOLDEN = Path(__file__).resolve().parents[1] / "formats" / "golden"
 FP = bytes.fromhex("0123456789abcdef")
 
 
-def header(**kw) -> F.Header:
+def header(**kw) -> Header:
     fields = dict(model="encodec_24khz", coder="raw", n_codebooks=8, bandwidth=6.0,
                   sample_rate=24000, channels=1, source_sample_rate=44100, source_channels=2,
                   num_samples=None, source_num_samples=None, weights_fingerprint=FP)
     fields.update(kw)
-    return F.Header(**fields)
+    return Header(**fields)
 
 
 def small_file(seekable: bool = True) -> bytes:
@@ -42,7 +43,7 @@ def small_file(seekable: bool = True) -> bytes:
 
 
 def read_all(data: bytes):
-    reader = F.Reader(io.BytesIO(data))
+    reader = F.Reader.open(io.BytesIO(data))
     packets = list(reader)
     return reader, packets
 
@@ -62,7 +63,7 @@ def test_pack_round_trip(frames, k, seed):
 
 
 def test_header_exact_bytes():
-    data = header(num_samples=480000, source_num_samples=882000).to_bytes()
+    data = F.header_bytes(header(num_samples=480000, source_num_samples=882000))
     assert data[:8] == b"\x89ECDC\r\n\x1a" and data[8] == 1
     assert struct.unpack(">H", data[9:11])[0] == 50 and len(data) == 11 + 50 + 4
     assert data[11:14] == bytes([1, 0, 8])
@@ -146,7 +147,7 @@ def test_coder_3_is_the_lm_coder():
     data = bytearray(small_file())
     data[12] = 3
     data[61:65] = struct.pack(">I", zlib.crc32(bytes(data[:61])))
-    assert F.Reader(io.BytesIO(bytes(data))).header.coder == "lm"
+    assert F.Reader.open(io.BytesIO(bytes(data))).header.coder == "lm"
 
 
 def test_every_truncation_is_reported():
@@ -219,7 +220,7 @@ def test_mutated_files_parse_or_raise_our_error(pos, junk):
 def test_a_damaged_record_is_named_by_one_offset():
     """Truncated inside a record, or failing its CRC: the same record, the same byte offset."""
     data = small_file()
-    reader = F.Reader(io.BytesIO(data))
+    reader = F.Reader.open(io.BytesIO(data))
     offsets = [p.offset for p in reader]
     second = offsets[1]
     messages = []

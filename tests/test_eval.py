@@ -12,10 +12,10 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from encodec_cli.evaluation import report as E
+from encodec_cli.cli import main
 from encodec_cli.evaluation import metrics as M
 from encodec_cli.evaluation import opus as O
-from encodec_cli.cli import main
+from encodec_cli.evaluation import report as E
 from encodec_cli.formats.v1 import MAGIC
 
 from .conftest import tone, write_audio
@@ -262,7 +262,8 @@ def test_eval_plot_is_an_image_of_the_expected_size(tmp_path, w24):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     image = imread(png)
     n = 3 + (2 if O.find_opus() else 0)        # the input, ecdc's lowest and highest, Opus's
-    report = E.Report("in.wav", 24000, 1, 2.0, "encodec_24khz", "raw", None, [], [None] * n, [])
+    report = E.Report(source="in.wav", sample_rate=24000, channels=1, duration=2.0, model="encodec_24khz",
+                      coder="raw", opus=None, rows=[], spectrograms=[None] * n, notes=[])
     assert image.shape[:2] == plot.size_px(report)[::-1] == (int(100 * (4.8 + 1.8 * n)), 1200)
     assert image[..., :3].std() > 0.1                     # something is drawn
     assert not list(tmp_path.glob(".out.png.*"))          # no temporary left
@@ -324,8 +325,8 @@ def test_eval_48khz_lm_rows_match_what_the_files_decode_to(tmp_path, checkpoints
     from encodec_cli.api import DecompressOptions, decompress
 
     src = write_audio(tmp_path / "music.wav", 1.5, 48000, channels=2)
-    opts = E.EvalOptions("encodec_48khz", (3.0, 12.0), True, checkpoints["encodec_48khz"],
-                         checkpoints["encodec_lm_48khz"], opus=False, keep=tmp_path / "k")
+    opts = E.EvalOptions(model="encodec_48khz", bandwidths=(3.0, 12.0), lm=True, weights=checkpoints["encodec_48khz"],
+                         lm_weights=checkpoints["encodec_lm_48khz"], opus=False, keep=tmp_path / "k")
     report = E.evaluate(str(src), opts)
     assert [(r.codec, r.bandwidth) for r in report.rows] == [("ecdc", 3.0), ("ecdc", 12.0)]
     assert report.coder == "lm" and [s.label.split(" (")[0] for s in report.spectrograms] == [
@@ -334,7 +335,8 @@ def test_eval_48khz_lm_rows_match_what_the_files_decode_to(tmp_path, checkpoints
     for r in report.rows:
         data = (tmp_path / "k" / f"music-ecdc-{r.bandwidth:g}kbps.ecdc").read_bytes()
         assert r.bytes == len(data) and r.kbps == pytest.approx(len(data) * 8 / 1.5 / 1000)
-        y, rate = decompress(data, DecompressOptions(checkpoints["encodec_48khz"], checkpoints["encodec_lm_48khz"]))
+        y, rate = decompress(data, DecompressOptions(weights=checkpoints["encodec_48khz"],
+                                                     lm_weights=checkpoints["encodec_lm_48khz"]))
         assert rate == 48000 and y.shape == x.shape
         # (eval decoded with one torch thread, this test with torch's default: the last bits differ)
         assert r.si_snr == pytest.approx(M.si_snr(x, y), abs=1e-3)

@@ -18,15 +18,16 @@ import numpy as np
 import pytest
 import torch
 
-from encodec_cli.formats import v1 as F
-from encodec_cli.entropy import intlm
 from encodec_cli import testing as random_weights
-from encodec_cli.errors import CorruptError
-from encodec_cli.codec.lm import DIM, MAX_PERIOD, POSITION_BLOCK, build_lm
-from encodec_cli.entropy.lmcoder import LMDecoder, LMEncoder, load_lm
+from encodec_cli.codec.lm import DIM, MAX_PERIOD, build_lm
 from encodec_cli.codec.models import SPECS
-from encodec_cli.testing import likely_codes
 from encodec_cli.codec.weights import REGISTRY
+from encodec_cli.entropy import intlm
+from encodec_cli.entropy.lmcoder import LMDecoder, LMEncoder, load_lm
+from encodec_cli.errors import CorruptError
+from encodec_cli.formats import v1 as F
+from encodec_cli.formats.records import Header, Packet
+from encodec_cli.testing import POSITION_BLOCK, FloatLMState, likely_codes
 
 from .conftest import GOLDEN
 from .test_models import manifest
@@ -52,7 +53,7 @@ def test_lm_state_dict_matches_official_manifest(name):
 def test_lm_probabilities_match_reference(name):
     gold = np.load(GOLDEN / f"lm_{name}.npz")
     codes, steps = gold["codes"], gold["steps"].tolist()
-    state = random_lm(name).start(codes.shape[1])
+    state = FloatLMState(random_lm(name), codes.shape[1])
     got = []
     for t in range(len(codes)):
         p = state.step()[0]
@@ -65,7 +66,7 @@ def test_lm_probabilities_match_reference(name):
 
 def test_positions_are_exact_and_memory_stays_flat():
     """Hours into a stream, the position table is still one block (it once grew with the stream)."""
-    lm = random_lm("encodec_24khz")
+    lm = FloatLMState(random_lm("encodec_24khz"), 8)
     half = DIM // 2
     scale = MAX_PERIOD ** (torch.arange(half) / (half - 1))
     for offset in (0, POSITION_BLOCK - 1, POSITION_BLOCK, 540_000):  # 540,000 frames: 2 hours
@@ -101,7 +102,7 @@ def test_integer_lm_follows_the_float_lm(name):
     """Same network: the KL divergence from the float LM's probabilities is tiny."""
     flm, ilm = random_lm(name), int_lm(name)
     codes = likely_codes(ilm, 8, 60)
-    fs, st = flm.start(8), ilm.start(8, 1, 60)
+    fs, st = FloatLMState(flm, 8), ilm.start(8, 1, 60)
     kl = []
     for t in range(60):
         p = fs.step()[0].double().numpy()
@@ -148,7 +149,7 @@ def code_packets(encoder, parts, segments=None):
     for i, ((payload, flags), part, seg) in enumerate(zip(encoder.encode_many(list(zip(parts, segs))),
                                                           parts, segs)):
         codes = part if flags else np.empty((len(part), 0), np.uint16)
-        packets.append(F.Packet(codes, seg, flags, payload, start=start, index=i + 1))
+        packets.append(Packet(codes=codes, segments=seg, flags=flags, payload=payload, start=start, index=i + 1))
         start += len(part)
     return packets
 
@@ -228,7 +229,7 @@ def test_48khz_segments_are_streams_in_lockstep():
 @pytest.mark.parametrize("name", ["v1_lm_24khz", "v1_lm_48khz"])
 def test_golden_lm_file_decodes(name):
     doc = json.loads((FORMATS / f"{name}.codes.json").read_text())
-    reader = F.Reader(io.BytesIO((FORMATS / f"{name}.ecdc").read_bytes()))
+    reader = F.Reader.open(io.BytesIO((FORMATS / f"{name}.ecdc").read_bytes()))
     model = reader.header.model
     dec = LMDecoder(int_lm(model), SPECS[model], reader.header.n_codebooks)
     packets = list(reader)
@@ -240,7 +241,7 @@ def test_golden_lm_file_decodes(name):
 @pytest.mark.parametrize("name", ["v1_lm_24khz", "v1_lm_48khz"])
 def test_range_coder_bytes_are_stable(name):
     """An upgrade of constriction, numpy or torch that changes the bitstream is caught here."""
-    reader = F.Reader(io.BytesIO((FORMATS / f"{name}.ecdc").read_bytes()))
+    reader = F.Reader.open(io.BytesIO((FORMATS / f"{name}.ecdc").read_bytes()))
     doc = json.loads((FORMATS / f"{name}.codes.json").read_text())
     model, k = reader.header.model, reader.header.n_codebooks
     enc = LMEncoder(int_lm(model), bytes(8), SPECS[model], k)
@@ -276,6 +277,7 @@ KERNELS = {
 _DECODE = """
 import hashlib, io, json, sys, numpy as np, torch
 from encodec_cli.formats import v1 as F
+from encodec_cli.formats.records import Header, Packet
 from encodec_cli.entropy.lmcoder import LMDecoder, load_lm
 from encodec_cli.codec.models import SPECS
 out = {}
@@ -283,9 +285,9 @@ for path in sys.argv[1:]:
     data = open(path, "rb").read()
     for threads in (1, 2, 4):
         torch.set_num_threads(threads)
-        reader = F.Reader(io.BytesIO(data))
+        reader = F.Reader.open(io.BytesIO(data))
         model, k = reader.header.model, reader.header.n_codebooks
-        lm, _ = load_lm(model, path[:-len(".ecdc")] + ".th", k, progress=False)
+        lm, _ = load_lm(model, path[:-len(".ecdc")] + ".th", k, download_bars=False)
         dec = LMDecoder(lm, SPECS[model], k)
         codes = np.concatenate(dec.decode_many(list(reader)))
         out[f"{path}:{threads}"] = hashlib.sha256(codes.astype(">u2").tobytes()).hexdigest()
@@ -304,13 +306,14 @@ def portable_files(tmp_path_factory, checkpoints):
     for model, k, seg in (("encodec_24khz", 8, None), ("encodec_48khz", 8, (25, 25, 10))):
         weights = folder / f"{model}.th"
         shutil.copy(checkpoints[model.replace("encodec_", "encodec_lm_")], weights)
-        lm, spec = load_lm(model, weights, k, progress=False)[0], SPECS[model]
+        lm, spec = load_lm(model, weights, k, download_bars=False)[0], SPECS[model]
         parts = [likely_codes(lm, k, n, first=[n] * k) for n in (40, 25)]
         segments = [[(40, 1.0)], [(25, 1.0)]] if seg is None else [[(20, 1.0), (20, 0.5)], [(25, 1.0)]]
         packets = code_packets(LMEncoder(lm, bytes(8), spec, k), parts, segments)
         assert all(p.flags == 0 for p in packets)
-        h = F.Header(model, "lm", k, 6.0, spec.sample_rate, spec.channels, spec.sample_rate,
-                     spec.channels, None, None, bytes(8), bytes(8))
+        h = Header(model=model, coder="lm", n_codebooks=k, bandwidth=6.0, sample_rate=spec.sample_rate,
+                   channels=spec.channels, source_sample_rate=spec.sample_rate, source_channels=spec.channels,
+                   num_samples=None, source_num_samples=None, weights_fingerprint=bytes(8))
         buf = io.BytesIO()
         writer = F.Writer(buf, h)
         for p in packets:

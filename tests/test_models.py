@@ -7,9 +7,9 @@ import soundfile as sf
 import torch
 
 from encodec_cli.codec import streaming as C
-from encodec_cli.errors import WeightsError
 from encodec_cli.codec.models import SPECS, build_model
 from encodec_cli.codec.weights import REGISTRY, load_state_dict, load_strict
+from encodec_cli.errors import WeightsError
 
 from .conftest import GOLDEN, SHARED, shared_audio
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from encodec_cli.audio import files as A
+from encodec_cli.audio import pipes
 from encodec_cli.codec.weights import REGISTRY
 
 from .conftest import tone, write_audio
@@ -64,7 +64,7 @@ def test_flac_on_stdin_is_spooled(tmp_path, w24):
 def _wav_header(rate: int) -> bytes:
     import io
     buf = io.BytesIO()
-    A.WavPipeSink(buf, rate, 1, "16").close()  # the header alone (unknown length)
+    pipes.WavPipeSink(buf, rate, 1, "16").close()  # the header alone (unknown length)
     return buf.getvalue()
 
 

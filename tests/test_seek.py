@@ -12,11 +12,12 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from encodec_cli import api
+from encodec_cli.cli import main
 from encodec_cli.entropy import lmcoder
+from encodec_cli.errors import OptionError
 from encodec_cli.formats import seek
 from encodec_cli.formats import v1 as F
-from encodec_cli.cli import main
-from encodec_cli.errors import OptionError
+from encodec_cli.formats.records import Frames
 
 from .conftest import tone
 
@@ -40,14 +41,13 @@ def files(checkpoints):
                                            ("48k", "encodec_48khz", 48000, 2, False),
                                            ("48k_from_44k", "encodec_48khz", 44100, 2, False)]:
         lm_weights = checkpoints[model.replace("encodec_", "encodec_lm_")] if lm else None
-        lmcoder.LMEncoder.fallback = False  # every packet LM-coded (the random LM predicts badly)
-        try:
-            data = api.compress(tone(20.0, rate, channels, seed=3), rate,
-                                api.CompressOptions(6.0, model, checkpoints[model], lm, lm_weights, False))
-        finally:
-            lmcoder.LMEncoder.fallback = True
-        opts = api.DecompressOptions(checkpoints[model], checkpoints[model.replace("encodec_", "encodec_lm_")],
-                                     progress=False)
+        # raw_fallback=False: every packet LM-coded (the random LM predicts badly)
+        data = api.compress(tone(20.0, rate, channels, seed=3), rate,
+                            api.CompressOptions(bandwidth=6.0, model=model, weights=checkpoints[model], lm=lm,
+                                                lm_weights=lm_weights, raw_fallback=False, download_bars=False))
+        opts = api.DecompressOptions(weights=checkpoints[model],
+                                     lm_weights=checkpoints[model.replace("encodec_", "encodec_lm_")],
+                                     download_bars=False)
         out[name] = (data, opts, api.decompress(data, opts)[0])
     return out
 
@@ -85,7 +85,7 @@ def test_lm_runs_only_over_the_packets_of_the_range(files, monkeypatch):
 
     monkeypatch.setattr(lmcoder.LMDecoder, "_decode_lm", spy)
     with io.BytesIO(data) as f:
-        assert [p.start for p in F.Reader(f)] == [0, 600, 1200]  # packets of 8 s
+        assert [p.start for p in F.Reader.open(f)] == [0, 600, 1200]  # packets of 8 s
     api.decompress(data, dataclasses.replace(opts, start=18.0, end=19.0))
     assert decoded == [3]
     decoded.clear()
@@ -107,15 +107,13 @@ class CountingFile(io.BytesIO):
 def test_reader_skips_earlier_packets_without_reading_them(files):
     data, _, _ = files["48k"]
     f = CountingFile(data)
-    reader = F.Reader(f)
-    reader.skip_before = 2000  # 48 kHz packets: 8 segments of 150 frames
+    reader = F.Reader.open(f, Frames(first=2000))  # 48 kHz packets: 8 segments of 150 frames
     packets = list(reader)
     assert [p.index for p in packets] == [2, 3]
     assert packets[0].start == 1200
-    first, second = list(F.Reader(io.BytesIO(data)))[:2]
+    first, second = list(F.Reader.open(io.BytesIO(data)))[:2]
     assert f.count <= len(data) - (second.offset - first.offset) + 200  # the first one's codes: not read
-    reader = F.Reader(CountingFile(data))
-    reader.stop_at = 1200
+    reader = F.Reader.open(CountingFile(data), Frames(stop=1200))
     assert [p.index for p in reader] == [1]  # lengths known: no need to read to the end
 
 
@@ -123,9 +121,9 @@ def test_range_of_a_file_written_to_a_pipe(files):
     """The header does not know the length: the reader goes on to the end record."""
     data, opts, full = files["24k_from_44k"]
     with io.BytesIO(data) as f:
-        header = F.Reader(f).header
-    unknown = dataclasses.replace(header, num_samples=None, source_num_samples=None).to_bytes()
-    assert len(unknown) == len(header.to_bytes())
+        header = F.Reader.open(f).header
+    unknown = F.header_bytes(dataclasses.replace(header, num_samples=None, source_num_samples=None))
+    assert len(unknown) == len(F.header_bytes(header))
     piped = unknown + data[len(unknown):]
     a, _ = api.decompress(piped, dataclasses.replace(opts, start=15.0, end=30.0))
     b, _ = api.decompress(data, dataclasses.replace(opts, start=15.0, end=30.0))
@@ -185,7 +183,7 @@ def test_plan_starts_the_resampler_on_a_common_sample():
     for rate in (44100, 22050, 8000, 16000, 11025, 32000):
         for model in ("encodec_24khz", "encodec_48khz"):
             spec = SPECS[model]
-            span = seek.plan(spec, rate, round(73.3 * rate), None)
+            span = seek.span_for(spec, rate, round(73.3 * rate), None)
             assert span.model_start * rate % spec.sample_rate == 0
             assert span.model_start * rate // spec.sample_rate <= span.start
             assert span.decode_start <= span.model_start

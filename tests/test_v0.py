@@ -21,10 +21,10 @@ import pytest
 from click.testing import CliRunner
 
 from encodec_cli import api
-from encodec_cli.formats import v0
-from encodec_cli.formats import v1 as F
 from encodec_cli.cli import main
 from encodec_cli.errors import EcdcError, FormatError, TruncatedError
+from encodec_cli.formats import v0
+from encodec_cli.formats.reader import describe
 from encodec_cli.specs import SPECS
 
 from .conftest import GOLDEN, ROOT
@@ -42,7 +42,8 @@ def options(checkpoints, name: str, **kw) -> api.DecompressOptions:
     model = model_of(name)
     lm = model.replace("encodec_", "encodec_lm_")
     # the golden LM files were written with one torch thread
-    return api.DecompressOptions(checkpoints[model], checkpoints[lm], progress=False, lm_threads=1, **kw)
+    return api.DecompressOptions(weights=checkpoints[model], lm_weights=checkpoints[lm], download_bars=False,
+                                 lm_threads=1, **kw)
 
 
 def golden(name: str) -> bytes:
@@ -61,11 +62,10 @@ def as_array(codes) -> np.ndarray:
 def cdf_digests_match(name: str, checkpoints) -> bool:
     """Whether this machine's float LM gives the reference's quantized CDFs (golden digests),
     stepping over the reference's codes segment by segment."""
-    from encodec_cli.entropy.reference_lm import load_float_lm
+    from encodec_cli.entropy.reference_lm import ReferenceCdfs, load_float_lm
 
     model = model_of(name)
-    lm = load_float_lm(model, checkpoints[model.replace("encodec_", "encodec_lm_")], False)
-    lm.threads = 1
+    lm = ReferenceCdfs(load_float_lm(model, checkpoints[model.replace("encodec_", "encodec_lm_")], False), 1)
     codes = reference_codes(name).T
     digests, row = [], 0
     for n in REFERENCE[f"{name}_segment_frames"]:
@@ -157,7 +157,7 @@ def test_frame_counts_are_the_encoders_not_the_references_float_formula():
 def test_a_crafted_huge_length_costs_no_time():
     data = v0_file({"m": "encodec_48khz", "al": 10**15, "nc": 2, "lm": False}, bytes(1000))
     with pytest.raises(TruncatedError, match="its codes need"):
-        F.describe(io.BytesIO(data))
+        describe(io.BytesIO(data))
     with pytest.raises(FormatError, match="scale 0.0"):  # the zeros after the metadata
         api.read_codes(io.BytesIO(data))
 
@@ -182,7 +182,7 @@ def test_raw_v0_file_of_every_length_checks_its_size(checkpoints):
     with pytest.raises(FormatError, match="unexpected data after the last frame"):
         api.read_codes(io.BytesIO(data + b"\0"))
     with pytest.raises(TruncatedError, match="truncated file: .* its codes need"):
-        F.describe(io.BytesIO(data[:-1]))
+        describe(io.BytesIO(data[:-1]))
 
 
 @pytest.mark.parametrize("meta, message", [
@@ -267,7 +267,7 @@ def test_convert_v0_to_v1_keeps_codes_and_records_the_weights(name, checkpoints,
     out = tmp_path / "new.ecdc"
     convert(FORMATS / f"{name}.ecdc", "-o", out, "--weights", checkpoints[model])
     with open(out, "rb") as f:
-        h, end, _ = F.describe(f)
+        h, end, _ = describe(f)
     assert (h.version, h.coder, h.num_samples) == (1, "raw", int(REFERENCE[f"{name}_length"]))
     digest = hashlib.sha256(Path(checkpoints[model]).read_bytes()).digest()[:8]
     assert h.weights_fingerprint == digest
@@ -291,7 +291,7 @@ def test_convert_lm_v0_to_the_portable_coder(checkpoints, tmp_path):
         pytest.skip("this machine rounds the reference's float LM otherwise")
     assert result.exit_code == 0, result.output
     with open(out, "rb") as f:
-        assert F.describe(f)[0].coder == "lm"
+        assert describe(f)[0].coder == "lm"
     np.testing.assert_array_equal(file_codes(out, checkpoints, name), reference_codes(name))
 
 
@@ -299,7 +299,7 @@ def test_convert_in_place_and_checked_before_it_replaces(checkpoints, tmp_path, 
     path = tmp_path / "old.ecdc"
     path.write_bytes(golden("v0_raw_24khz"))
     assert "--in-place" in convert(path, ok=False).output  # no -o: says how
-    monkeypatch.setattr(api, "_codes_digest", lambda path, opts: b"not the same")
+    monkeypatch.setattr(api, "codes_digest", lambda f, opts: b"not the same")
     result = convert(path, "--in-place", "--weights", checkpoints["encodec_24khz"], ok=False)
     assert result.exit_code == 1 and "does not decode to the codes" in result.output
     assert path.read_bytes() == golden("v0_raw_24khz")  # untouched
@@ -307,7 +307,7 @@ def test_convert_in_place_and_checked_before_it_replaces(checkpoints, tmp_path, 
     monkeypatch.undo()
     convert(path, "--in-place", "--weights", checkpoints["encodec_24khz"])
     with open(path, "rb") as f:
-        assert F.describe(f)[0].version == 1
+        assert describe(f)[0].version == 1
     np.testing.assert_array_equal(file_codes(path, checkpoints, "v0_raw_24khz"),
                                   reference_codes("v0_raw_24khz"))
 
@@ -320,7 +320,7 @@ def test_convert_to_stdout_is_checked_then_sent(checkpoints, tmp_path, monkeypat
                        input=golden("v0_raw_24khz"), capture_output=True)
     assert p.returncode == 0, p.stderr
     assert p.stdout == (tmp_path / "file.ecdc").read_bytes()
-    monkeypatch.setattr(api, "_codes_digest", lambda path, opts: b"not the same")
+    monkeypatch.setattr(api, "codes_digest", lambda f, opts: b"not the same")
     with pytest.raises(FormatError, match="does not decode to the codes"):
         api.convert_file(str(FORMATS / "v0_raw_24khz.ecdc"), "-", api.ConvertOptions(weights=Path(w)))
     assert capfd.readouterr().out == ""
@@ -364,7 +364,7 @@ _DECODE = """
 import hashlib, sys, torch
 from encodec_cli.api import DecompressOptions, read_codes
 torch.set_num_threads(int(sys.argv[3]))
-codes, _ = read_codes(sys.argv[1], DecompressOptions(lm_weights=sys.argv[2], progress=False))
+codes, _ = read_codes(sys.argv[1], DecompressOptions(lm_weights=sys.argv[2], download_bars=False))
 print(hashlib.sha256(codes.astype(">u2").tobytes()).hexdigest())
 """
 
@@ -396,7 +396,7 @@ def test_any_damage_to_a_raw_v0_file_is_an_ecdc_error():
         for i in rng.integers(0, len(data), rng.integers(1, 4)):
             damaged[i] = rng.integers(0, 256)
         damaged = bytes(damaged[:rng.integers(5, len(data) + 2)])
-        for read in (lambda b: api.read_codes(io.BytesIO(b)), lambda b: F.describe(io.BytesIO(b))):
+        for read in (lambda b: api.read_codes(io.BytesIO(b)), lambda b: describe(io.BytesIO(b))):
             try:
                 read(damaged)
             except EcdcError:

@@ -86,7 +86,7 @@ def server(tmp_path):
 def test_download_verified_into_hub(registry, server, monkeypatch):
     url, _ = server
     monkeypatch.setenv("ECDC_WEIGHTS_URL", url)
-    r = W.resolve("encodec_24khz", progress=False)
+    r = W.resolve("encodec_24khz", download_bars=False)
     assert r.path == W.hub_dir() / registry.filename
     assert r.path.read_bytes() == b"weights!"
     assert [p.name for p in W.hub_dir().iterdir()] == [registry.filename]  # no .part left
@@ -96,7 +96,7 @@ def test_download_into_env_dir(registry, server, monkeypatch, tmp_path):
     url, _ = server
     monkeypatch.setenv("ECDC_WEIGHTS_URL", url)
     monkeypatch.setenv("ECDC_WEIGHTS_DIR", str(tmp_path / "mine"))
-    assert W.resolve("encodec_24khz", progress=False).path == tmp_path / "mine" / registry.filename
+    assert W.resolve("encodec_24khz", download_bars=False).path == tmp_path / "mine" / registry.filename
 
 
 def test_download_with_wrong_checksum_leaves_nothing(registry, server, monkeypatch):
@@ -104,13 +104,13 @@ def test_download_with_wrong_checksum_leaves_nothing(registry, server, monkeypat
     (root / registry.filename).write_bytes(b"tampered")
     monkeypatch.setenv("ECDC_WEIGHTS_URL", url)
     with pytest.raises(WeightsError, match="wrong checksum"):
-        W.resolve("encodec_24khz", progress=False)
+        W.resolve("encodec_24khz", download_bars=False)
     assert not W.hub_dir().exists() or list(W.hub_dir().iterdir()) == []
 
 
 def test_offline_error_names_file_url_and_folder(registry):
     with pytest.raises(WeightsError) as info:
-        W.resolve("encodec_24khz", progress=False)
+        W.resolve("encodec_24khz", download_bars=False)
     msg = str(info.value)
     assert registry.filename in msg and registry.url in msg
     assert str(W.hub_dir()) in msg and "--weights" in msg and "\n" not in msg
@@ -122,7 +122,7 @@ def test_missing_on_server(registry, server, monkeypatch):
     root.mkdir()
     monkeypatch.setenv("ECDC_WEIGHTS_URL", url)
     with pytest.raises(WeightsError, match="download failed"):
-        W.resolve("encodec_24khz", progress=False)
+        W.resolve("encodec_24khz", download_bars=False)
 
 
 def test_official_registry():
@@ -197,13 +197,13 @@ def test_a_file_that_is_not_a_checkpoint(tmp_path, content):
 
 def test_missing_language_model_names_its_flag(monkeypatch):
     with pytest.raises(WeightsError, match="or pass --lm-weights FILE"):
-        W.resolve("encodec_lm_24khz", progress=False)
+        W.resolve("encodec_lm_24khz", download_bars=False)
     with pytest.raises(WeightsError, match="or pass --weights FILE"):
-        W.resolve("encodec_24khz", progress=False)
+        W.resolve("encodec_24khz", download_bars=False)
 
 
 def test_failed_download_leaves_no_empty_folders(registry, monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "fresh" / "torch"))
     with pytest.raises(WeightsError, match="download failed"):
-        W.resolve("encodec_24khz", progress=False)
+        W.resolve("encodec_24khz", download_bars=False)
     assert not (tmp_path / "fresh").exists()

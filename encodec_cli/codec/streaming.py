@@ -7,7 +7,6 @@ model a few 1 s segments (their LSTM steps run as one batch) and the overlap-add
 """
 from __future__ import annotations
 
-import contextlib
 import typing as tp
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,20 +20,6 @@ from .models import EncodecModel, ModelSpec, build_model
 CHUNK_SECONDS = 2.0      # encoder input per step, 24 kHz model (fastest measured)
 DECODE_FRAMES = 150      # decoder input per step, 24 kHz model
 SEGMENT_BATCH = 4        # 48 kHz segments whose LSTM steps run as one batch
-
-
-@contextlib.contextmanager
-def torch_threads(n: tp.Optional[int]) -> tp.Iterator[None]:
-    """Torch's thread count set to `n` for the block (None: left as it is), then restored."""
-    before = torch.get_num_threads()
-    change = bool(n) and n != before
-    if change:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if change:
-            torch.set_num_threads(before)
 
 
 @dataclass
@@ -53,15 +38,10 @@ class Codec:
         return self.model.spec
 
 
-_CACHE: tp.Dict[tp.Tuple[str, tp.Optional[Path]], Codec] = {}
-
-
-def load_codec(name: str, weights: tp.Optional[Path] = None, progress: bool = True) -> Codec:
-    """Resolve, load strictly and fold the weights of model `name` (cached per process)."""
-    key = (name, weights)
-    if key not in _CACHE:
-        _CACHE[key] = Codec(*W.load_model(name, lambda: build_model(name), weights, progress))
-    return _CACHE[key]
+def load_codec(name: str, weights: tp.Optional[Path] = None, download_bars: bool = True) -> Codec:
+    """Resolve, load strictly and fold the weights of model `name` (once per process)."""
+    return W.cached(("codec", name, weights),
+                    lambda: Codec(*W.load_model(name, lambda: build_model(name), weights, download_bars)))
 
 
 def _codes(model: EncodecModel, emb: torch.Tensor, n_q: int) -> np.ndarray:

@@ -38,6 +38,29 @@ REGISTRY: tp.Dict[str, Checkpoint] = {
     "encodec_lm_24khz": Checkpoint("encodec_lm_24khz-1608e3c0.th"),
     "encodec_lm_48khz": Checkpoint("encodec_lm_48khz-7add9fc3.th"),
 }
+LM_OF = {"encodec_24khz": "encodec_lm_24khz", "encodec_48khz": "encodec_lm_48khz"}  # codec -> its LM
+
+
+def lm_name(codec: str) -> str:
+    """The checkpoint name of codec `codec`'s language model."""
+    return LM_OF[codec]
+
+
+def option_for(name: str) -> str:
+    """The command-line option that gives checkpoint `name` another file."""
+    return "--lm-weights" if name in LM_OF.values() else "--weights"
+
+
+T = tp.TypeVar("T")
+_LOADED: tp.Dict[tp.Tuple[tp.Any, ...], tp.Any] = {}
+
+
+def cached(key: tp.Tuple[tp.Any, ...], load: tp.Callable[[], T]) -> T:
+    """What `load()` gives, made once per process for each key: models stay loaded from
+    one file of a batch to the next."""
+    if key not in _LOADED:
+        _LOADED[key] = load()
+    return _LOADED[key]
 
 
 def hub_dir() -> Path:
@@ -61,7 +84,7 @@ class Resolved:
     fingerprint: bytes  # first 8 bytes of the file's sha256, recorded in .ecdc headers
 
 
-def resolve(name: str, explicit: tp.Optional[Path] = None, progress: bool = True) -> Resolved:
+def resolve(name: str, explicit: tp.Optional[Path] = None, download_bars: bool = True) -> Resolved:
     """Find (or fetch) the checkpoint `name` and fingerprint it."""
     if explicit is not None:
         path = Path(explicit)
@@ -76,7 +99,7 @@ def resolve(name: str, explicit: tp.Optional[Path] = None, progress: bool = True
         if path.is_file():
             return _verified(path, ck)
     target = folders[0]
-    _download(ck, target, progress)
+    _download(name, target, download_bars)
     return _verified(target / ck.filename, ck)
 
 
@@ -89,15 +112,16 @@ def _verified(path: Path, ck: Checkpoint) -> Resolved:
     return Resolved(path, bytes.fromhex(digest[:16]))
 
 
-def _missing(ck: Checkpoint, folder: Path, why: str) -> str:
-    flag = "--lm-weights" if ck.filename.startswith("encodec_lm_") else "--weights"
+def _missing(name: str, folder: Path, why: str) -> str:
+    ck = REGISTRY[name]
     return (f"cannot get weights {ck.filename} ({why}); download {ck.url} into {folder}/ "
-            f"or pass {flag} FILE")
+            f"or pass {option_for(name)} FILE")
 
 
-def _download(ck: Checkpoint, folder: Path, progress: bool) -> None:
+def _download(name: str, folder: Path, download_bars: bool) -> None:
     from tqdm import tqdm
 
+    ck = REGISTRY[name]
     created = [p for p in [folder, *folder.parents] if not p.exists()]  # removed again on failure
     ok = False
     try:
@@ -105,24 +129,24 @@ def _download(ck: Checkpoint, folder: Path, progress: bool) -> None:
         fd, tmp = tempfile.mkstemp(prefix=ck.filename + ".", suffix=".part", dir=folder)
     except OSError as e:
         _remove_empty(created)
-        raise WeightsError(_missing(ck, folder, f"cannot write there: {e.strerror}")) from None
+        raise WeightsError(_missing(name, folder, f"cannot write there: {e.strerror}")) from None
     try:
         sha = hashlib.sha256()
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(ck.url, timeout=30) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=ck.filename,
-                      disable=not progress, leave=False) as bar:
+                      disable=not download_bars, leave=False) as bar:
                 for block in iter(lambda: resp.read(1 << 20), b""):
                     out.write(block)
                     sha.update(block)
                     bar.update(len(block))
         if not sha.hexdigest().startswith(ck.sha256_prefix):
-            raise WeightsError(_missing(ck, folder, "the download has the wrong checksum"))
+            raise WeightsError(_missing(name, folder, "the download has the wrong checksum"))
         os.replace(tmp, folder / ck.filename)
         ok = True
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e)
-        raise WeightsError(_missing(ck, folder, f"download failed: {reason}")) from None
+        raise WeightsError(_missing(name, folder, f"download failed: {reason}")) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -140,7 +164,7 @@ def _remove_empty(folders: tp.Sequence[Path]) -> None:
 
 
 def load_model(name: str, build: tp.Callable[[], tp.Any], explicit: tp.Optional[Path] = None,
-               progress: bool = True, mmap: bool = False) -> tp.Tuple[tp.Any, bytes]:
+               download_bars: bool = True, mmap: bool = False) -> tp.Tuple[tp.Any, bytes]:
     """Resolve checkpoint `name`, load it strictly into `build()` and fold it.
 
     The module is built on the meta device and takes the loaded tensors as they are, so
@@ -148,7 +172,7 @@ def load_model(name: str, build: tp.Callable[[], tp.Any], explicit: tp.Optional[
     """
     import torch
 
-    resolved = resolve(name, explicit, progress=progress)
+    resolved = resolve(name, explicit, download_bars=download_bars)
     with torch.device("meta"):
         module = build()
     load_strict(module, load_state_dict(resolved.path, mmap), resolved.path)
@@ -189,12 +213,12 @@ def identify(state: tp.Dict[str, tp.Any]) -> tp.Optional[str]:
     from .models import build_model
 
     shapes = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
-    for name, build in (("encodec_24khz", build_model), ("encodec_48khz", build_model),
-                        ("encodec_lm_24khz", build_lm), ("encodec_lm_48khz", build_lm)):
-        with torch.device("meta"):
-            module = build(name.replace("_lm_", "_"))
-        if {k: tuple(v.shape) for k, v in module.state_dict().items()} == shapes:
-            return name
+    for codec, lm in LM_OF.items():
+        for name, build in ((codec, build_model), (lm, build_lm)):
+            with torch.device("meta"):
+                module = build(codec)
+            if {k: tuple(v.shape) for k, v in module.state_dict().items()} == shapes:
+                return name
     return None
 
 
@@ -214,9 +238,8 @@ def load_strict(module, state: tp.Dict[str, tp.Any], path: Path) -> None:
             parts.append(f"{len(wrong)} shape mismatches (e.g. {wrong[0]})")
         other = identify(state)
         if other is not None:
-            flag = "--lm-weights" if other.startswith("encodec_lm_") else "--weights"
             raise WeightsError(f"{path} holds the weights of {other}, which is not the model "
-                               f"needed here; check {flag}")
+                               f"needed here; check {option_for(other)}")
         raise WeightsError(f"{path} does not fit this model: " + ", ".join(parts))
     # assign: the loaded tensors become the parameters (a model built on the meta device
     # then costs no second copy of the weights)

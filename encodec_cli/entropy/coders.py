@@ -1,16 +1,36 @@
 """Code coders: how a packet's [frames, codebooks] codes become bytes and back.
 
-'raw' stores 10 bits per code (container.pack_codes); 'lm' range-codes them with
+'raw' stores 10 bits per code (formats.v1.pack_codes); 'lm' range-codes them with
 EnCodec's language model in exact arithmetic (lmcoder.py), falling back to raw per packet.
-Coders take packets in batches of up to `batch_streams` streams (segments).
+Coders are given packets in batches that hold at least `batch_streams` streams (segments),
+the last batch of a file fewer.
 """
 from __future__ import annotations
 
 import typing as tp
+from pathlib import Path
 
 import numpy as np
 
-from ..formats import v1 as F
+from ..formats.records import CodedPacket, Header, Packet
+from ..formats.v1 import pack_codes
+from ..specs import ModelSpec
+
+
+class Encoder(tp.Protocol):
+    name: str                # the header's coder
+    fingerprint: bytes       # of the language model (raw: zeros)
+    batch_streams: int
+
+    def encode_many(self, packets: tp.Sequence[CodedPacket]) -> tp.List[tp.Tuple[bytes, int]]:
+        """(payload, flags) of each packet, given in file order."""
+
+
+class Decoder(tp.Protocol):
+    batch_streams: int
+
+    def decode_many(self, packets: tp.Sequence[Packet]) -> tp.List[np.ndarray]:
+        """The codes [frames, codebooks] of each packet."""
 
 
 class RawEncoder:
@@ -18,15 +38,14 @@ class RawEncoder:
     fingerprint = bytes(8)
     batch_streams = 1
 
-    def encode_many(self, packets: tp.Sequence[tp.Tuple[np.ndarray, tp.Sequence[F.Segment]]]
-                    ) -> tp.List[tp.Tuple[bytes, int]]:
-        return [(F.pack_codes(codes), 0) for codes, _ in packets]
+    def encode_many(self, packets: tp.Sequence[CodedPacket]) -> tp.List[tp.Tuple[bytes, int]]:
+        return [(pack_codes(codes), 0) for codes, _ in packets]
 
 
 class RawDecoder:
     batch_streams = 1
 
-    def decode_many(self, packets: tp.Sequence[F.Packet]) -> tp.List[np.ndarray]:
+    def decode_many(self, packets: tp.Sequence[Packet]) -> tp.List[np.ndarray]:
         return [p.codes for p in packets]
 
 
@@ -56,17 +75,21 @@ def batches(items: tp.Iterable[T], streams: tp.Callable[[T], int], limit: int,
         yield batch
 
 
-def make_encoder(opts, spec, n_q: int):
-    if not opts.lm:
+def make_encoder(spec: ModelSpec, n_q: int, *, lm: bool, lm_weights: tp.Optional[Path],
+                 raw_fallback: bool = True, download_bars: bool = True) -> Encoder:
+    """The raw coder, or the LM coder (its model loaded) for `n_q` codebooks of `spec`."""
+    if not lm:
         return RawEncoder()
     from .lmcoder import LMEncoder
 
-    return LMEncoder.load(spec, n_q, opts.lm_weights, opts.progress)
+    return LMEncoder.load(spec, n_q, lm_weights, download_bars, raw_fallback)
 
 
-def make_decoder(header: F.Header, opts, spec):
+def make_decoder(spec: ModelSpec, header: Header, *, lm_weights: tp.Optional[Path],
+                 download_bars: bool = True) -> Decoder:
+    """The decoder of a version-1 file's coder."""
     if header.coder == "raw":
         return RawDecoder()
     from .lmcoder import LMDecoder
 
-    return LMDecoder.load(spec, header, opts.lm_weights, opts.progress)
+    return LMDecoder.load(spec, header, lm_weights, download_bars)

@@ -323,6 +323,35 @@ class IntLM:
         return IntLMState(self, n_q, batch, frames, first)
 
 
+class Window:
+    """Which rows of a key/value cache of `capacity` rows hold the last `context` inputs.
+
+    Rows start .. start + count - 1 hold them, oldest first; row 0 starts with the
+    reference's initial all-zero input. The window slides along the buffer and is copied
+    back to its front only when it reaches the end (amortised: no copy per step).
+    """
+
+    def __init__(self, context: int, capacity: int):
+        self.context, self.capacity = context, capacity
+        self.start, self.count = 0, 1
+
+    def slot(self, move: tp.Callable[[int, int], None]) -> int:
+        """The row for the next input. At the buffer's end, `move(start, stop)` must first
+        copy rows start .. stop - 1 to the front."""
+        pos = self.start + self.count
+        if pos == self.capacity:
+            move(self.start, pos)
+            self.start, pos = 0, self.count
+        return pos
+
+    def advance(self) -> None:
+        """The input just stored joins the window; past `context` inputs, the oldest leaves."""
+        self.count += 1
+        if self.count > self.context:
+            self.start += self.count - self.context
+            self.count = self.context
+
+
 _BLOCKS = np.kron(np.eye(HEADS, dtype=np.float32), np.ones((1, HEAD_DIM), np.float32))  # [H, D]
 _QKV_BITS = np.array([9, 10, 10])  # mantissa bits of queries, keys and values per head
 
@@ -353,7 +382,7 @@ class IntLMState:
         zero = np.zeros((batch, DIM), np.int64)  # the reference's initial past: one zero row
         for i, layer in enumerate(lm.layers):
             self._qkv(i, layer[0], zero, 0)
-        self.start, self.count = 0, 1
+        self.window = Window(lm.past_context, self.capacity)
 
     def _qkv(self, i: int, proj: Linear, x: np.ndarray, pos: int) -> tp.Tuple[np.ndarray, np.ndarray]:
         """Project x; store its keys and values at `pos`; return the queries' mantissas and exponents."""
@@ -366,7 +395,7 @@ class IntLMState:
 
     def _attend(self, i: int, q: np.ndarray, eq: np.ndarray, pos: int) -> np.ndarray:
         """Attention output (Q10, [B, D]) over the window; arrays are [B, H, L]."""
-        win = slice(self.start, pos + 1)
+        win = slice(self.window.start, pos + 1)
         qd = _BLOCKS * q.reshape(self.batch, 1, DIM).astype(np.float32)          # [B, H, D] block rows
         keys = torch.from_numpy(self.k[i, :, win]).transpose(1, 2)                # [B, D, L]
         dots = _mm(qd, keys).astype(np.int64)                                     # exact
@@ -395,25 +424,21 @@ class IntLMState:
         lm = self.lm
         x = _sum(lm.emb[self._codebooks, self.prev], axis=1, dtype=np.int64)
         x = lm.norm_in(x) + self._position()
-        pos = self.start + self.count
-        if pos == self.capacity:  # move the window back to the front of the buffers
-            for buf in (self.k, self.v):
-                buf[:, :, :self.count] = buf[:, :, self.start:pos].copy()
-            for buf in (self.ek, self.ev):
-                buf[..., :self.count] = buf[..., self.start:pos].copy()
-            self.start, pos = 0, self.count
+        pos = self.window.slot(self._move)
         for i, (qkv, out, norm1, lin1, lin2, norm2) in enumerate(lm.layers):
             q, eq = self._qkv(i, qkv, x, pos)
             x = norm1(x + out(self._attend(i, q, eq, pos)))
             x = norm2(x + lin2(gelu(lin1(x))))
-        # the cache keeps the last past_context inputs (the current one included)
-        self.count += 1
-        if self.count > lm.past_context:
-            self.start += self.count - lm.past_context
-            self.count = lm.past_context
+        self.window.advance()  # the cache keeps the last past_context inputs, this one included
         self.offset += 1
         return frequencies(self._heads(x).reshape(self.batch, self.n_q, CARD))
 
     def push(self, codes: np.ndarray) -> None:
         """Feed the codes [batch, n_q] of the frame just coded."""
         self.prev = codes.astype(np.int64).reshape(self.batch, self.n_q) + 1
+
+    def _move(self, start: int, stop: int) -> None:
+        for buf in (self.k, self.v):
+            buf[:, :, :stop - start] = buf[:, :, start:stop].copy()
+        for buf in (self.ek, self.ev):
+            buf[..., :stop - start] = buf[..., start:stop].copy()

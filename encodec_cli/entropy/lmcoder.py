@@ -17,28 +17,28 @@ from pathlib import Path
 import constriction
 import numpy as np
 
-from ..formats import v1 as F
 from ..codec import weights as W
+from ..codec.lm import CARD, build_lm
 from ..errors import CorruptError, WeightsError
-from .intlm import IntLM
-from ..codec.lm import CARD, build_lm, checkpoint_name
+from ..formats.records import CodedPacket, Header, Packet, Segment
+from ..formats.v1 import FLAG_RAW, pack_codes
 from ..specs import ModelSpec
+from .intlm import IntLM
 
 _MODEL = constriction.stream.model.Categorical(perfect=False)
 BATCH_STREAMS = 8  # streams (24 kHz packets, 48 kHz segments) stepped together: ~22 MB of state at 24 kHz
-_CACHE: tp.Dict[tp.Tuple[str, tp.Optional[Path], int], tp.Tuple[IntLM, bytes]] = {}
 
 
-def load_lm(codec_name: str, weights: tp.Optional[Path], n_q: int, progress: bool = True
+def load_lm(codec_name: str, weights: tp.Optional[Path], n_q: int, download_bars: bool = True
             ) -> tp.Tuple[IntLM, bytes]:
     """The integer LM for the first `n_q` codebooks, and the checkpoint's fingerprint."""
-    key = (codec_name, weights, n_q)
-    if key not in _CACHE:
+    def load() -> tp.Tuple[IntLM, bytes]:
         # mapped, so that the heads and tables of the codebooks not used are never read
-        lm, fp = W.load_model(checkpoint_name(codec_name), lambda: build_lm(codec_name, n_q),
-                              weights, progress, mmap=True)
-        _CACHE[key] = IntLM(lm), fp  # the float model is dropped
-    return _CACHE[key]
+        lm, fp = W.load_model(W.lm_name(codec_name), lambda: build_lm(codec_name, n_q),
+                              weights, download_bars, mmap=True)
+        return IntLM(lm), fp  # the float model is dropped
+
+    return W.cached(("int-lm", codec_name, weights, n_q), load)
 
 
 def codes_crc(codes: np.ndarray) -> int:
@@ -63,7 +63,7 @@ class _Batch:
     in the file (`offsets`: frames before each packet); 48 kHz segments start at position 0.
     """
 
-    def __init__(self, lm: IntLM, n_q: int, packets: tp.Sequence[tp.Sequence[F.Segment]],
+    def __init__(self, lm: IntLM, n_q: int, packets: tp.Sequence[tp.Sequence[Segment]],
                  offsets: tp.Optional[tp.Sequence[int]]):
         self.lengths = np.array([n for segs in packets for n, _ in segs], np.int64)
         self.base = np.cumsum(self.lengths) - self.lengths
@@ -85,22 +85,24 @@ class _Batch:
 
 
 class LMEncoder:
+    """Codes packets in file order. With `raw_fallback` (the default), a packet that LM
+    coding does not make smaller is stored raw; without it every packet is range coded
+    (to measure LM coding with untrained weights, which predict nothing)."""
     name = "lm"
-    fallback = True  # store a packet raw when LM coding is not smaller (benchmarks turn it off)
+    batch_streams = BATCH_STREAMS
 
-    def __init__(self, lm: IntLM, fingerprint: bytes, spec: ModelSpec, n_q: int):
-        self.lm, self.fingerprint, self.n_q = lm, fingerprint, n_q
+    def __init__(self, lm: IntLM, fingerprint: bytes, spec: ModelSpec, n_q: int, raw_fallback: bool = True):
+        self.lm, self.fingerprint, self.n_q, self.raw_fallback = lm, fingerprint, n_q, raw_fallback
         self.positions = spec.causal  # 24 kHz: streams start at their packet's frame offset
         self.frames = 0               # frames of the packets coded so far
 
     @classmethod
-    def load(cls, spec: ModelSpec, n_q: int, weights: tp.Optional[Path], progress: bool = True):
-        lm, fp = load_lm(spec.name, weights, n_q, progress)
-        return cls(lm, fp, spec, n_q)
+    def load(cls, spec: ModelSpec, n_q: int, weights: tp.Optional[Path], download_bars: bool = True,
+             raw_fallback: bool = True) -> "LMEncoder":
+        lm, fp = load_lm(spec.name, weights, n_q, download_bars)
+        return cls(lm, fp, spec, n_q, raw_fallback)
 
-    batch_streams = BATCH_STREAMS
-
-    def encode_lm(self, packets: tp.Sequence[tp.Tuple[np.ndarray, tp.Sequence[F.Segment]]]) -> tp.List[bytes]:
+    def encode_lm(self, packets: tp.Sequence[CodedPacket]) -> tp.List[bytes]:
         """Each packet's LM-coded data: codes checksum, then the range coder's words.
 
         The packets follow those of earlier calls in the file."""
@@ -123,46 +125,46 @@ class LMEncoder:
         return [struct.pack(">I", codes_crc(codes)) + coder.get_compressed().astype(">u4").tobytes()
                 for (codes, _), coder in zip(packets, coders)]
 
-    def encode_many(self, packets: tp.Sequence[tp.Tuple[np.ndarray, tp.Sequence[F.Segment]]]
+    def encode_many(self, packets: tp.Sequence[CodedPacket]
                     ) -> tp.List[tp.Tuple[bytes, int]]:
         """(data, flags) per packet: LM-coded, or raw when that is not smaller."""
         out = []
         for (codes, _), payload in zip(packets, self.encode_lm(packets)):
-            raw = F.pack_codes(codes)
-            if self.fallback and len(payload) >= len(raw):
-                out.append((raw, F.FLAG_RAW))  # never worse than 10 bits per code
+            raw = pack_codes(codes)
+            if self.raw_fallback and len(payload) >= len(raw):
+                out.append((raw, FLAG_RAW))  # never worse than 10 bits per code
             else:
                 out.append((payload, 0))
         return out
 
-    def encode(self, codes: np.ndarray, segments: tp.Sequence[F.Segment]) -> tp.Tuple[bytes, int]:
+    def encode(self, codes: np.ndarray, segments: tp.Sequence[Segment]) -> tp.Tuple[bytes, int]:
         return self.encode_many([(codes, segments)])[0]
 
 
 class LMDecoder:
+    batch_streams = BATCH_STREAMS
+
     def __init__(self, lm: IntLM, spec: ModelSpec, n_q: int):
         self.lm, self.n_q = lm, n_q
         self.positions = spec.causal
 
     @classmethod
-    def load(cls, spec: ModelSpec, header: F.Header, weights: tp.Optional[Path], progress: bool = True):
-        lm, fp = load_lm(spec.name, weights, header.n_codebooks, progress)
+    def load(cls, spec: ModelSpec, header: Header, weights: tp.Optional[Path], download_bars: bool = True):
+        lm, fp = load_lm(spec.name, weights, header.n_codebooks, download_bars)
         if fp != header.lm_fingerprint:
             raise WeightsError(f"the file was coded with another language model (fingerprint "
                                f"{header.lm_fingerprint.hex()}, loaded {fp.hex()}); "
                                f"pass the same --lm-weights FILE")
         return cls(lm, spec, header.n_codebooks)
 
-    batch_streams = BATCH_STREAMS
-
-    def decode(self, packet: F.Packet) -> np.ndarray:
+    def decode(self, packet: Packet) -> np.ndarray:
         return self.decode_many([packet])[0]
 
-    def decode_many(self, packets: tp.Sequence[F.Packet]) -> tp.List[np.ndarray]:
+    def decode_many(self, packets: tp.Sequence[Packet]) -> tp.List[np.ndarray]:
         """The codes of any packets of a file (their `start` and `index` say where they are
         in it); raw packets cost no LM work."""
         out = [p.codes for p in packets]
-        coded = [i for i, p in enumerate(packets) if not p.flags & F.FLAG_RAW]
+        coded = [i for i, p in enumerate(packets) if not p.flags & FLAG_RAW]
         if coded:
             decoded = self._decode_lm([packets[i] for i in coded], [packets[i].index for i in coded],
                                       [packets[i].start for i in coded] if self.positions else None)
@@ -170,7 +172,7 @@ class LMDecoder:
                 out[i] = codes
         return out
 
-    def _decode_lm(self, packets: tp.Sequence[F.Packet], numbers: tp.Sequence[int],
+    def _decode_lm(self, packets: tp.Sequence[Packet], numbers: tp.Sequence[int],
                    offsets: tp.Optional[tp.Sequence[int]]) -> tp.List[np.ndarray]:
         coders, crcs = [], []
         for packet, n in zip(packets, numbers):

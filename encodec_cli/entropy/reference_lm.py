@@ -25,13 +25,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..codec import weights as W
-from ..codec.streaming import torch_threads
-from ..codec.lm import CARD, DIM, HEADS, HIDDEN, LAYERS, MAX_PERIOD, checkpoint_name, past_context
+from ..codec.lm import CARD, DIM, HEADS, HIDDEN, LAYERS, MAX_PERIOD, past_context
+from ..codec.threads import torch_threads
+from ..formats.v0 import RANGE_BITS
 from ..specs import SPECS
 
 ROUNDOFF = 1e-8     # the reference's defaults
 MIN_RANGE = 2
-RANGE_BITS = 24
 
 
 class _Transformer(nn.Module):
@@ -49,7 +49,6 @@ class FloatLM(nn.Module):
     def __init__(self, n_q: int, context: int):
         super().__init__()
         self.n_q, self.past_context = n_q, context
-        self.threads: tp.Optional[int] = None  # torch threads while stepping (None: as they are)
         self.transformer = _Transformer()
         self.emb = nn.ModuleList([nn.Embedding(CARD + 1, DIM) for _ in range(n_q)])
         self.linears = nn.ModuleList([nn.Linear(DIM, CARD) for _ in range(n_q)])
@@ -87,8 +86,6 @@ class FloatLM(nn.Module):
         allowed = (delta >= 0) & (delta <= self.past_context)
         return layer.self_attn(x, keys, keys, attn_mask=~allowed, need_weights=False)[0]
 
-    def start(self, n_q: int) -> "FloatLMState":
-        return FloatLMState(self, n_q)
 
 
 def quantized_cdf(pdf: torch.Tensor) -> torch.Tensor:
@@ -101,11 +98,24 @@ def quantized_cdf(pdf: torch.Tensor) -> torch.Tensor:
     return torch.cumsum(ranges, dim=-1)
 
 
-class FloatLMState:
-    """One stream, stepped as the reference's compress/decompress loops do."""
+class ReferenceCdfs:
+    """The reference's CDFs for LM-coded version-0 files (a formats.v0.CdfModel): the float
+    LM run with `threads` torch threads, as the file was written (each count rounds
+    differently)."""
 
-    def __init__(self, lm: FloatLM, n_q: int):
-        self.lm, self.n_q = lm, n_q
+    def __init__(self, lm: FloatLM, threads: int):
+        self.lm, self.threads = lm, threads
+
+    def start(self, n_q: int) -> "FloatLMState":
+        return FloatLMState(self.lm, n_q, self.threads)
+
+
+class FloatLMState:
+    """One stream, stepped as the reference's compress/decompress loops do, with `threads`
+    torch threads (None: as they are)."""
+
+    def __init__(self, lm: FloatLM, n_q: int, threads: tp.Optional[int] = None):
+        self.lm, self.n_q, self.threads = lm, n_q, threads
         self.states: tp.Optional[tp.List[torch.Tensor]] = None
         self.offset = 0
         self.input = torch.zeros(1, n_q, 1, dtype=torch.long)
@@ -113,7 +123,7 @@ class FloatLMState:
     @torch.no_grad()
     def cdfs(self) -> np.ndarray:
         """The quantized CDFs of the next frame's codes, [n_q, 1024] int64."""
-        with torch_threads(self.lm.threads):  # the float results depend on it
+        with torch_threads(self.threads):  # the float results depend on it
             probas, self.states, self.offset = self.lm(self.input, self.states, self.offset)
         return torch.stack([quantized_cdf(probas[0, :, k, 0]) for k in range(self.n_q)]).numpy()
 
@@ -121,15 +131,12 @@ class FloatLMState:
         self.input = 1 + torch.from_numpy(codes.astype(np.int64)).view(1, self.n_q, 1)
 
 
-_CACHE: tp.Dict[tp.Tuple[str, tp.Optional[Path]], FloatLM] = {}
+def load_float_lm(codec_name: str, weights: tp.Optional[Path], download_bars: bool = True) -> FloatLM:
+    def build() -> FloatLM:
+        return FloatLM(SPECS[codec_name].n_q, past_context(codec_name))
 
-
-def load_float_lm(codec_name: str, weights: tp.Optional[Path], progress: bool = True) -> FloatLM:
-    key = (codec_name, weights)
-    if key not in _CACHE:
-        build = lambda: FloatLM(SPECS[codec_name].n_q, past_context(codec_name))  # noqa: E731
-        _CACHE[key], _ = W.load_model(checkpoint_name(codec_name), build, weights, progress)
-    return _CACHE[key]
+    return W.cached(("float-lm", codec_name, weights),
+                    lambda: W.load_model(W.lm_name(codec_name), build, weights, download_bars)[0])
 
 
 @functools.lru_cache(maxsize=None)

@@ -98,20 +98,13 @@ def _mel_chunks(x: np.ndarray, fb: np.ndarray, n_fft: int, hop: int) -> tp.Itera
         yield spectrum @ fb.T
 
 
-def mel_spectrogram(x: np.ndarray, sample_rate: int, n_fft: int, hop: int, n_mels: int) -> np.ndarray:
-    """[channels, frames, n_mels] mel magnitude spectrogram (see `_mel_chunks`)."""
-    x = _frames_channels(x)
-    fb = mel_filterbank(sample_rate, n_fft, n_mels)
-    return np.stack([np.concatenate(list(_mel_chunks(x[:, c], fb, n_fft, hop))) for c in range(x.shape[1])])
-
-
 def mel_distance(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> float:
     """The EnCodec paper's frequency-domain reconstruction term (section 3.4, alpha_i = 1):
 
         d = 1/7 * sum over i = 5..11 of  mean|S_i(x) - S_i(y)| + sqrt(mean (S_i(x) - S_i(y))^2)
 
     S_i is a 64-bin mel magnitude spectrogram of a normalized STFT with a Hann window of
-    2**i samples and a hop of 2**i / 4 (`mel_spectrogram`), every channel, at the
+    2**i samples and a hop of 2**i / 4 (`_mel_chunks`), every channel, at the
     signals' own rate. Unlike the paper's sums, the norms are divided by the number of
     entries (L1 becomes the mean, L2 the root mean square), so that the value does not
     grow with duration. 0 for identical signals; in the units of the spectrogram, so it

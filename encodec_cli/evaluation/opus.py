@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
+from ..audio import blocks as B
 from ..audio import files as A
 from ..errors import AudioError
 
@@ -80,12 +81,12 @@ class LibsndfileOpus:
         with tempfile.TemporaryDirectory(prefix="ecdc-opus-") as tmp:
             coded = os.path.join(tmp, "coded.opus")
             t0 = time.perf_counter()
-            y = A.Resampler(rate, coded_rate, channels)(x, last=True)
+            y = B.Resampler(rate, coded_rate, channels)(x, last=True)
             sf.write(coded, y, coded_rate, format="OGG", subtype="OPUS",
                      compression_level=min(1.0, max(0.0, level)))
             t1 = time.perf_counter()
             y, got = sf.read(coded, dtype="float32", always_2d=True)
-            y = A.Resampler(got, rate, channels)(y, last=True)
+            y = B.Resampler(got, rate, channels)(y, last=True)
             t2 = time.perf_counter()
             with open(coded, "rb") as f:
                 data = f.read()

@@ -8,7 +8,7 @@ import typing as tp
 
 import numpy as np
 
-from ..evaluation import metrics as M
+from . import metrics as M
 from .report import Report, Row
 
 DPI = 100

@@ -1,5 +1,5 @@
-"""`ecdc eval`: code one input at several bandwidths, with ecdc and with Opus, and measure
-what each costs (metrics.py); plot.py draws the result.
+"""`ecdc eval`'s runs and their report: code one input at several bandwidths, with ecdc and
+with Opus, and measure what each costs (metrics.py); plot.py draws the result.
 
 Every decoding is compared with the input as it is, at its own rate and channels: what
 `ecdc decompress` gives back. The whole input is held in memory: evaluate clips.
@@ -16,16 +16,17 @@ import numpy as np
 
 from .. import api
 from ..audio import files as A
-from ..evaluation import metrics as M
-from ..evaluation import opus as O
 from ..errors import AudioError, OptionError
+from ..outputs import atomic_path, check_output
 from ..specs import SPECS
+from . import metrics as M
+from . import opus as O
 
 OPUS_KBPS = (6.0, 12.0, 24.0)  # always compared, with whatever else was asked for from 6 up
 EXTRA = "pip install 'ecdc[eval]'"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EvalOptions:
     model: str = "encodec_24khz"
     bandwidths: tp.Tuple[float, ...] = ()   # empty: all of the model's
@@ -36,19 +37,19 @@ class EvalOptions:
     opus: bool = True                       # compare with Opus when there is one
     keep: tp.Optional[Path] = None          # a folder for the coded files and decoded WAVs
     force: bool = False                     # overwrite kept files
-    progress: bool = True                   # download progress bars
+    download_bars: bool = True              # progress bars while weights download
 
     def targets(self) -> tp.Tuple[float, ...]:
         spec = SPECS[self.model]
         for b in self.bandwidths:
-            api.CompressOptions(b, self.model).check()
+            api.CompressOptions(bandwidth=b, model=self.model).check()
         return tuple(sorted(set(self.bandwidths))) or spec.bandwidths
 
     def opus_targets(self) -> tp.Tuple[float, ...]:
         return tuple(sorted(set(OPUS_KBPS) | {b for b in self.targets() if b >= OPUS_KBPS[0]}))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Row:
     codec: str                      # 'ecdc' or 'opus'
     bandwidth: float                # kbps asked for
@@ -80,7 +81,7 @@ class Spectrogram:
     max_hz: float
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Report:
     source: str
     sample_rate: int
@@ -137,6 +138,7 @@ def evaluate(source: str, opts: EvalOptions = EvalOptions(),
     """Code `source` (a path, '-': stdin) at each bandwidth with ecdc, and with Opus where
     there is one; `step(label)` is called after each coding."""
     from ..codec import streaming as C
+    from ..codec.threads import torch_threads
 
     targets = opts.targets()
     backend = O.find_opus() if opts.opus else None
@@ -150,16 +152,18 @@ def evaluate(source: str, opts: EvalOptions = EvalOptions(),
         runs = [("ecdc", b) for b in targets] + [("opus", b) for b in (opts.opus_targets() if backend else ())]
         for codec, kbps in runs:
             for path in _kept(source, opts.keep, codec, kbps):
-                api.check_output(str(path), opts.force)
+                check_output(str(path), opts.force)
     notes = [] if backend or not opts.opus else [f"no Opus to compare with: {O.HOW_TO_GET}"]
     first = "input (the reference)" + ("; every spectrogram averages the channels" if channels > 1 else "")
-    report = Report(source, rate, channels, duration, opts.model, "lm" if opts.lm else "raw",
-                    backend.name if backend else None, [], [_spectrogram(first, x, rate)], notes)
+    report = Report(source=source, sample_rate=rate, channels=channels, duration=duration, model=opts.model,
+                    coder="lm" if opts.lm else "raw", opus=backend.name if backend else None, rows=[],
+                    spectrograms=[_spectrogram(first, x, rate)], notes=notes)
 
     def measure(codec: str, kbps: float, y: np.ndarray, data: bytes, times: tp.Tuple[float, float],
                 ends: tp.Sequence[float]) -> None:
-        report.rows.append(Row(codec, kbps, len(data) * 8 / duration / 1000, M.si_snr(x, y),
-                               M.mel_distance(x, y, rate), M.stoi(x, y, rate), *times, len(data)))
+        report.rows.append(Row(codec=codec, bandwidth=kbps, kbps=len(data) * 8 / duration / 1000,
+                               si_snr=M.si_snr(x, y), mel_distance=M.mel_distance(x, y, rate),
+                               stoi=M.stoi(x, y, rate), encode_s=times[0], decode_s=times[1], bytes=len(data)))
         label = f"{'Opus' if codec == 'opus' else 'ecdc'} at {kbps:g} kbps"
         if kbps in (ends[0], ends[-1]):
             report.spectrograms.append(
@@ -171,15 +175,17 @@ def evaluate(source: str, opts: EvalOptions = EvalOptions(),
         if step:
             step(label)
 
-    with C.torch_threads(opts.threads):
-        C.load_codec(opts.model, opts.weights, opts.progress)  # loading is not coding: not timed
+    with torch_threads(opts.threads):
+        C.load_codec(opts.model, opts.weights, opts.download_bars)  # loading is not coding: not timed
         for kbps in targets:
-            copts = api.CompressOptions(kbps, opts.model, opts.weights, opts.lm, opts.lm_weights, opts.progress)
-            dopts = api.DecompressOptions(opts.weights, opts.lm_weights, progress=opts.progress)
+            copts = api.CompressOptions(bandwidth=kbps, model=opts.model, weights=opts.weights, lm=opts.lm,
+                                        lm_weights=opts.lm_weights, download_bars=opts.download_bars)
+            dopts = api.DecompressOptions(weights=opts.weights, lm_weights=opts.lm_weights,
+                                          download_bars=opts.download_bars)
             if opts.lm:
                 from ..entropy.lmcoder import load_lm
 
-                load_lm(opts.model, opts.lm_weights, SPECS[opts.model].codebooks_for(kbps), opts.progress)
+                load_lm(opts.model, opts.lm_weights, SPECS[opts.model].codebooks_for(kbps), opts.download_bars)
             t0 = time.perf_counter()
             data = api.compress(x, rate, copts)
             t1 = time.perf_counter()
@@ -214,12 +220,12 @@ def _spectrogram(label: str, x: np.ndarray, rate: int) -> Spectrogram:
 
 
 def _keep(path: Path, data: bytes, force: bool) -> None:
-    with api.atomic_path(str(path), force) as tmp, open(tmp, "wb") as f:
+    with atomic_path(str(path), force) as tmp, open(tmp, "wb") as f:
         f.write(data)
 
 
 def _keep_wav(path: Path, y: np.ndarray, rate: int, bits: str, force: bool) -> None:
-    with api.atomic_path(str(path), force) as tmp:
+    with atomic_path(str(path), force) as tmp:
         sink = A.FileSink(tmp, rate, y.shape[1], A.output_bits("WAV", bits), "WAV", str(path))
         sink.write(y)
         sink.close()

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 
 from ..errors import OptionError
 from ..specs import ModelSpec
+from .records import Frames
 
 WARMUP_SECONDS = 1.0
 RESAMPLER_MARGIN = 0.1
 DECODER_MARGIN = 4  # frames decoded past a range's end (the decoder's look-ahead)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Span:
     """What to decode for the output samples [start, end) at the output rate."""
     start: int                  # first output sample
@@ -34,11 +35,16 @@ class Span:
     last_frame: tp.Optional[int]  # frames needed, exclusive (None: all)
     weight_length: tp.Optional[int] = None  # 48 kHz: the overlap-add window's length
 
+    @property
+    def frames(self) -> Frames:
+        """The frames a reader must give."""
+        return Frames(self.first_frame, self.last_frame)
 
-WHOLE = Span(0, None, 0, None, 0, 0, None)
+
+WHOLE = Span(start=0, end=None, model_start=0, model_end=None, first_frame=0, decode_start=0, last_frame=None)
 
 
-def plan(spec: ModelSpec, out_rate: int, start: int, end: tp.Optional[int]) -> Span:
+def span_for(spec: ModelSpec, out_rate: int, start: int, end: tp.Optional[int]) -> Span:
     """The span of output samples [start, end) (at `out_rate`; None: to the end)."""
     if start == 0 and end is None:
         return WHOLE
@@ -51,13 +57,15 @@ def plan(spec: ModelSpec, out_rate: int, start: int, end: tp.Optional[int]) -> S
     if spec.causal:
         first = max(0, model_start - int(WARMUP_SECONDS * model)) // hop
         last = None if model_end is None else -(-model_end // hop) + DECODER_MARGIN
-        return Span(start, end, model_start, model_end, first, first * hop, last)
+        return Span(start=start, end=end, model_start=model_start, model_end=model_end,
+                    first_frame=first, decode_start=first * hop, last_frame=last)
     length, stride = spec.segment_length, spec.segment_stride
     full = -(-length // hop)  # frames of every segment but the last
     segment = max(0, (model_start - length) // stride + 1)  # the first one reaching model_start
     last = None if model_end is None else -(-model_end // stride) * full
-    return Span(start, end, model_start, model_end, segment * full, segment * stride, last,
-                full * hop if segment else None)
+    return Span(start=start, end=end, model_start=model_start, model_end=model_end,
+                first_frame=segment * full, decode_start=segment * stride, last_frame=last,
+                weight_length=full * hop if segment else None)
 
 
 _CLOCK = re.compile(r"^(?:(\d+):)?(\d+):(\d+(?:\.\d*)?)$")

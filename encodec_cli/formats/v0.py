@@ -6,8 +6,8 @@ samples at the model's rate, `nc` codebooks, `lm` LM-coded or not), then per seg
 frame by frame, either 10 bits each, least significant bit first, or arithmetic coded with
 the reference's float language model. There is no checksum and no length of coded data.
 
-The reader yields the codes as version-1 packets (container.Packet) of about 8 s, so the
-rest of ecdc treats both versions alike. LM-coded files need `lm` (v0lm.FloatLM), which
+The reader yields the codes as packets (records.Packet) of about 8 s, so the rest of ecdc
+treats both versions alike. LM-coded files need a `CdfModel` (entropy.reference_lm), which
 reproduces the reference's float arithmetic: they decode only where it rounds as it did
 on the machine that wrote them.
 """
@@ -17,34 +17,40 @@ import json
 import math
 import struct
 import typing as tp
-from dataclasses import dataclass
 
 import numpy as np
 
-from ..formats import v1 as F
 from ..errors import CorruptError, FormatError, TruncatedError
 from ..specs import SPECS, ModelSpec
+from .records import ALL_FRAMES, CODE_BITS, PACKET_SECONDS, End, Frames, Header, Input, Packet, packetize
 
+MAGIC = b"ECDC"                  # how the files of Meta's encodec begin
 _HEAD = struct.Struct("!4sBI")   # magic, version, size of the JSON metadata
 _SCALE = struct.Struct("!f")
-CODE_BITS = 10
 RANGE_BITS = 24                  # the reference coder's total_range_bits
-PACKET_SECONDS = 8.0             # as version 1 writes them
 MAX_METADATA = 1 << 16
+DAMAGED = "a truncated or damaged file"  # what errors say could be the cause, unless told more
 
 
-@dataclass(frozen=True)
-class Metadata:
-    model: str          # 'encodec_24khz' or 'encodec_48khz'
-    audio_length: int   # samples at the model's rate
-    n_codebooks: int
-    lm: bool
+class CdfStream(tp.Protocol):
+    def cdfs(self) -> np.ndarray: ...            # the next frame's quantized CDFs, [n_q, 1024] int64
+
+    def push(self, codes: np.ndarray) -> None: ...  # the codes [n_q] of the frame just decoded
 
 
-def read_metadata(inp: F._Input, head: bytes = b"") -> Metadata:
+class CdfModel(tp.Protocol):
+    """What decodes an LM-coded version-0 file: the reference's float LM (entropy.reference_lm)."""
+
+    def start(self, n_q: int) -> CdfStream: ...
+
+
+def read_header(inp: Input, head: bytes = b"") -> Header:
+    """The version-1 header that describes a version-0 file (`version` 0); `head`: its first
+    bytes, already read. The original's rate, channels and weights were not recorded: the
+    model's rate and channels stand for them."""
     data = head + inp.read_exactly(_HEAD.size - len(head), "the version-0 header", 0)
     magic, version, size = _HEAD.unpack(data)
-    if magic != F.V0_MAGIC:
+    if magic != MAGIC:
         raise FormatError("not a version-0 .ecdc file")
     if version != 0:
         raise FormatError(f"unsupported version {version} of Meta's encodec format (ecdc reads version 0)")
@@ -64,7 +70,10 @@ def read_metadata(inp: F._Input, head: bytes = b"") -> Metadata:
     if type(length) is not int or length < 0 or type(nc) is not int or nc not in allowed \
             or type(lm) is not bool:
         raise CorruptError(f"corrupted version-0 file: metadata {meta} out of range for {model}")
-    return Metadata(model, length, nc, lm)
+    return Header(model=model, coder="lm" if lm else "raw", n_codebooks=nc,
+                  bandwidth=nc * spec.frame_rate * CODE_BITS / 1000, sample_rate=spec.sample_rate,
+                  channels=spec.channels, source_sample_rate=spec.sample_rate, source_channels=spec.channels,
+                  num_samples=length, source_num_samples=length, weights_fingerprint=bytes(8), version=0)
 
 
 def segments(spec: ModelSpec, length: int) -> tp.Iterator[int]:
@@ -97,16 +106,6 @@ def _summary(spec: ModelSpec, length: int, per_segment: tp.Callable[[int], int]
     return count, full * frames + sum(tail), full * per_segment(frames) + sum(map(per_segment, tail))
 
 
-def header(meta: Metadata) -> F.Header:
-    """The version-1 header that describes a version-0 file: the original's rate, channels
-    and weights were not recorded (the model's rate and channels stand for them)."""
-    spec = SPECS[meta.model]
-    kbps = meta.n_codebooks * spec.frame_rate * CODE_BITS / 1000
-    return F.Header(meta.model, "lm" if meta.lm else "raw", meta.n_codebooks, kbps, spec.sample_rate,
-                    spec.channels, spec.sample_rate, spec.channels, meta.audio_length,
-                    meta.audio_length, bytes(8), bytes(8), version=0)
-
-
 def unpack_lsb(data: bytes, n: int) -> np.ndarray:
     """n 10-bit values packed least significant bit first (the reference's BitPacker)."""
     bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")[:n * CODE_BITS]
@@ -123,7 +122,7 @@ class ArithmeticDecoder:
     bit of each byte first.
     """
 
-    def __init__(self, inp: F._Input, what: str, why: str):
+    def __init__(self, inp: Input, what: str, why: str):
         self.inp, self.what, self.why = inp, what, why
         self.low = self.high = self.current = 0
         self.max_bit = -1
@@ -131,11 +130,10 @@ class ArithmeticDecoder:
 
     def _bit(self) -> int:
         if not self._left:
-            b = self.inp.fo.read(1)
+            b = self.inp.read(1)
             if not b:
                 raise TruncatedError(f"{self.what} ends before its last frame at byte {self.inp.pos}: "
                                      f"{self.why}")
-            self.inp.pos += 1
             self._byte, self._left = b[0], 8
         bit = self._byte & 1
         self._byte >>= 1
@@ -168,85 +166,68 @@ class ArithmeticDecoder:
         return s
 
 
-class V0Reader:
-    """Iterates over a version-0 file's codes as container packets (codes decoded).
+class Reader:
+    """Iterates over the codes of a version-0 file whose header `inp` has just read, as
+    packets of about 8 s (codes decoded); `end` is set once read.
 
-    For an LM-coded file, set `lm` first: an object whose `start(n_q)` gives a state with
-    `cdfs()` (the reference's quantized CDFs of the next frame, [n_q, 1024] int64) and
-    `push(codes)`.
+    LM-coded files need `lm`; `why` is what errors give as the likely cause. Version 0 has
+    no index: the packets before `frames.first` are decoded too; from `frames.stop` on,
+    none is read.
     """
-    version = 0
 
-    def __init__(self, fo: tp.BinaryIO, head: bytes = b""):
-        self._in = F._Input(fo)
-        self._in.pos = len(head)
-        self.meta = read_metadata(self._in, head)
-        self.header = header(self.meta)
-        self.spec = SPECS[self.meta.model]
-        self.end: tp.Optional[F.End] = None
-        self.skip_before = 0  # version 0 has no index: earlier packets are decoded (and dropped)
-        self.stop_at: tp.Optional[int] = None  # the packets from this frame on are not wanted
-        self.lm = None
-        self.why = "a truncated or damaged file"  # what errors say could be the cause
+    def __init__(self, inp: Input, header: Header, frames: Frames = ALL_FRAMES,
+                 lm: tp.Optional[CdfModel] = None, why: str = DAMAGED):
+        if header.coder == "lm" and lm is None:
+            raise FormatError("an LM-coded version-0 file needs its language model")
+        self._in, self.header, self.frames, self.lm, self.why = inp, header, frames, lm, why
+        self.spec = SPECS[header.model]
+        self.end: tp.Optional[End] = None
 
     @property
     def num_samples(self) -> int:
-        return self.meta.audio_length
+        return self.header.num_samples
 
     source_num_samples = num_samples
 
-    def __iter__(self) -> tp.Iterator[F.Packet]:
-        meta, spec, inp = self.meta, self.spec, self._in
-        if meta.lm and self.lm is None:
-            raise FormatError("an LM-coded version-0 file needs its language model")
-        limit = PACKET_SECONDS * spec.frame_rate
-        codes: tp.List[np.ndarray] = []
-        segs: tp.List[F.Segment] = []
+    @property
+    def position(self) -> int:
+        """Bytes read so far."""
+        return self._in.pos
+
+    def __iter__(self) -> tp.Iterator[Packet]:
+        h, spec, stop = self.header, self.spec, self.frames.stop
         frames = packets = 0
-        pending = 0
+        for codes, segs in packetize(self._segments(), spec.causal, spec.frame_rate):
+            packets += 1
+            yield Packet(codes=codes, segments=segs, start=frames, index=packets)
+            frames += len(codes)
+            if stop is not None and frames >= stop:
+                return
+        if self._in.read(1):
+            raise FormatError(f"unexpected data after the last frame at byte {self._in.pos - 1}: {self.why}")
+        self.end = End(frames, h.num_samples, h.num_samples, packets)
 
-        def packet() -> F.Packet:
-            all_codes = np.concatenate(codes)
-            return F.Packet(all_codes, tuple(segs), 0, b"", 0, frames - len(all_codes), packets + 1)
-
-        for i, n in enumerate(segments(spec, meta.audio_length)):
+    def _segments(self) -> tp.Iterator[tp.Tuple[np.ndarray, float]]:
+        """(codes, scale) as read: the 24 kHz stream in pieces of at most a packet, the
+        48 kHz model one whole segment at a time."""
+        inp, spec = self._in, self.spec
+        chunk = packet_frames(spec)
+        for i, n in enumerate(segments(spec, self.header.num_samples)):
             scale = 1.0
             if spec.normalize:
                 (scale,) = _SCALE.unpack(inp.read_exactly(_SCALE.size, f"segment {i + 1}'s scale"))
                 if not (math.isfinite(scale) and scale > 0):
                     raise CorruptError(f"corrupted version-0 file: segment {i + 1} has scale {scale} "
                                        f"(byte {inp.pos - _SCALE.size})")
-            parts = self._lm_codes(n, i) if meta.lm else self._raw_codes(n, int(limit), i)
-            for part in parts:
-                codes.append(part)
-                frames += len(part)
-                pending += len(part)
-                if spec.causal:
-                    segs = [(pending, 1.0)]
-                if pending >= limit and spec.causal:
-                    yield packet()
-                    packets += 1
-                    codes, pending = [], 0
-                    if self.stop_at is not None and frames >= self.stop_at:
-                        return
-            if not spec.causal:
-                segs.append((n, scale))
-                if pending >= limit:
-                    yield packet()
-                    packets += 1
-                    codes, segs, pending = [], [], 0
-                    if self.stop_at is not None and frames >= self.stop_at:
-                        return
-        if codes:
-            yield packet()
-            packets += 1
-        if inp.fo.read(1):
-            raise FormatError(f"unexpected data after the last frame at byte {inp.pos}: {self.why}")
-        self.end = F.End(frames, meta.audio_length, meta.audio_length, packets)
+            parts = self._lm_codes(n, chunk, i) if self.header.coder == "lm" else self._raw_codes(n, chunk, i)
+            if spec.causal:
+                yield from ((part, scale) for part in parts)
+            else:
+                yield np.concatenate(list(parts)), scale
 
     def _raw_codes(self, n: int, chunk: int, i: int) -> tp.Iterator[np.ndarray]:
         """A segment's n frames of 10-bit codes, in chunks whose ends fall on byte boundaries."""
-        k = self.meta.n_codebooks
+        k = self.header.n_codebooks
         done = 0
         while done < n:
             m = min(chunk, n - done)  # chunk * k * 10 bits is whole bytes
@@ -254,11 +235,10 @@ class V0Reader:
             yield unpack_lsb(data, m * k).reshape(m, k)
             done += m
 
-    def _lm_codes(self, n: int, i: int) -> tp.Iterator[np.ndarray]:
-        k = self.meta.n_codebooks
+    def _lm_codes(self, n: int, chunk: int, i: int) -> tp.Iterator[np.ndarray]:
+        k = self.header.n_codebooks
         decoder = ArithmeticDecoder(self._in, f"the LM-coded data of segment {i + 1}", self.why)
         state = self.lm.start(k)
-        chunk = int(PACKET_SECONDS * self.spec.frame_rate)
         out = np.zeros((min(n, chunk), k), np.uint16)
         row = 0
         for _ in range(n):
@@ -273,21 +253,24 @@ class V0Reader:
             yield out[:row].copy()
 
 
-def describe(fo: tp.BinaryIO, head: bytes = b"") -> tp.Tuple[F.Header, F.End, int]:
-    """Header, end and size of a version-0 file, without decoding it. Raw files are checked
-    to hold exactly their codes; LM-coded ones cannot be checked without decoding."""
-    inp = F._Input(fo)
-    inp.pos = len(head)
-    meta = read_metadata(inp, head)
-    spec = SPECS[meta.model]
+def packet_frames(spec: ModelSpec) -> int:
+    """Frames in a full packet (24 kHz), as version 1 groups them."""
+    return int(PACKET_SECONDS * spec.frame_rate)
+
+
+def describe(inp: Input, header: Header) -> tp.Tuple[End, int]:
+    """End and size of a version-0 file whose header `inp` has just read, without decoding
+    it. Raw files are checked to hold exactly their codes; LM-coded ones cannot be checked
+    without decoding."""
+    spec = SPECS[header.model]
+    k = header.n_codebooks
     scale = _SCALE.size if spec.normalize else 0
-    count, frames, coded = _summary(spec, meta.audio_length,
-                                    lambda n: scale + -(-n * meta.n_codebooks * CODE_BITS // 8))
-    size = inp.pos + sum(len(block) for block in iter(lambda: fo.read(1 << 20), b""))
-    if not meta.lm:
+    count, frames, coded = _summary(spec, header.num_samples, lambda n: scale + -(-n * k * CODE_BITS // 8))
+    size = inp.pos + sum(len(block) for block in iter(lambda: inp.fo.read(1 << 20), b""))
+    if header.coder == "raw":
         expected = inp.pos + coded
         if size < expected:
             raise TruncatedError(f"truncated file: {size} bytes, its codes need {expected}")
         if size > expected:
             raise FormatError(f"unexpected data after the last frame at byte {expected}")
-    return header(meta), F.End(frames, meta.audio_length, meta.audio_length, count), size
+    return End(frames, header.num_samples, header.num_samples, count), size

@@ -9,17 +9,16 @@ import json
 import struct
 import typing as tp
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
 from ..errors import CorruptError, FormatError, TruncatedError
+from . import v0
+from .records import ALL_FRAMES, CODE_BITS, VERSION, End, Frames, Header, Input, Packet, Segment
 
 MAGIC = b"\x89ECDC\r\n\x1a"
-V0_MAGIC = b"ECDC"  # how the files of Meta's encodec (version 0, v0.py) begin
-VERSION = 1
 UNKNOWN = 0xFFFF_FFFF_FFFF_FFFF  # a length not known when the header was written
-CODE_BITS = 10
 
 MODEL_IDS = {"encodec_24khz": 1, "encodec_48khz": 2}
 CODER_IDS = {"raw": 0, "lm": 3}
@@ -46,71 +45,29 @@ FLAG_RAW = 1  # in an LM-coded file: this packet's codes are stored raw
 MAX_RECORD = 1 << 28
 
 
-@dataclass(frozen=True)
-class Header:
-    model: str                      # 'encodec_24khz' or 'encodec_48khz'
-    coder: str                      # 'raw' or 'lm'
-    n_codebooks: int
-    bandwidth: float                # kbps, nominal
-    sample_rate: int                # the model's
-    channels: int                   # the model's
-    source_sample_rate: int         # the input's, restored on decompression
-    source_channels: int
-    num_samples: tp.Optional[int]   # at the model's rate; None while unknown
-    source_num_samples: tp.Optional[int]
-    weights_fingerprint: bytes      # 8 bytes
-    lm_fingerprint: bytes = bytes(8)
-    source_bits: tp.Optional[str] = None          # '16', '24' or 'float': restored on decompression
-    tags: tp.Tuple[tp.Tuple[str, str], ...] = ()  # the source's (name, text) tags: title, artist, ...
-    version: int = VERSION          # of the file read (0: Meta's encodec, see v0.py); not written
+def header_bytes(h: Header) -> bytes:
+    """The header as written: prefix, body, extension (revision 2), CRC-32."""
+    def length(n: tp.Optional[int]) -> int:
+        return UNKNOWN if n is None else n
 
-    def extension(self) -> bytes:
-        """Fields after the 50-byte body (revision 2 of version 1): source bit depth, tags."""
-        if self.source_bits is None and not self.tags:
-            return b""
-        tags = json.dumps(dict(self.tags), ensure_ascii=False).encode()
-        if len(tags) > MAX_TAGS:  # far more than any title: dropped rather than cut mid-text
-            tags = b"{}"
-        return _EXT.pack(SOURCE_BITS.get(self.source_bits, 0), len(tags)) + tags
-
-    def to_bytes(self) -> bytes:
-        def length(n: tp.Optional[int]) -> int:
-            return UNKNOWN if n is None else n
-
-        body = _BODY.pack(MODEL_IDS[self.model], CODER_IDS[self.coder], self.n_codebooks,
-                          round(self.bandwidth * 1000), self.sample_rate, self.channels,
-                          self.source_sample_rate, self.source_channels,
-                          length(self.num_samples), length(self.source_num_samples),
-                          self.weights_fingerprint, self.lm_fingerprint)
-        body += self.extension()
-        data = _PREFIX.pack(MAGIC, VERSION, len(body)) + body
-        return data + _CRC.pack(zlib.crc32(data))
+    body = _BODY.pack(MODEL_IDS[h.model], CODER_IDS[h.coder], h.n_codebooks,
+                      round(h.bandwidth * 1000), h.sample_rate, h.channels,
+                      h.source_sample_rate, h.source_channels,
+                      length(h.num_samples), length(h.source_num_samples),
+                      h.weights_fingerprint, h.lm_fingerprint)
+    body += _extension(h)
+    data = _PREFIX.pack(MAGIC, VERSION, len(body)) + body
+    return data + _CRC.pack(zlib.crc32(data))
 
 
-Segment = tp.Tuple[int, float]  # (frames, scale)
-
-
-@dataclass(frozen=True)
-class Packet:
-    codes: np.ndarray               # [frames, codebooks] uint16; [frames, 0] until the LM decodes it
-    segments: tp.Tuple[Segment, ...]  # 48 kHz: one per 1 s segment; 24 kHz: one
-    flags: int = 0
-    payload: bytes = b""            # the coded codes as stored
-    offset: int = 0                 # byte offset of the record in the file
-    start: int = 0                  # index of its first frame in the file
-    index: int = 1                  # its number in the file, from 1
-
-    @property
-    def frames(self) -> int:
-        return self.codes.shape[0]
-
-
-@dataclass(frozen=True)
-class End:
-    frames: int
-    num_samples: int
-    source_num_samples: int
-    packets: int
+def _extension(h: Header) -> bytes:
+    """Fields after the 50-byte body (revision 2 of version 1): source bit depth, tags."""
+    if h.source_bits is None and not h.tags:
+        return b""
+    tags = json.dumps(dict(h.tags), ensure_ascii=False).encode()
+    if len(tags) > MAX_TAGS:  # far more than any title: dropped rather than cut mid-text
+        tags = b"{}"
+    return _EXT.pack(SOURCE_BITS.get(h.source_bits, 0), len(tags)) + tags
 
 
 # ---------------------------------------------------------------- raw codes
@@ -144,7 +101,7 @@ class Writer:
     def __init__(self, fo: tp.BinaryIO, header: Header):
         self.fo, self.header = fo, header
         self.frames = self.packets = 0
-        fo.write(header.to_bytes())
+        fo.write(header_bytes(header))
 
     def write_packet(self, segments: tp.Sequence[Segment], payload: bytes, flags: int = 0) -> None:
         head = _PACKET.pack(flags, len(segments)) + b"".join(_SEGMENT.pack(*s) for s in segments)
@@ -159,8 +116,8 @@ class Writer:
         if seekable(self.fo):
             pos = self.fo.tell()
             self.fo.seek(0)
-            self.fo.write(replace(self.header, num_samples=num_samples,
-                                  source_num_samples=source_num_samples).to_bytes())
+            self.fo.write(header_bytes(replace(self.header, num_samples=num_samples,
+                                               source_num_samples=source_num_samples)))
             self.fo.seek(pos)
         self.fo.flush()
         return end
@@ -178,38 +135,15 @@ def _write_record(fo, kind: int, payload: bytes) -> None:
     fo.write(head + payload + _CRC.pack(zlib.crc32(payload, zlib.crc32(head))))
 
 
+
+
 # ---------------------------------------------------------------- reading
 
-class _Input:
-    """Counts bytes so that errors can name an offset."""
-
-    def __init__(self, fo: tp.BinaryIO):
-        self.fo, self.pos = fo, 0
-
-    def read_exactly(self, n: int, what: str, at: tp.Optional[int] = None) -> bytes:
-        """n bytes; a shortfall names `what` and its offset (`at`, else where the read began)."""
-        chunks, got = [], 0
-        while got < n:
-            chunk = self.fo.read(n - got)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            got += len(chunk)
-        data = b"".join(chunks)
-        if len(data) != n:
-            raise TruncatedError(f"truncated file: {what} at byte {self.pos if at is None else at} "
-                                 f"needs {n} bytes, only {len(data)} left")
-        self.pos += n
-        return data
-
-
-def read_header(inp: _Input, head: bytes = b"") -> Header:
+def read_header(inp: Input, head: bytes = b"") -> Header:
     """The header; `head`: its first bytes, already read from `inp`."""
-    rest = inp.fo.read(_PREFIX.size - len(head))
-    prefix = head + rest
-    inp.pos += len(rest)
+    prefix = head + inp.read(_PREFIX.size - len(head))
     if len(prefix) < len(MAGIC) or not prefix.startswith(MAGIC):
-        if prefix.startswith(V0_MAGIC):
+        if prefix.startswith(v0.MAGIC):
             raise FormatError("a version-0 file (of Meta's encodec) where version 1 was expected")
         raise FormatError("not an .ecdc file (no ecdc signature at the start)")
     if len(prefix) < _PREFIX.size:
@@ -249,30 +183,33 @@ def read_header(inp: _Input, head: bytes = b"") -> Header:
             tags = tuple((str(k), str(v)) for k, v in parsed.items()) if isinstance(parsed, dict) else ()
         except (UnicodeDecodeError, ValueError):
             raise CorruptError("corrupted header: its tags are not valid JSON") from None
-    return Header(model, coder, n_codebooks, bandwidth / 1000, sample_rate, channels,
-                  source_sample_rate, source_channels,
-                  None if num_samples == UNKNOWN else num_samples,
-                  None if source_num_samples == UNKNOWN else source_num_samples,
-                  weights_fp, lm_fp, source_bits, tags)
+    return Header(model=model, coder=coder, n_codebooks=n_codebooks, bandwidth=bandwidth / 1000,
+                  sample_rate=sample_rate, channels=channels, source_sample_rate=source_sample_rate,
+                  source_channels=source_channels,
+                  num_samples=None if num_samples == UNKNOWN else num_samples,
+                  source_num_samples=None if source_num_samples == UNKNOWN else source_num_samples,
+                  weights_fingerprint=weights_fp, lm_fingerprint=lm_fp, source_bits=source_bits, tags=tags)
 
 
 class Reader:
-    """Iterates over the packets of an .ecdc stream; `end` is set once read.
+    """Iterates over the packets of a version-1 stream whose header `inp` has just read;
+    `end` is set once read.
 
-    Packets that end before frame `skip_before`, or start at or after `stop_at`, are passed
-    over unread: on a seekable file only their record and segment heads are read (their
-    checksums are not checked), on a pipe their bytes are read and dropped. Past `stop_at`
-    the iteration ends at once when the header has the lengths.
+    Packets outside `frames` are passed over unread: on a seekable file only their record
+    and segment heads are read (their checksums are not checked), on a pipe their bytes are
+    read and dropped. Past `frames.stop` the iteration ends at once when the header has the
+    lengths.
     """
-    version = VERSION
 
-    def __init__(self, fo: tp.BinaryIO, skip_before: int = 0, head: bytes = b""):
-        self._in = _Input(fo)
-        self._in.pos = len(head)
-        self.header = read_header(self._in, head)
+    def __init__(self, inp: Input, header: Header, frames: Frames = ALL_FRAMES):
+        self._in, self.header, self.frames = inp, header, frames
         self.end: tp.Optional[End] = None
-        self.skip_before = skip_before
-        self.stop_at: tp.Optional[int] = None
+
+    @classmethod
+    def open(cls, fo: tp.BinaryIO, frames: Frames = ALL_FRAMES) -> "Reader":
+        """A reader of `fo`, its header read."""
+        inp = Input(fo)
+        return cls(inp, read_header(inp), frames)
 
     @property
     def num_samples(self) -> tp.Optional[int]:
@@ -287,13 +224,18 @@ class Reader:
             return self.header.source_num_samples
         return self.end.source_num_samples if self.end else None
 
+    @property
+    def position(self) -> int:
+        """Bytes read so far."""
+        return self._in.pos
+
     def __iter__(self) -> tp.Iterator[Packet]:
         inp, h = self._in, self.header
+        first, stop = self.frames.first, self.frames.stop
         count = frames = 0
         while True:
             offset = inp.pos
-            head = inp.fo.read(_RECORD.size)
-            inp.pos += len(head)
+            head = inp.read(_RECORD.size)
             if not head:
                 raise TruncatedError(f"truncated file: it ends at byte {offset} without its end "
                                      f"record (after {count} packets)")
@@ -302,12 +244,12 @@ class Reader:
             kind, size = _RECORD.unpack(head)
             if size > MAX_RECORD:
                 raise CorruptError(f"corrupted file: record at byte {offset} claims {size} bytes")
-            after = self.stop_at is not None and frames >= self.stop_at
+            after = stop is not None and frames >= stop
             if kind == RECORD_PACKET and after and h.num_samples is not None:
                 return  # the rest is not wanted, and the lengths are known without the end record
-            if kind == RECORD_PACKET and (frames < self.skip_before or after) and seekable(inp.fo):
+            if kind == RECORD_PACKET and (frames < first or after) and seekable(inp.fo):
                 n = self._skim(size, offset)
-                if frames + n <= self.skip_before or after:
+                if frames + n <= first or after:
                     inp.fo.seek(offset + _RECORD.size + size + _CRC.size)
                     inp.pos = offset + _RECORD.size + size + _CRC.size
                     count += 1
@@ -328,8 +270,8 @@ class Reader:
                     raise CorruptError(f"corrupted file: end record at byte {offset} counts "
                                        f"{end.packets} packets / {end.frames} frames, "
                                        f"the file has {count} / {frames}")
-                if inp.fo.read(1):
-                    raise FormatError(f"unexpected data after the end record at byte {inp.pos}")
+                if inp.read(1):
+                    raise FormatError(f"unexpected data after the end record at byte {inp.pos - 1}")
                 self.end = end
                 return
             if kind != RECORD_PACKET:
@@ -343,7 +285,7 @@ class Reader:
             segments = tuple(_SEGMENT.unpack_from(payload, _PACKET.size + i * _SEGMENT.size)
                              for i in range(nseg))
             n = sum(f for f, _ in segments)
-            if frames + n <= self.skip_before or after:  # on a pipe: read, then dropped undecoded
+            if frames + n <= first or after:  # on a pipe: read, then dropped undecoded
                 count += 1
                 frames += n
                 continue
@@ -352,7 +294,8 @@ class Reader:
                 codes = unpack_codes(data, n, h.n_codebooks)
             else:
                 codes = np.empty((n, 0), np.uint16)
-            yield Packet(codes, segments, flags, data, offset, frames, count + 1)
+            yield Packet(codes=codes, segments=segments, flags=flags, payload=data, offset=offset,
+                         start=frames, index=count + 1)
             count += 1
             frames += n
 
@@ -366,28 +309,3 @@ class Reader:
             raise CorruptError(f"corrupted file: packet at byte {offset} has a bad segment table")
         table = inp.read_exactly(nseg * _SEGMENT.size, f"the packet at byte {offset}")
         return sum(_SEGMENT.unpack_from(table, i * _SEGMENT.size)[0] for i in range(nseg))
-
-
-def open_reader(fo: tp.BinaryIO, skip_before: int = 0):
-    """A reader of version 1, or of version 0 (v0.V0Reader: the files of Meta's encodec)."""
-    head = fo.read(len(V0_MAGIC))
-    if head == V0_MAGIC:
-        from .v0 import V0Reader
-
-        return V0Reader(fo, head)
-    return Reader(fo, skip_before, head)
-
-
-def describe(fo: tp.BinaryIO) -> tp.Tuple[Header, End, int]:
-    """Header, end record and file size, reading every record (for `ecdc info`); of a
-    version-0 file, what its metadata says (`header.version` is 0)."""
-    head = fo.read(len(V0_MAGIC))
-    if head == V0_MAGIC:
-        from ..formats import v0
-
-        return v0.describe(fo, head)
-    reader = Reader(fo, head=head)
-    for _ in reader:
-        pass
-    assert reader.end is not None
-    return reader.header, reader.end, reader._in.pos

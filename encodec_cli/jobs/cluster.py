@@ -1,6 +1,6 @@
 """A batch on a Ray cluster: one actor per worker keeps its models loaded, one file a task.
 
-Imported only with --cluster (Ray is the optional extra `ecdc[ray]`). Workers read and
+Imported only with --cluster (Ray is the optional extra `ray`). Workers read and
 write the same paths as the driver (shared storage). A worker that dies in the middle of a
 file is restarted and the file is retried; what a killed worker left half-written (the
 hidden `.part` temporary beside an output) is removed when the batch ends, or by the next
@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import typing as tp
 
-from .task import FileResult, process, remove_stale_parts
 from ..errors import OptionError
+from .task import FileResult, Kind, process, remove_stale_parts
 
 RETRIES = 2  # more tries of a file whose worker died, before it is reported as failed
 
@@ -25,7 +25,7 @@ class _Worker:
 
         torch.set_num_threads(threads)
 
-    def run(self, kind: str, src: str, dst: str, opts, force: bool, make_folders: bool) -> FileResult:
+    def run(self, kind: Kind, src: str, dst: str, opts, force: bool, make_folders: bool) -> FileResult:
         return process(kind, src, dst, opts, force, make_folders=make_folders)
 
 
@@ -56,7 +56,7 @@ def connect(address: str, workers: int) -> None:
         raise OptionError(f"cannot use the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
 
 
-def run_on_ray(items: tp.Sequence[tp.Tuple[int, str, str]], kind: str, opts, force: bool,
+def run_on_ray(items: tp.Sequence[tp.Tuple[int, str, str]], kind: Kind, opts, force: bool,
                address: str, jobs: int, threads: int, make_folders: bool = False
                ) -> tp.Iterator[tp.Tuple[int, FileResult]]:
     """Yield (index, result) for each (index, source, output) as files finish."""
@@ -77,8 +77,9 @@ def run_on_ray(items: tp.Sequence[tp.Tuple[int, str, str]], kind: str, opts, for
             try:
                 result = ray.get(ready[0])
             except ray.exceptions.RayError as e:
-                result = FileResult(src, dst, "error", f"the Ray worker failed {RETRIES + 1} times: "
-                                                       f"{str(e).strip().splitlines()[0]}")
+                result = FileResult(source=src, output=dst, status="error",
+                                    error=f"the Ray worker failed {RETRIES + 1} times: "
+                                          f"{str(e).strip().splitlines()[0]}")
             idle.append(worker)
             yield i, result
     finally:

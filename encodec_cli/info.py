@@ -1,0 +1,67 @@
+"""What `ecdc info` shows of a file: its description (JSON), and the same as text rows.
+Reads every record's checksum, loads no model, imports no torch."""
+from __future__ import annotations
+
+import os
+import sys
+import typing as tp
+
+from .errors import OptionError
+from .formats.reader import describe
+
+
+def describe_file(file: str) -> dict:
+    """What `ecdc info --json` prints of one file ('-': stdin)."""
+    if file != "-" and os.path.isdir(file):
+        raise OptionError(f"{file} is a folder, not an .ecdc file")
+    if file != "-" and not os.path.isfile(file):
+        raise OptionError(f"{file} does not exist")
+    with (open(file, "rb") if file != "-" else sys.stdin.buffer) as f:
+        h, end, size = describe(f)
+    seconds = end.num_samples / h.sample_rate
+    v1 = h.version > 0  # format 0 (Meta's encodec) records neither the original nor the weights
+    return {
+        "file": file,
+        "model": h.model, "sample_rate": h.sample_rate, "channels": h.channels,
+        "bandwidth_kbps": h.bandwidth, "codebooks": h.n_codebooks, "coder": h.coder,
+        "duration_s": round(seconds, 6), "frames": end.frames, "packets": end.packets if v1 else None,
+        "source_sample_rate": h.source_sample_rate if v1 else None,
+        "source_channels": h.source_channels if v1 else None,
+        "source_samples": end.source_num_samples if v1 else None, "size_bytes": size,
+        "achieved_kbps": round(size * 8 / seconds / 1000, 3) if seconds else None,
+        "weights_fingerprint": h.weights_fingerprint.hex() if v1 else None,
+        "lm_fingerprint": h.lm_fingerprint.hex() if h.coder == "lm" and v1 else None,
+        "format_version": h.version,
+    }
+
+
+def rows(d: dict) -> tp.List[tp.Tuple[str, str]]:
+    ch = {1: "mono", 2: "stereo"}
+    seconds = d["duration_s"]
+    kbps = f"{d['achieved_kbps']:.2f} kbps achieved" if seconds else "empty"
+    if d["format_version"] == 0:
+        return [
+            ("format", "0 (Meta's encodec 0.1.1)"),
+            ("model", f"{d['model']} ({d['sample_rate']} Hz, {ch[d['channels']]})"),
+            ("bandwidth", f"{d['bandwidth_kbps']:g} kbps nominal, {d['codebooks']} codebooks"),
+            ("coder", "raw (10 bits per code)" if d["coder"] == "raw" else
+             "lm (encodec's float LM: decodes only where floats round as where it was written; "
+             "`ecdc convert` it there)"),
+            ("duration", f"{seconds:.3f} s ({d['frames']} frames)"),
+            ("original", "unknown (format 0 does not record the original's rate, channels or bit depth)"),
+            ("size", f"{d['size_bytes']} bytes, {kbps}"),
+            ("weights", "not recorded (format 0)"),
+            ("checksums", "none (format 0)"),
+        ]
+    return [
+        ("format", str(d["format_version"])),
+        ("model", f"{d['model']} ({d['sample_rate']} Hz, {ch[d['channels']]})"),
+        ("bandwidth", f"{d['bandwidth_kbps']:g} kbps nominal, {d['codebooks']} codebooks"),
+        ("coder", {"raw": "raw (10 bits per code)", "lm": "lm (language-model range coding)"}[d["coder"]]),
+        ("duration", f"{seconds:.3f} s ({d['frames']} frames)"),
+        ("original", f"{d['source_sample_rate']} Hz, {d['source_channels']} channel"
+                     f"{'s' if d['source_channels'] > 1 else ''}, {d['source_samples']} samples"),
+        ("size", f"{d['size_bytes']} bytes, {kbps}"),
+        ("packets", str(d["packets"])),
+        ("weights", d["weights_fingerprint"]),
+    ]

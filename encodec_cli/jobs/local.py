@@ -1,0 +1,48 @@
+"""The local executors: files one after another in this process, or in a pool of
+processes (one thread each by default), stopped cleanly on Ctrl-C or SIGTERM."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import typing as tp
+
+from ..codec.threads import set_threads
+from .task import FileResult, Kind, process, remove_stale_parts
+
+Item = tp.Tuple[int, str, str]  # (index, source, output)
+
+
+def run_here(items: tp.Sequence[Item], kind: Kind, opts, force: bool, threads: int, make_folders: bool,
+             progress: tp.Optional[tp.Callable[[float], None]] = None) -> tp.Iterator[tp.Tuple[int, FileResult]]:
+    """Yield (index, result) for each item, in order; `progress` gets seconds as blocks are coded."""
+    set_threads(threads)
+    for i, src, dst in items:
+        yield i, process(kind, src, dst, opts, force, progress, make_folders)
+
+
+def run_in_pool(items: tp.Sequence[Item], kind: Kind, opts, force: bool, jobs: int, threads: int,
+                make_folders: bool) -> tp.Iterator[tp.Tuple[int, FileResult]]:
+    """Yield (index, result) for each item as files finish in `jobs` processes."""
+    pool = cf.ProcessPoolExecutor(min(jobs, len(items)), initializer=set_threads, initargs=(threads,))
+    try:
+        futures = {pool.submit(process, kind, src, dst, opts, force, None, make_folders): i
+                   for i, src, dst in items}
+        for fut in cf.as_completed(futures):
+            yield futures[fut], fut.result()
+    except BaseException:  # Ctrl-C, SIGTERM, or the consumer stopped: nothing queued may still run
+        _stop(pool, [dst for _, _, dst in items])
+        raise
+    pool.shutdown()
+
+
+def _stop(pool: cf.ProcessPoolExecutor, outputs: tp.Sequence[str]) -> None:
+    """Cancel queued files, stop the workers (each removes its temporary output on SIGTERM)
+    and remove whatever temporary files are left."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    for proc in workers:
+        proc.terminate()
+    for proc in workers:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+    remove_stale_parts(outputs)

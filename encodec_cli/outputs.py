@@ -1,0 +1,83 @@
+"""Writing outputs safely, for every command: nothing replaced unless asked, a temporary
+file renamed into place only when complete (a symlink's target replaced, the mode kept or
+the umask's), and outputs that must be whole before they go to stdout."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import typing as tp
+
+from .errors import OptionError
+
+
+def check_output(path: str, force: bool) -> str:
+    """The file that writing `path` replaces (a symlink's target), checked before any work."""
+    if not path:
+        raise OptionError("the output path is empty")
+    if path.endswith(os.sep) or os.path.isdir(path):
+        raise OptionError(f"cannot write {path}: it is a folder" if os.path.isdir(path)
+                          else f"cannot write {path}: folder {path} does not exist")
+    if os.path.lexists(path) and not force:
+        raise OptionError(f"{path} exists; use -f/--force to overwrite")
+    target = os.path.realpath(path)  # -f on a symlink replaces the file it points to
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder):
+        raise OptionError(f"cannot write {path}: folder {os.path.dirname(os.path.abspath(path))} "
+                          f"does not exist")
+    return target
+
+
+def not_the_input(src: str, dst: str) -> None:
+    if src != "-" and dst != "-" and os.path.exists(src) and os.path.exists(dst) and os.path.samefile(src, dst):
+        raise OptionError(f"the output {dst} is the input; choose another -o")
+
+
+def _new_mode(target: str) -> int:
+    """The replaced file's mode, else what the umask allows (as flac and sox do)."""
+    try:
+        return os.stat(target).st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str, force: bool) -> tp.Iterator[str]:
+    """A temporary path beside `path`, renamed onto it only if the block succeeds."""
+    target = check_output(path, force)
+    folder = os.path.dirname(target)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(target) + ".",
+                                   suffix=".part")
+    except OSError as e:
+        raise OptionError(f"cannot write {path}: {e.strerror}") from None
+    os.close(fd)
+    try:
+        yield tmp
+        try:
+            os.chmod(tmp, _new_mode(target))
+            os.replace(tmp, target)
+        except OSError as e:
+            raise OptionError(f"cannot write {path}: {e.strerror}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def stdout_through_file(name: str) -> tp.Iterator[str]:
+    """A path in a temporary folder; what the block writes there is copied to stdout if it
+    succeeds (for outputs that need a seekable file or are checked before they go out)."""
+    folder = tempfile.mkdtemp(prefix="ecdc-out-")
+    try:
+        path = os.path.join(folder, name)
+        yield path
+        with open(path, "rb") as f:
+            shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
+        sys.stdout.buffer.flush()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

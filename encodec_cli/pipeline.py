@@ -1,0 +1,258 @@
+"""The streaming core, joining the stages: audio blocks -> codec -> coder -> container, and
+back. Generators throughout, so reading, coding and writing overlap and memory stays flat.
+
+Torch is imported only where a model runs: a file that is not .ecdc is refused first, and
+raw files give their codes without it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import struct
+import typing as tp
+
+import numpy as np
+
+from .audio import blocks as B
+from .entropy.coders import RawEncoder, batches, make_decoder, make_encoder
+from .errors import OptionError, WeightsError
+from .formats import v1
+from .formats.reader import Reader, open_reader, read_header
+from .formats.records import ALL_FRAMES, Frames, Header, Input, Packet, packetize
+from .formats.seek import span_for
+from .options import CompressOptions, ConvertOptions, DecompressOptions, Progress, Result
+from .specs import SPECS
+
+SinkFactory = tp.Callable[[int, int, tp.Optional[int], Header], B.Sink]  # rate, channels, frames, header
+
+
+# ---------------------------------------------------------------- compress
+
+def compress_stream(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions,
+                    progress: Progress = None) -> Result:
+    """Read `source` block by block and write an .ecdc stream to `fo`."""
+    from .codec import streaming as C
+
+    opts.check()
+    blocks = iter(source.blocks())
+    first = next(blocks, None)
+    codec = C.load_codec(opts.model, opts.weights, opts.download_bars)
+    spec = codec.spec
+    n_q = spec.codebooks_for(opts.bandwidth)
+    coder = make_encoder(spec, n_q, lm=opts.lm, lm_weights=opts.lm_weights, raw_fallback=opts.raw_fallback,
+                         download_bars=opts.download_bars)
+    header = Header(model=spec.name, coder=coder.name, n_codebooks=n_q, bandwidth=opts.bandwidth,
+                    sample_rate=spec.sample_rate, channels=spec.channels,
+                    source_sample_rate=source.sample_rate, source_channels=source.channels,
+                    num_samples=None, source_num_samples=None, weights_fingerprint=codec.fingerprint,
+                    lm_fingerprint=coder.fingerprint, source_bits=source.bits, tags=tuple(source.tags))
+    counts = {"source": 0, "model": 0}
+
+    def source_blocks() -> tp.Iterator[np.ndarray]:
+        for block in itertools.chain([first], blocks):
+            if not np.isfinite(block).all():  # NaN or inf in a float file: silence / full scale
+                block = np.nan_to_num(block, nan=0.0, posinf=1.0, neginf=-1.0)
+            counts["source"] += len(block)
+            if progress:
+                progress(len(block) / source.sample_rate)
+            yield block
+
+    def model_blocks() -> tp.Iterator[np.ndarray]:
+        for block in B.converted(source_blocks(), source.sample_rate, spec.sample_rate, spec.channels):
+            counts["model"] += len(block)
+            yield block.T
+
+    writer = v1.Writer(fo, header)
+    if first is None:  # an empty input gives a valid empty file (archives have such files)
+        writer.finish(0, 0)
+        return Result()
+    pieces = ((p.codes, p.scale) for p in C.encode(codec, model_blocks(), n_q))
+    packets = packetize(pieces, spec.causal, spec.frame_rate)
+    # to a pipe, packets should flow while the input is still coming: batches grow from one
+    ramp = not v1.seekable(fo)
+    for batch in batches(packets, lambda p: len(p[1]), coder.batch_streams, ramp):
+        for (_, segments), (payload, flags) in zip(batch, coder.encode_many(batch)):
+            writer.write_packet(segments, payload, flags)
+        fo.flush()  # a reader on a pipe gets each packet as soon as it is coded
+    writer.finish(counts["model"], counts["source"])
+    return Result(seconds=counts["source"] / source.sample_rate)
+
+
+# ---------------------------------------------------------------- reading
+
+def reader_for(inp: Input, header: Header, opts: DecompressOptions, frames: Frames = ALL_FRAMES) -> Reader:
+    """The reader of a file whose `header` `inp` has just read; an LM-coded version-0 file
+    gets the reference's float LM (torch imported), run as `opts.lm_threads` says."""
+    if header.version != 0 or header.coder != "lm":
+        return open_reader(inp, header, frames=frames)
+    from .entropy.reference_lm import ReferenceCdfs, load_float_lm, reference_threads
+
+    threads = opts.lm_threads or reference_threads()
+    lm = ReferenceCdfs(load_float_lm(header.model, opts.lm_weights, opts.download_bars), threads)
+    why = (f"a damaged file, or one written with other torch threads or another kind of CPU "
+           f"(read with {threads} thread{'s' if threads > 1 else ''}; encodec ran with as many "
+           f"as the writing machine had cores: try --threads N)")
+    return open_reader(inp, header, frames=frames, lm=lm, why=why)
+
+
+def decoded_packets(reader: Reader, opts: DecompressOptions) -> tp.Iterator[Packet]:
+    """The packets of `reader` with their codes decoded. Torch is imported only for LM-coded
+    files."""
+    h = reader.header
+    if h.version == 0 or h.coder == "raw":
+        yield from reader
+        return
+    coder = make_decoder(SPECS[h.model], h, lm_weights=opts.lm_weights, download_bars=opts.download_bars)
+    for batch in batches(reader, lambda p: len(p.segments), coder.batch_streams):
+        for packet, codes in zip(batch, coder.decode_many(batch)):
+            yield dataclasses.replace(packet, codes=codes)
+
+
+def read_packets(fo: tp.BinaryIO, opts: DecompressOptions) -> tp.Tuple[Reader, tp.Iterator[Packet]]:
+    """The reader of a whole .ecdc stream (either version) and its packets, codes decoded."""
+    inp = Input(fo)
+    reader = reader_for(inp, read_header(inp), opts)
+    return reader, decoded_packets(reader, opts)
+
+
+# ---------------------------------------------------------------- decompress
+
+def _output_range(opts: DecompressOptions, rate: int, total: tp.Optional[int]
+                  ) -> tp.Tuple[int, tp.Optional[int]]:
+    """Output samples [start, end) of `opts.start`..`opts.end` (end None: to the end)."""
+    start = round(opts.start * rate)
+    end = None if opts.end is None else round(opts.end * rate)
+    if end is not None and end < start:
+        raise OptionError(f"the range ends ({opts.end:g} s) before it starts ({opts.start:g} s)")
+    if total is not None:
+        if start and start >= total:
+            raise OptionError(f"--start {opts.start:g} s is past the end of the audio ({total / rate:.3f} s)")
+        end = None if end is None or end >= total else end
+    return start, end
+
+
+def decompress_stream(fo: tp.BinaryIO, open_sink: SinkFactory, opts: DecompressOptions,
+                      progress: Progress = None) -> Result:
+    """Read an .ecdc stream (version 1, or 0: Meta's encodec) and write its audio, or the
+    range `opts.start`..`opts.end`, to the sink made by `open_sink(rate, channels, frames,
+    header)` (frames: the output's length, None if not yet known; the header has the
+    source's bit depth and tags)."""
+    inp = Input(fo)
+    h = read_header(inp)  # a file that is not .ecdc is refused before torch is imported
+    rate, channels = (h.sample_rate, h.channels) if opts.model_format else (h.source_sample_rate, h.source_channels)
+    start, end = _output_range(opts, rate, h.num_samples if opts.model_format else h.source_num_samples)
+
+    from .codec import streaming as C
+
+    codec = C.load_codec(h.model, opts.weights, opts.download_bars)
+    if h.version and codec.fingerprint != h.weights_fingerprint:  # version 0 does not record it
+        raise WeightsError(f"the file was compressed with other weights (fingerprint "
+                           f"{h.weights_fingerprint.hex()}, loaded {codec.fingerprint.hex()}); "
+                           f"pass the same --weights FILE")
+    span = span_for(codec.spec, rate, start, end)
+    reader = reader_for(inp, h, opts, span.frames)
+
+    def total() -> tp.Optional[int]:  # of the whole output, once known
+        return reader.num_samples if opts.model_format else reader.source_num_samples
+
+    def packets() -> tp.Iterator[C.CodePacket]:
+        for packet in decoded_packets(reader, opts):
+            pos = packet.start
+            for frames, scale in packet.segments:
+                lo, hi = max(0, span.first_frame - pos), frames
+                if span.last_frame is not None:
+                    hi = min(hi, span.last_frame - pos)
+                if lo < hi:
+                    row = pos - packet.start
+                    yield C.CodePacket(packet.codes[row + lo:row + hi], scale)
+                pos += frames
+
+    coded = packets()
+    first = next(coded, None)
+    decoded = C.decode(codec, itertools.chain([first], coded), span.weight_length) if first is not None else iter(())
+
+    def model_total() -> tp.Optional[int]:  # model-rate samples from span.model_start
+        n = reader.num_samples
+        if n is None:
+            return None
+        return max(0, (n if span.model_end is None else min(n, span.model_end)) - span.model_start)
+
+    blocks = B.skip((a.T for a in decoded), span.model_start - span.decode_start)
+    blocks = B.fit_length(blocks, model_total, codec.spec.hop_length, h.channels)
+    out_start = span.model_start
+    if not opts.model_format:
+        resampled = B.converted(blocks, h.sample_rate, rate, h.channels)
+        blocks = (B.to_channels(b, channels) for b in resampled)
+        out_start = span.model_start * rate // h.sample_rate  # exact: the span starts on a common sample
+
+    def out_total() -> tp.Optional[int]:
+        n = total()
+        if n is None:
+            return None
+        return max(0, (n if end is None else min(n, end)) - start)
+
+    blocks = B.fit_length(B.skip(blocks, start - out_start), out_total, 4096, channels)
+    sink = open_sink(rate, channels, out_total(), h)
+    written = 0
+    try:
+        for block in blocks:
+            sink.write(block)
+            written += len(block)
+            if progress:
+                progress(len(block) / rate)
+    finally:
+        sink.close()
+    return Result(seconds=written / rate, clipped=sink.clipped)
+
+
+# ---------------------------------------------------------------- convert
+
+def hash_packet(digest, packet: Packet) -> None:
+    """Add a packet's codes and scales to `digest` (what convert must keep)."""
+    digest.update(np.ascontiguousarray(packet.codes, dtype=">u2").tobytes())
+    for frames, scale in packet.segments:
+        digest.update(struct.pack(">If", frames, scale))
+
+
+def codes_digest(fo: tp.BinaryIO, opts: ConvertOptions) -> bytes:
+    digest = hashlib.sha256()
+    for packet in read_packets(fo, opts.decoding())[1]:
+        hash_packet(digest, packet)
+    return digest.digest()
+
+
+def convert_stream(fi: tp.BinaryIO, fo: tp.BinaryIO, opts: ConvertOptions = ConvertOptions(),
+                   progress: Progress = None) -> tp.Tuple[Result, bytes]:
+    """Re-container an .ecdc stream (version 0 or 1) as version 1 with coder `opts.coder`,
+    without touching its codes. Returns the result and a digest of the codes and scales."""
+    if opts.coder not in (None, "raw", "lm"):
+        raise OptionError(f"unknown coder {opts.coder!r}")
+    reader, packets = read_packets(fi, opts.decoding())
+    h = reader.header
+    spec = SPECS[h.model]
+    fingerprint = h.weights_fingerprint
+    if h.version == 0:  # it does not record its weights: those that decompress would load stand for them
+        from .codec.streaming import load_codec
+
+        fingerprint = load_codec(h.model, opts.weights, opts.download_bars).fingerprint
+    if (opts.coder or h.coder) == "lm":
+        encoder = make_encoder(spec, h.n_codebooks, lm=True, lm_weights=opts.lm_weights,
+                               download_bars=opts.download_bars)
+    else:
+        encoder = RawEncoder()
+    header = dataclasses.replace(h, coder=encoder.name, weights_fingerprint=fingerprint,
+                                 lm_fingerprint=encoder.fingerprint, num_samples=None,
+                                 source_num_samples=None, version=v1.VERSION)
+    writer = v1.Writer(fo, header)
+    digest = hashlib.sha256()
+    for batch in batches(packets, lambda p: len(p.segments), encoder.batch_streams):
+        items = [(p.codes, p.segments) for p in batch]
+        for packet, (payload, flags) in zip(batch, encoder.encode_many(items)):
+            writer.write_packet(packet.segments, payload, flags)
+            hash_packet(digest, packet)
+            if progress:
+                progress(packet.frames / spec.frame_rate)
+    writer.finish(reader.num_samples, reader.source_num_samples)
+    return Result(seconds=(reader.source_num_samples or 0) / h.source_sample_rate), digest.digest()
+
