@@ -17,7 +17,8 @@ import numpy as np
 from .audio import files as A
 from .audio.arrays import ArraySink, ArraySource
 from .audio.pipes import WavPipeSink
-from .errors import AudioError, FormatError, OptionError
+from .errors import AudioError, FormatError, NotEcdcError, OptionError
+from .formats import v0, v1
 from .formats.records import Header
 from .options import MODELS, CompressOptions, ConvertOptions, DecompressOptions, Progress, Result
 from .outputs import atomic_path, not_the_input, stdout_through_file
@@ -35,6 +36,9 @@ def compress_file(src: str, dst: str, opts: CompressOptions = CompressOptions(),
                   force: bool = False, progress: Progress = None) -> Result:
     """Compress audio file `src` ('-': stdin) to `dst` ('-': stdout)."""
     opts.check()
+    if src != "-" and _starts_as_ecdc(src):
+        raise OptionError(f"{src} is an .ecdc file: did you mean decompress_file?",
+                          cli=f"{src} is an .ecdc file: did you mean `ecdc decompress`?")
     not_the_input(src, dst)
     source = A.open_source(src)
     try:
@@ -51,18 +55,35 @@ def compress_file(src: str, dst: str, opts: CompressOptions = CompressOptions(),
         source.close()
 
 
+def _starts_as_ecdc(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(v1.MAGIC))
+    except OSError:
+        return False  # said when it is opened
+    return head.startswith(v1.MAGIC) or head[:5] == v0.MAGIC + b"\0"
+
+
 @contextlib.contextmanager
 def _ecdc_input(src: str) -> tp.Iterator[tp.BinaryIO]:
-    """.ecdc file `src` opened for reading ('-': stdin, left open)."""
-    if src == "-":
-        yield sys.stdin.buffer
-        return
-    if not os.path.exists(src):
+    """.ecdc file `src` opened for reading ('-': stdin, left open). A file that does not
+    begin as one is named, and audio is told apart."""
+    if src != "-" and not os.path.exists(src):
         raise AudioError(f"{src} does not exist")
-    if os.path.isdir(src):
+    if src != "-" and os.path.isdir(src):
         raise AudioError(f"{src} is a folder, not an .ecdc file")
-    with open(src, "rb") as f:
-        yield f
+    try:
+        if src == "-":
+            yield sys.stdin.buffer
+            return
+        with open(src, "rb") as f:
+            yield f
+    except NotEcdcError as e:
+        name = "stdin" if src == "-" else src
+        if src != "-" and A.readable(src):
+            raise NotEcdcError(f"{src} is audio, not an .ecdc file: did you mean compress_file?",
+                               cli=f"{src} is audio, not an .ecdc file: did you mean `ecdc compress`?") from None
+        raise NotEcdcError(f"{name} is {e}") from None
 
 
 def decompress_file(src: str, dst: str, opts: DecompressOptions = DecompressOptions(),

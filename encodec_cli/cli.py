@@ -67,22 +67,35 @@ def _execute(kind: str, inputs, output, opts, force, quiet, threads, jobs, recur
     # files that cannot be read have no duration, and fail without adding any audio
     total = sum(d for d in durations if d) or None
     show = not quiet and sys.stderr.isatty() and all(d != "-" for _, d in plan)
-    prefix = len(plan) > 1
 
     with tqdm(total=total, unit="s", disable=not show, desc=kind, file=sys.stderr,
               bar_format=bar_format(total)) as bar:
         def note(r: FileResult) -> None:
-            if r.status == "ok" and r.clipped and not quiet:
-                tqdm.write(f"note: {r.output}: {r.clipped} samples clipped to full scale", file=sys.stderr)
+            lines = [f"{r.source}: {line}" for line in r.notes]  # damage is said even with -q
+            if r.clipped:
+                lines.append(f"{r.output}: {r.clipped} samples clipped to full scale")
+            for line in lines:
+                if not quiet or line.startswith(f"{r.source}: damaged: "):
+                    tqdm.write(f"note: {line}", file=sys.stderr)
 
         results = R.run_batch(plan, kind, opts, force=force, resume=resume, jobs=jobs,
-                                  threads=threads, cluster=cluster, manifest=manifest,
-                                  make_folders=recursive, on_result=note, progress=bar.update)
-    failures = [f"{r.source}: {r.error}" if prefix else str(r.error) for r in results if r.status == "error"]
+                              threads=threads, cluster=cluster, manifest=manifest,
+                              make_folders=recursive or P.to_folder(inputs, output), on_result=note,
+                              progress=lambda seconds: advance(bar, seconds))
+    failures = [str(r.error) for r in results if r.status == "error"]  # each names its file
     if failures:
         for line in failures[:-1]:
             click.echo(f"Error: {line}", err=True)
         raise click.ClickException(failures[-1])
+
+
+def advance(bar, seconds: float) -> None:
+    """Move the bar by `seconds`, never past its total: float steps can add up to a hair more
+    than the total (600.0000000000008 of 600 s), and tqdm would warn."""
+    if bar.total:
+        seconds = min(seconds, bar.total - bar.n)
+    if seconds > 0:
+        bar.update(seconds)
 
 
 def bar_format(total: tp.Optional[float]) -> str:
@@ -96,7 +109,7 @@ def _check_ray() -> None:
     import importlib.util
 
     if importlib.util.find_spec("ray") is None:
-        raise OptionError("--cluster needs Ray: pip install 'ecdc[ray]'")
+        raise OptionError("--cluster needs Ray: pip install 'encodec-cli[ray]'")
 
 
 class _Terminated(BaseException):
@@ -118,7 +131,7 @@ def _guard(fn):
         try:
             return fn(*args, **kwargs)
         except EcdcError as e:
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(e.cli) from None
         except BrokenPipeError:
             sys.stderr.close()  # the reader went away; nothing more to say
             sys.exit(1)
@@ -163,7 +176,7 @@ COMMON = [
                       "bytes, kbps, wall_s) to this file."),
     click.option("--cluster", metavar="ADDRESS",
                  help="Run the files as Ray tasks: 'local', 'auto', ray://host:port or host:port "
-                      "(needs pip install 'ecdc[ray]'; workers must see the same paths)."),
+                      "(needs pip install 'encodec-cli[ray]'; workers must see the same paths)."),
 ]
 
 
@@ -173,7 +186,7 @@ def _common(fn):
     return fn
 
 
-@main.command()
+@main.command(short_help="Compress audio files to .ecdc.")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-b", "--bandwidth", type=float, default=6.0, show_default=True,
               help="Target kbps: 1.5, 3, 6, 12, 24 (24khz); 3, 6, 12, 24 (48khz).")
@@ -186,24 +199,24 @@ def _common(fn):
 @_guard
 def compress(inputs, output, bandwidth, model, lm, weights, lm_weights, force, quiet, threads, jobs,
              recursive, resume, manifest, cluster):
-    """Compress audio files or folders (-r) (WAV, FLAC, OGG, ...; '-' for stdin) to .ecdc."""
+    """Compress audio files or folders (-r) (WAV, FLAC, OGG, ...; '-' for stdin) to .ecdc.
+
+    With --raw, --lm-weights is accepted and not used (the language model is not loaded)."""
     from .options import MODELS, CompressOptions
 
-    if lm_weights is not None and not lm:
-        raise click.UsageError("--lm-weights has no use with --raw")
     opts = CompressOptions(bandwidth=bandwidth, model=MODELS[model], weights=weights, lm=lm,
-                           lm_weights=lm_weights, download_bars=not quiet)
-    opts.check()
+                           lm_weights=lm_weights if lm else None, threads=threads, download_bars=not quiet)
+    _usage(opts.check, "'-b' / '--bandwidth'")
     _execute("compress", inputs, output, opts, force, quiet, threads, jobs, recursive, resume,
              manifest, cluster)
 
 
-@main.command()
+@main.command(short_help="Decompress .ecdc files to audio.")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--bits", type=click.Choice(["16", "24", "float"]),
               help="Sample format of the output (default: the original's, 16 if unknown).")
 @click.option("--format", "fmt", type=click.Choice(["wav", "flac", "aiff", "au", "caf", "w64", "rf64",
-                                                    "ogg", "opus", "mp3"]),
+                                                    "ogg", "opus", "mp3"], case_sensitive=False),
               help="Output format (default: the -o extension, else wav); sets the extension of "
                    "outputs named by ecdc.")
 @click.option("--model-format", is_flag=True,
@@ -212,9 +225,12 @@ def compress(inputs, output, bandwidth, model, lm, weights, lm_weights, force, q
               help="Decode from this time: seconds (90.5) or [h:]mm:ss[.ms] (1:30.5).")
 @click.option("--duration", metavar="TIME", help="Decode this long (from --start).")
 @click.option("--end", "end", metavar="TIME", help="Decode up to this time (instead of --duration).")
+@click.option("--salvage", is_flag=True,
+              help="A damaged or cut file: decode every intact packet, silence where packets are lost (each "
+                   "lost range named on stderr), write the output, exit 1.")
 @_common
 @_guard
-def decompress(inputs, output, bits, fmt, model_format, start, duration, end, weights, lm_weights, force,
+def decompress(inputs, output, bits, fmt, model_format, start, duration, end, salvage, weights, lm_weights, force,
                quiet, threads, jobs, recursive, resume, manifest, cluster):
     """Decompress .ecdc files or folders (-r) ('-' for stdin) to WAV, FLAC, OGG, Opus, AIFF, ...
     (by --format or extension; stdout: WAV unless --format says). Also reads the .ecdc files
@@ -224,16 +240,31 @@ def decompress(inputs, output, bits, fmt, model_format, start, duration, end, we
 
     if duration is not None and end is not None:
         raise click.UsageError("give --duration or --end, not both")
-    first = parse_time(start) if start is not None else 0.0
-    last = first + parse_time(duration) if duration is not None else (
-        parse_time(end) if end is not None else None)
+    first = _usage(lambda: parse_time(start), "'--start'") if start is not None else 0.0
+    last = first + _usage(lambda: parse_time(duration), "'--duration'") if duration is not None else (
+        _usage(lambda: parse_time(end), "'--end'") if end is not None else None)
+    if last is not None and last < first:
+        raise click.UsageError(f"the range ends ({last:g} s) before it starts ({first:g} s)")
     if resume and (first or last is not None):
         raise click.UsageError("--resume cannot tell a range's output from a whole file's")
+    if salvage and (first or last is not None):
+        raise click.UsageError("--salvage decodes whole files: leave out --start, --duration and --end")
     opts = DecompressOptions(weights=weights, lm_weights=lm_weights, model_format=model_format, bits=bits,
                              format=fmt, start=first, end=last, lm_threads=_explicit_threads(threads),
-                             download_bars=not quiet)
+                             threads=threads, salvage=salvage, download_bars=not quiet)
     _execute("decompress", inputs, output, opts, force, quiet, threads, jobs, recursive, resume,
              manifest, cluster)
+
+
+T = tp.TypeVar("T")
+
+
+def _usage(check: tp.Callable[[], T], param: str) -> T:
+    """check(), its OptionError turned into click's usage error (exit 2) for `param`."""
+    try:
+        return check()
+    except OptionError as e:
+        raise click.BadParameter(str(e), param_hint=param) from None
 
 
 def _explicit_threads(threads: int) -> tp.Optional[int]:
@@ -245,7 +276,7 @@ def _explicit_threads(threads: int) -> tp.Optional[int]:
     return threads if source == ParameterSource.COMMANDLINE else None
 
 
-@main.command()
+@main.command(short_help="Re-container .ecdc files (format 0 to 1, raw <-> LM).")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--lm/--raw", "lm", default=None,
               help="Coder of the new file (default: raw stays raw, LM-coded becomes the portable LM coder).")
@@ -267,12 +298,12 @@ def convert(inputs, output, lm, in_place, weights, lm_weights, force, quiet, thr
         raise click.UsageError("convert needs -o OUT (a file, or a folder for several inputs) or --in-place")
     coder = None if lm is None else ("lm" if lm else "raw")
     opts = ConvertOptions(coder=coder, weights=weights, lm_weights=lm_weights,
-                          lm_threads=_explicit_threads(threads), download_bars=not quiet)
+                          lm_threads=_explicit_threads(threads), threads=threads, download_bars=not quiet)
     _execute("convert", inputs, output, opts, force or in_place, quiet, threads, jobs, recursive, resume,
              manifest, cluster, in_place)
 
 
-@main.command()
+@main.command(short_help="Write the codes of .ecdc files as NumPy .npz.")
 @click.argument("inputs", nargs=-1, required=True)
 @_common
 @_guard
@@ -283,11 +314,11 @@ def codes(inputs, output, weights, lm_weights, force, quiet, threads, jobs, recu
     from .options import DecompressOptions
 
     opts = DecompressOptions(weights=weights, lm_weights=lm_weights, lm_threads=_explicit_threads(threads),
-                             download_bars=not quiet)
+                             threads=threads, download_bars=not quiet)
     _execute("codes", inputs, output, opts, force, quiet, threads, jobs, recursive, resume, manifest, cluster)
 
 
-@main.command("eval")
+@main.command("eval", short_help="Measure each bandwidth's quality and cost, next to Opus.")
 @click.argument("source", metavar="IN")
 @click.option("-b", "--bandwidth", "bandwidths", type=float, multiple=True,
               help="kbps to try; repeat for several (default: all of the model's).")
@@ -312,19 +343,17 @@ def codes(inputs, output, weights, lm_weights, force, quiet, threads, jobs, recu
 def eval_(source, bandwidths, model, lm, plot, as_json, keep, opus, weights, lm_weights, threads, force, quiet):
     """Measure what each bandwidth costs on IN, next to Opus: achieved kbps, SI-SNR, mel
     distance, STOI and seconds each way, compared with IN at its own rate and channels.
-    Needs pip install 'ecdc[eval]'."""
+    Needs pip install 'encodec-cli[eval]'."""
     from .evaluation.report import EvalOptions, check_extra
     from .options import MODELS
 
     check_extra(plot is not None)
     if threads < 1:
         raise click.UsageError("--threads takes a positive number")
-    if lm_weights is not None and not lm:
-        raise click.UsageError("--lm-weights has no use with --raw")
     opts = EvalOptions(model=MODELS[model], bandwidths=tuple(bandwidths), lm=lm, weights=weights,
-                       lm_weights=lm_weights, threads=threads, opus=opus, keep=keep, force=force,
-                       download_bars=not quiet)
-    opts.targets()  # a bandwidth the model lacks stops us here
+                       lm_weights=lm_weights if lm else None, threads=threads, opus=opus, keep=keep,
+                       force=force, download_bars=not quiet)
+    _usage(opts.targets, "'-b' / '--bandwidth'")  # a bandwidth the model lacks stops us here
     fmt = _plot_format(plot, force) if plot is not None else None
     _evaluate(source, opts, plot, fmt, as_json, quiet)
 
@@ -335,7 +364,8 @@ def _plot_format(plot: str, force: bool) -> str:
 
     ext = os.path.splitext(plot)[1].lstrip(".").lower()
     if ext not in formats():
-        raise OptionError(f"--plot {plot}: give a file name ending in .png, .svg or .pdf"
+        names = ", ".join("." + k for k in sorted(formats()))
+        raise OptionError(f"--plot {plot}: give a file name ending in one of {names}"
                           + (f" (matplotlib cannot write .{ext})" if ext else ""))
     check_output(plot, force)
     return ext
@@ -366,7 +396,7 @@ def _evaluate(source, opts, plot, fmt, as_json, quiet) -> None:
             write(report, tmp, fmt)
 
 
-@main.command()
+@main.command(short_help="Describe .ecdc files without decoding them.")
 @click.argument("files", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True,
               help="Print JSON for scripts (an object; a list of them for several files).")

@@ -1,12 +1,27 @@
-"""One error hierarchy; the CLI turns `EcdcError` into a one-line message."""
+"""One error hierarchy; the CLI turns `EcdcError` into a one-line message.
+
+A message names what the caller can change: the API's fields (`weights`, `force`) in
+`str(e)`, the command's options (`--weights`, `-f`) in `e.cli` where they differ.
+"""
+from __future__ import annotations
+
+import typing as tp
 
 
 class EcdcError(Exception):
     """Base class of every error ecdc reports to its user."""
 
+    def __init__(self, message: str, cli: tp.Optional[str] = None):
+        super().__init__(message)
+        self.cli = cli or message   # the same, as the command line says it
+
 
 class FormatError(EcdcError):
     """The input is not a readable .ecdc file."""
+
+
+class NotEcdcError(FormatError):
+    """The input does not begin as an .ecdc file does."""
 
 
 class TruncatedError(FormatError):

@@ -17,7 +17,7 @@ def describe_file(file: str) -> dict:
     if file != "-" and not os.path.isfile(file):
         raise OptionError(f"{file} does not exist")
     with (open(file, "rb") if file != "-" else sys.stdin.buffer) as f:
-        h, end, size = describe(f)
+        h, end, size, coded = describe(f)
     seconds = end.num_samples / h.sample_rate
     v1 = h.version > 0  # format 0 (Meta's encodec) records neither the original nor the weights
     return {
@@ -32,6 +32,7 @@ def describe_file(file: str) -> dict:
         "weights_fingerprint": h.weights_fingerprint.hex() if v1 else None,
         "lm_fingerprint": h.lm_fingerprint.hex() if h.coder == "lm" and v1 else None,
         "format_version": h.version,
+        "range_coded_packets": coded,
     }
 
 
@@ -57,7 +58,7 @@ def rows(d: dict) -> tp.List[tp.Tuple[str, str]]:
         ("format", str(d["format_version"])),
         ("model", f"{d['model']} ({d['sample_rate']} Hz, {ch[d['channels']]})"),
         ("bandwidth", f"{d['bandwidth_kbps']:g} kbps nominal, {d['codebooks']} codebooks"),
-        ("coder", {"raw": "raw (10 bits per code)", "lm": "lm (language-model range coding)"}[d["coder"]]),
+        ("coder", "raw (10 bits per code)" if d["coder"] == "raw" else _lm_coder(d)),
         ("duration", f"{seconds:.3f} s ({d['frames']} frames)"),
         ("original", f"{d['source_sample_rate']} Hz, {d['source_channels']} channel"
                      f"{'s' if d['source_channels'] > 1 else ''}, {d['source_samples']} samples"),
@@ -65,3 +66,11 @@ def rows(d: dict) -> tp.List[tp.Tuple[str, str]]:
         ("packets", str(d["packets"])),
         ("weights", d["weights_fingerprint"]),
     ]
+
+
+def _lm_coder(d: dict) -> str:
+    coded, packets = d["range_coded_packets"], d["packets"]
+    if coded == packets:
+        return f"lm (language-model range coding{', every packet' if packets else ''})"
+    return (f"lm (language-model range coding): {coded} of {packets} packets range coded, the other "
+            f"{packets - coded} stored raw (the LM did not make them smaller)")

@@ -22,6 +22,7 @@ class CompressOptions:
     lm: bool = True                         # range-code with the language model (False: raw)
     lm_weights: tp.Optional[Path] = None
     raw_fallback: bool = True               # store a packet raw when the LM does not make it smaller
+    threads: int = 1                        # torch threads while coding (as `ecdc compress`)
     download_bars: bool = True              # progress bars while weights download
 
     def check(self) -> None:
@@ -43,6 +44,8 @@ class DecompressOptions:
     end: tp.Optional[float] = None  # ... to here (None: the end)
     lm_threads: tp.Optional[int] = None  # version-0 LM files: the writer's torch threads
     # (None: torch's default here, as Meta's encodec ran; each count rounds differently)
+    threads: int = 1                     # torch threads while decoding
+    salvage: bool = False                # a damaged file: decode what is intact, silence for the rest
     download_bars: bool = True
 
 
@@ -52,11 +55,12 @@ class ConvertOptions:
     weights: tp.Optional[Path] = None       # version 0: the codec weights whose fingerprint to record
     lm_weights: tp.Optional[Path] = None
     lm_threads: tp.Optional[int] = None     # version-0 LM files: see DecompressOptions
+    threads: int = 1
     download_bars: bool = True
 
     def decoding(self) -> DecompressOptions:
-        return DecompressOptions(weights=self.weights, lm_weights=self.lm_weights,
-                                 lm_threads=self.lm_threads, download_bars=self.download_bars)
+        return DecompressOptions(weights=self.weights, lm_weights=self.lm_weights, lm_threads=self.lm_threads,
+                                 threads=self.threads, download_bars=self.download_bars)
 
 
 @dataclass
@@ -64,3 +68,5 @@ class Result:
     seconds: float = 0.0         # audio duration
     bytes_written: int = 0
     clipped: int = 0             # samples clipped to [-1, 1] on output
+    notes: tp.Tuple[str, ...] = ()  # what the user should know of a file that worked (NaN input, ...)
+    damaged: tp.Tuple[str, ...] = ()  # salvage: the time ranges lost, replaced by silence

@@ -6,23 +6,32 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import typing as tp
 
+from .audio.extensions import is_audio_name
 from .errors import OptionError
 
 
 def check_output(path: str, force: bool) -> str:
-    """The file that writing `path` replaces (a symlink's target), checked before any work."""
+    """The file that writing `path` replaces (a symlink's target), checked before any work.
+    A device or a FIFO is written into, never replaced, and needs no `force`."""
     if not path:
         raise OptionError("the output path is empty")
     if path.endswith(os.sep) or os.path.isdir(path):
         raise OptionError(f"cannot write {path}: it is a folder" if os.path.isdir(path)
                           else f"cannot write {path}: folder {path} does not exist")
-    if os.path.lexists(path) and not force:
-        raise OptionError(f"{path} exists; use -f/--force to overwrite")
     target = os.path.realpath(path)  # -f on a symlink replaces the file it points to
+    if special(target):
+        return target
+    if os.path.lexists(path) and not force:
+        if is_audio_name(path):  # perhaps the original: say how to keep it first
+            raise OptionError(f"{path} exists; choose another output, or pass force=True to replace it",
+                              cli=f"{path} exists; give another name with -o OTHER, or replace it with -f")
+        raise OptionError(f"{path} exists; pass force=True to overwrite it",
+                          cli=f"{path} exists; use -f/--force to overwrite")
     folder = os.path.dirname(target)
     if not os.path.isdir(folder):
         raise OptionError(f"cannot write {path}: folder {os.path.dirname(os.path.abspath(path))} "
@@ -30,9 +39,18 @@ def check_output(path: str, force: bool) -> str:
     return target
 
 
+def special(target: str) -> bool:
+    """Whether `target` exists and is not a regular file (a device, a FIFO, a socket)."""
+    try:
+        return not stat.S_ISREG(os.stat(target).st_mode)
+    except OSError:
+        return False
+
+
 def not_the_input(src: str, dst: str) -> None:
     if src != "-" and dst != "-" and os.path.exists(src) and os.path.exists(dst) and os.path.samefile(src, dst):
-        raise OptionError(f"the output {dst} is the input; choose another -o")
+        raise OptionError(f"the output {dst} is the input; choose another output",
+                          cli=f"the output {dst} is the input; choose another -o")
 
 
 def _new_mode(target: str) -> int:
@@ -47,8 +65,14 @@ def _new_mode(target: str) -> int:
 
 @contextlib.contextmanager
 def atomic_path(path: str, force: bool) -> tp.Iterator[str]:
-    """A temporary path beside `path`, renamed onto it only if the block succeeds."""
+    """A temporary path beside `path`, renamed onto it only if the block succeeds. Into a
+    device or a FIFO (`-o /dev/null`), what the block wrote is copied instead: only a
+    regular file is ever replaced."""
     target = check_output(path, force)
+    if special(target):
+        with _into_special(path, target) as tmp:
+            yield tmp
+        return
     folder = os.path.dirname(target)
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(target) + ".",
@@ -66,6 +90,21 @@ def atomic_path(path: str, force: bool) -> tp.Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _into_special(path: str, target: str) -> tp.Iterator[str]:
+    folder = tempfile.mkdtemp(prefix="ecdc-out-")
+    try:
+        tmp = os.path.join(folder, "out" + os.path.splitext(path)[1])
+        yield tmp
+        try:
+            with open(tmp, "rb") as f, open(target, "wb") as out:
+                shutil.copyfileobj(f, out, 1 << 20)
+        except OSError as e:
+            raise OptionError(f"cannot write {path}: {e.strerror}") from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ raw files give their codes without it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -15,8 +16,10 @@ import typing as tp
 import numpy as np
 
 from .audio import blocks as B
+from .codec.threads import torch_threads
+from .codec.weights import weights_error
 from .entropy.coders import RawEncoder, batches, make_decoder, make_encoder
-from .errors import OptionError, WeightsError
+from .errors import OptionError
 from .formats import v1
 from .formats.reader import Reader, open_reader, read_header
 from .formats.records import ALL_FRAMES, Frames, Header, Input, Packet, packetize
@@ -31,10 +34,16 @@ SinkFactory = tp.Callable[[int, int, tp.Optional[int], Header], B.Sink]  # rate,
 
 def compress_stream(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions,
                     progress: Progress = None) -> Result:
-    """Read `source` block by block and write an .ecdc stream to `fo`."""
+    """Read `source` block by block and write an .ecdc stream to `fo`, with `opts.threads`
+    torch threads."""
+    opts.check()
+    with torch_threads(opts.threads):
+        return _compress(source, fo, opts, progress)
+
+
+def _compress(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions, progress: Progress) -> Result:
     from .codec import streaming as C
 
-    opts.check()
     blocks = iter(source.blocks())
     first = next(blocks, None)
     codec = C.load_codec(opts.model, opts.weights, opts.download_bars)
@@ -47,16 +56,23 @@ def compress_stream(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions,
                     source_sample_rate=source.sample_rate, source_channels=source.channels,
                     num_samples=None, source_num_samples=None, weights_fingerprint=codec.fingerprint,
                     lm_fingerprint=coder.fingerprint, source_bits=source.bits, tags=tuple(source.tags))
-    counts = {"source": 0, "model": 0}
+    counts = {"source": 0, "model": 0, "not_finite": 0}
+    # progress: reading and the codec's encoder, then the LM's coding, about as costly
+    coding_share = 0.5 if coder.name == "lm" else 0.0
 
     def source_blocks() -> tp.Iterator[np.ndarray]:
         for block in itertools.chain([first], blocks):
             if not np.isfinite(block).all():  # NaN or inf in a float file: silence / full scale
+                counts["not_finite"] += int((~np.isfinite(block)).sum())
                 block = np.nan_to_num(block, nan=0.0, posinf=1.0, neginf=-1.0)
             counts["source"] += len(block)
             if progress:
-                progress(len(block) / source.sample_rate)
+                progress(len(block) / source.sample_rate * (1 - coding_share))
             yield block
+
+    def coded(frames: int) -> None:
+        if progress:
+            progress(frames / spec.frame_rate * coding_share)
 
     def model_blocks() -> tp.Iterator[np.ndarray]:
         for block in B.converted(source_blocks(), source.sample_rate, spec.sample_rate, spec.channels):
@@ -72,11 +88,18 @@ def compress_stream(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions,
     # to a pipe, packets should flow while the input is still coming: batches grow from one
     ramp = not v1.seekable(fo)
     for batch in batches(packets, lambda p: len(p[1]), coder.batch_streams, ramp):
-        for (_, segments), (payload, flags) in zip(batch, coder.encode_many(batch)):
+        for (_, segments), (payload, flags) in zip(batch, coder.encode_many(batch, coded)):
             writer.write_packet(segments, payload, flags)
         fo.flush()  # a reader on a pipe gets each packet as soon as it is coded
     writer.finish(counts["model"], counts["source"])
-    return Result(seconds=counts["source"] / source.sample_rate)
+    notes = []
+    if counts["not_finite"]:
+        notes.append(f"{counts['not_finite']} samples were NaN or infinite: coded as silence (NaN) "
+                     f"or full scale")
+    if source.frames is not None and counts["source"] < source.frames:
+        notes.append(f"the file is shorter than its header says ({counts['source']} of "
+                     f"{source.frames} frames): it may be cut; what it holds was compressed")
+    return Result(seconds=counts["source"] / source.sample_rate, notes=tuple(notes))
 
 
 # ---------------------------------------------------------------- reading
@@ -103,10 +126,11 @@ def decoded_packets(reader: Reader, opts: DecompressOptions) -> tp.Iterator[Pack
     if h.version == 0 or h.coder == "raw":
         yield from reader
         return
-    coder = make_decoder(SPECS[h.model], h, lm_weights=opts.lm_weights, download_bars=opts.download_bars)
-    for batch in batches(reader, lambda p: len(p.segments), coder.batch_streams):
-        for packet, codes in zip(batch, coder.decode_many(batch)):
-            yield dataclasses.replace(packet, codes=codes)
+    with torch_threads(opts.threads):
+        coder = make_decoder(SPECS[h.model], h, lm_weights=opts.lm_weights, download_bars=opts.download_bars)
+        for batch in batches(reader, lambda p: len(p.segments), coder.batch_streams):
+            for packet, codes in zip(batch, coder.decode_many(batch)):
+                yield dataclasses.replace(packet, codes=codes)
 
 
 def read_packets(fo: tp.BinaryIO, opts: DecompressOptions) -> tp.Tuple[Reader, tp.Iterator[Packet]]:
@@ -127,7 +151,8 @@ def _output_range(opts: DecompressOptions, rate: int, total: tp.Optional[int]
         raise OptionError(f"the range ends ({opts.end:g} s) before it starts ({opts.start:g} s)")
     if total is not None:
         if start and start >= total:
-            raise OptionError(f"--start {opts.start:g} s is past the end of the audio ({total / rate:.3f} s)")
+            say = f"{opts.start:g} s is past the end of the audio ({total / rate:.3f} s)"
+            raise OptionError(f"start={say}", cli=f"--start {say}")
         end = None if end is None or end >= total else end
     return start, end
 
@@ -140,37 +165,38 @@ def decompress_stream(fo: tp.BinaryIO, open_sink: SinkFactory, opts: DecompressO
     source's bit depth and tags)."""
     inp = Input(fo)
     h = read_header(inp)  # a file that is not .ecdc is refused before torch is imported
+    with torch_threads(opts.threads):
+        return _decompress(inp, h, open_sink, opts, progress)
+
+
+def _decompress(inp: Input, h: Header, open_sink: SinkFactory, opts: DecompressOptions,
+                progress: Progress) -> Result:
+    from .codec import streaming as C
+
     rate, channels = (h.sample_rate, h.channels) if opts.model_format else (h.source_sample_rate, h.source_channels)
     start, end = _output_range(opts, rate, h.num_samples if opts.model_format else h.source_num_samples)
 
-    from .codec import streaming as C
-
     codec = C.load_codec(h.model, opts.weights, opts.download_bars)
     if h.version and codec.fingerprint != h.weights_fingerprint:  # version 0 does not record it
-        raise WeightsError(f"the file was compressed with other weights (fingerprint "
-                           f"{h.weights_fingerprint.hex()}, loaded {codec.fingerprint.hex()}); "
-                           f"pass the same --weights FILE")
+        raise weights_error(lambda cli: (
+            f"the file was compressed with other weights (fingerprint {h.weights_fingerprint.hex()}, "
+            f"loaded {codec.fingerprint.hex()}); pass the same {'--weights FILE' if cli else 'weights='}"))
     span = span_for(codec.spec, rate, start, end)
-    reader = reader_for(inp, h, opts, span.frames)
+    if opts.salvage:
+        if h.version == 0 or start or end is not None:
+            raise OptionError("salvage reads whole version-1 files: version 0 has no checksums, and a range "
+                              "cannot be salvaged (decode the whole file)")
+        from .salvage import Salvage
+
+        reader = Salvage(codec, inp, h, opts)
+        decoded: tp.Iterator[np.ndarray] = reader.blocks()
+    else:
+        reader = reader_for(inp, h, opts, span.frames)
+        decoded = _decoded_audio(C, codec, reader, opts, span)
 
     def total() -> tp.Optional[int]:  # of the whole output, once known
         return reader.num_samples if opts.model_format else reader.source_num_samples
 
-    def packets() -> tp.Iterator[C.CodePacket]:
-        for packet in decoded_packets(reader, opts):
-            pos = packet.start
-            for frames, scale in packet.segments:
-                lo, hi = max(0, span.first_frame - pos), frames
-                if span.last_frame is not None:
-                    hi = min(hi, span.last_frame - pos)
-                if lo < hi:
-                    row = pos - packet.start
-                    yield C.CodePacket(packet.codes[row + lo:row + hi], scale)
-                pos += frames
-
-    coded = packets()
-    first = next(coded, None)
-    decoded = C.decode(codec, itertools.chain([first], coded), span.weight_length) if first is not None else iter(())
 
     def model_total() -> tp.Optional[int]:  # model-rate samples from span.model_start
         n = reader.num_samples
@@ -203,7 +229,28 @@ def decompress_stream(fo: tp.BinaryIO, open_sink: SinkFactory, opts: DecompressO
                 progress(len(block) / rate)
     finally:
         sink.close()
-    return Result(seconds=written / rate, clipped=sink.clipped)
+    damaged = tuple(reader.damaged) if opts.salvage else ()
+    return Result(seconds=written / rate, clipped=sink.clipped, damaged=damaged)
+
+
+def _decoded_audio(C, codec, reader: Reader, opts: DecompressOptions, span) -> tp.Iterator[np.ndarray]:
+    """Model-rate audio [channels, n] of the frames of `span`, from the decoder's start."""
+    def packets() -> tp.Iterator[C.CodePacket]:
+        for packet in decoded_packets(reader, opts):
+            pos = packet.start
+            for frames, scale in packet.segments:
+                lo, hi = max(0, span.first_frame - pos), frames
+                if span.last_frame is not None:
+                    hi = min(hi, span.last_frame - pos)
+                if lo < hi:
+                    row = pos - packet.start
+                    yield C.CodePacket(packet.codes[row + lo:row + hi], scale)
+                pos += frames
+
+    coded = packets()
+    first = next(coded, None)
+    if first is not None:
+        yield from C.decode(codec, itertools.chain([first], coded), span.weight_length)
 
 
 # ---------------------------------------------------------------- convert
@@ -246,13 +293,14 @@ def convert_stream(fi: tp.BinaryIO, fo: tp.BinaryIO, opts: ConvertOptions = Conv
                                  source_num_samples=None, version=v1.VERSION)
     writer = v1.Writer(fo, header)
     digest = hashlib.sha256()
-    for batch in batches(packets, lambda p: len(p.segments), encoder.batch_streams):
-        items = [(p.codes, p.segments) for p in batch]
-        for packet, (payload, flags) in zip(batch, encoder.encode_many(items)):
-            writer.write_packet(packet.segments, payload, flags)
-            hash_packet(digest, packet)
-            if progress:
-                progress(packet.frames / spec.frame_rate)
+    with torch_threads(opts.threads) if encoder.name == "lm" else contextlib.nullcontext():
+        for batch in batches(packets, lambda p: len(p.segments), encoder.batch_streams):
+            items = [(p.codes, p.segments) for p in batch]
+            for packet, (payload, flags) in zip(batch, encoder.encode_many(items)):
+                writer.write_packet(packet.segments, payload, flags)
+                hash_packet(digest, packet)
+                if progress:
+                    progress(packet.frames / spec.frame_rate)
     writer.finish(reader.num_samples, reader.source_num_samples)
     return Result(seconds=(reader.source_num_samples or 0) / h.source_sample_rate), digest.digest()
 

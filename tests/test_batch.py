@@ -121,7 +121,7 @@ def test_cluster_without_ray_says_what_to_install(tmp_path, checkpoints, monkeyp
     src = write_audio(tmp_path / "a.wav", 0.3, 24000)
     result = run("compress", src, "--cluster", "local", ok=False)
     assert result.exit_code == 1
-    assert result.stderr.strip() == "Error: --cluster needs Ray: pip install 'ecdc[ray]'"
+    assert result.stderr.strip() == "Error: --cluster needs Ray: pip install 'encodec-cli[ray]'"
 
 
 def test_cluster_refuses_stdin_and_stdout(tmp_path):

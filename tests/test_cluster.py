@@ -22,7 +22,7 @@ import pytest
 
 from .test_batch import ECDC, make_tree, manifest, outputs, weights_args
 
-ray = pytest.importorskip("ray", reason="the Ray tests need pip install 'ecdc[ray]'")
+ray = pytest.importorskip("ray", reason="the Ray tests need pip install 'encodec-cli[ray]'")
 
 
 NS = f"ecdc-test-{os.getpid()}"

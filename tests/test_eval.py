@@ -20,7 +20,7 @@ from encodec_cli.formats.v1 import MAGIC
 
 from .conftest import tone, write_audio
 
-pytest.importorskip("pystoi", reason="the eval extra: pip install 'ecdc[eval]'")
+pytest.importorskip("pystoi", reason="the eval extra: pip install 'encodec-cli[eval]'")
 KEYS = {"codec", "bandwidth", "kbps", "si_snr", "mel_distance", "stoi", "seconds", "bytes"}
 
 
@@ -273,9 +273,11 @@ def test_eval_refuses_before_any_work(tmp_path, w24):
     src = write_audio(tmp_path / "in.wav", 1.0, 24000)
     png = tmp_path / "old.png"
     png.write_bytes(b"")
+    for args, message in [(["-b", "5"], "encodec_24khz supports 1.5, 3, 6, 12, 24 kbps, not 5.0"),
+                          (["--model", "48khz", "-b", "1.5"], "encodec_48khz supports 3, 6, 12, 24 kbps, not 1.5")]:
+        r = CliRunner().invoke(main, ["eval", str(src), "--weights", str(tmp_path / "none.th"), *args])
+        assert r.exit_code == 2 and f"Error: Invalid value for '-b' / '--bandwidth': {message}" in r.output
     cases = [
-        (["-b", "5"], "Error: encodec_24khz supports 1.5, 3, 6, 12, 24 kbps, not 5.0"),
-        (["--model", "48khz", "-b", "1.5"], "Error: encodec_48khz supports 3, 6, 12, 24 kbps, not 1.5"),
         (["--plot", tmp_path / "figure.xyz"], "Error: --plot "),
         (["--plot", png], f"Error: {png} exists; use -f/--force to overwrite"),
         (["--keep", src], f"Error: --keep {src}: not a folder"),
@@ -295,10 +297,10 @@ def test_eval_without_the_extra_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pystoi", None)           # import pystoi fails
     r = CliRunner().invoke(main, ["eval", str(src)])
     assert r.exit_code == 1
-    assert r.output == "Error: ecdc eval needs pystoi: pip install 'ecdc[eval]'\n"
+    assert r.output == "Error: ecdc eval needs pystoi: pip install 'encodec-cli[eval]'\n"
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     r = CliRunner().invoke(main, ["eval", str(src), "--plot", str(tmp_path / "p.png")])
-    assert r.output == "Error: ecdc eval needs pystoi and matplotlib: pip install 'ecdc[eval]'\n"
+    assert r.output == "Error: ecdc eval needs pystoi and matplotlib: pip install 'encodec-cli[eval]'\n"
 
 
 def test_compress_and_decompress_never_import_the_extra(tmp_path, w24):

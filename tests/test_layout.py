@@ -151,7 +151,7 @@ def test_wheel_ships_every_module(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path / "dist"), str(src)], check=True, capture_output=True)
     (wheel,) = (tmp_path / "dist").glob("*.whl")
-    assert wheel.name.startswith("ecdc-")
+    assert wheel.name.startswith("encodec_cli-")  # the distribution encodec-cli
     shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py")}
     assert shipped == {str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py")}
     entry = next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith("entry_points.txt"))

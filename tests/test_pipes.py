@@ -107,7 +107,7 @@ def test_error_in_pipeline_is_one_line(tmp_path):
     p = subprocess.run(ECDC + ["decompress", "-", "-o", "-"], input=b"garbage bytes",
                        capture_output=True, env=env(), timeout=60)
     assert p.returncode == 1
-    assert p.stderr.decode().strip() == "Error: not an .ecdc file (no ecdc signature at the start)"
+    assert p.stderr.decode().strip() == "Error: stdin is not an .ecdc file (no ecdc signature at the start)"
     assert p.stdout == b""
 
 

@@ -61,8 +61,9 @@ def test_damaged_cached_file(tmp_path, registry, monkeypatch):
     folder.mkdir()
     (folder / registry.filename).write_bytes(b"half a downl")
     monkeypatch.setenv("ECDC_WEIGHTS_DIR", str(folder))
-    with pytest.raises(WeightsError, match="does not match its official name.*delete it.*--weights FILE"):
+    with pytest.raises(WeightsError, match="does not match its official name.*delete it.*weights=") as e:
         W.resolve("encodec_24khz")
+    assert "pass those with --weights FILE instead" in e.value.cli  # as the command line says it
 
 
 @pytest.fixture()
@@ -111,9 +112,10 @@ def test_download_with_wrong_checksum_leaves_nothing(registry, server, monkeypat
 def test_offline_error_names_file_url_and_folder(registry):
     with pytest.raises(WeightsError) as info:
         W.resolve("encodec_24khz", download_bars=False)
-    msg = str(info.value)
+    msg = info.value.cli
     assert registry.filename in msg and registry.url in msg
     assert str(W.hub_dir()) in msg and "--weights" in msg and "\n" not in msg
+    assert str(info.value).endswith("or pass weights=")  # the API's field
 
 
 def test_missing_on_server(registry, server, monkeypatch):
@@ -179,11 +181,13 @@ def test_weights_of_the_other_model_are_named(tmp_path, checkpoints):
     from encodec_cli.codec.models import build_model
 
     state = W.load_state_dict(checkpoints["encodec_48khz"])
-    with pytest.raises(WeightsError, match="holds the weights of encodec_48khz.*check --weights"):
-        W.load_strict(build_model("encodec_24khz"), state, Path("x.th"))
+    with pytest.raises(WeightsError, match="holds the weights of encodec_48khz.*check weights") as e:
+        W.load_strict(build_model("encodec_24khz"), state, Path("x.th"), "encodec_24khz")
+    assert e.value.cli.endswith("which is not the model needed here; check --weights")
     state = W.load_state_dict(checkpoints["encodec_lm_24khz"])
-    with pytest.raises(WeightsError, match="holds the weights of encodec_lm_24khz.*check --lm-weights"):
-        W.load_strict(build_model("encodec_24khz"), state, Path("x.th"))
+    with pytest.raises(WeightsError, match="holds the weights of encodec_lm_24khz, a language model") as e:
+        W.load_strict(build_model("encodec_24khz"), state, Path("x.th"), "encodec_24khz")
+    assert e.value.cli.endswith("it goes to --lm-weights, not --weights")
     with pytest.raises(WeightsError, match="holds the weights of encodec_lm_24khz"):
         W.load_strict(build_lm("encodec_48khz"), state, Path("x.th"))
 
@@ -196,10 +200,12 @@ def test_a_file_that_is_not_a_checkpoint(tmp_path, content):
 
 
 def test_missing_language_model_names_its_flag(monkeypatch):
-    with pytest.raises(WeightsError, match="or pass --lm-weights FILE"):
+    with pytest.raises(WeightsError) as e:
         W.resolve("encodec_lm_24khz", download_bars=False)
-    with pytest.raises(WeightsError, match="or pass --weights FILE"):
+    assert e.value.cli.endswith("or pass --lm-weights FILE") and str(e.value).endswith("or pass lm_weights=")
+    with pytest.raises(WeightsError) as e:
         W.resolve("encodec_24khz", download_bars=False)
+    assert e.value.cli.endswith("or pass --weights FILE") and str(e.value).endswith("or pass weights=")
 
 
 def test_failed_download_leaves_no_empty_folders(registry, monkeypatch, tmp_path):

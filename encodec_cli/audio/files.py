@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import sys
 import tempfile
 import typing as tp
@@ -40,6 +41,8 @@ class FileSource:
             msg = str(e).split(": ", 1)[-1] if isinstance(e, sf.LibsndfileError) else str(e)
             raise AudioError(f"cannot read audio from {'stdin' if spool else path}: {msg}") from None
         self.sample_rate, self.channels, self.frames = self._f.samplerate, self._f.channels, self._f.frames
+        if self._f.format == "WAV":  # libsndfile counts what a cut file holds; the header says more
+            self.frames = max(self.frames, _wav_frames(path) or 0)
         self.bits = source_bits(self._f.subtype)
         self.tags = tuple((k, v) for k in TAGS if (v := getattr(self._f, k, "")))
 
@@ -59,6 +62,38 @@ class FileSource:
         if self._spool:
             os.unlink(self._spool)
             self._spool = None
+
+
+def _wav_frames(path: str) -> tp.Optional[int]:
+    """The frames a WAV file's header promises (None: unknown, or not a plain RIFF WAV)."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"RIFF" or not f.read(8)[4:] == b"WAVE":
+                return None
+            align = None
+            while True:
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if cid == b"fmt ":
+                    body = f.read(size + (size & 1))
+                    align = struct.unpack("<H", body[12:14])[0] if len(body) >= 14 else None
+                elif cid == b"data":
+                    return size // align if align and size not in (0, 0xFFFFFFFF) else None
+                else:
+                    f.seek(size + (size & 1), 1)
+    except OSError:
+        return None
+
+
+def readable(path: str) -> bool:
+    """Whether libsndfile reads `path` as audio."""
+    try:
+        sf.info(path)
+        return True
+    except (sf.LibsndfileError, RuntimeError, OSError):
+        return False
 
 
 def open_source(path: str) -> Source:
@@ -161,7 +196,7 @@ OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 def format_for(path: str, name: tp.Optional[str] = None) -> tp.Tuple[str, tp.Optional[str]]:
     """(libsndfile format, fixed subtype or None) for an output: `name` (--format), else the
     path's extension."""
-    key = (name or os.path.splitext(path)[1][1:]).lower()
+    key = (name or os.path.splitext(path)[1][1:] or "wav").lower()  # no extension: WAV
     if key not in OUTPUT_FORMATS or not sf.check_format(OUTPUT_FORMATS[key][0]):
         known = ", ".join(k for k in OUTPUT_FORMATS if sf.check_format(OUTPUT_FORMATS[k][0]))
         raise AudioError(f"cannot write {path}: {'format ' + name if name else 'the extension'} is not "

@@ -7,6 +7,17 @@ import os
 import sys
 import typing as tp
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# as they were when ecdc started (set_threads changes them before torch is imported)
+STARTUP = {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ}
+
+
+def startup_environment() -> tp.Dict[str, str]:
+    """This process's environment with the thread variables as they were at its start."""
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+    env.update(STARTUP)
+    return env
+
 
 @contextlib.contextmanager
 def torch_threads(n: tp.Optional[int]) -> tp.Iterator[None]:

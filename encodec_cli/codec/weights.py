@@ -46,9 +46,16 @@ def lm_name(codec: str) -> str:
     return LM_OF[codec]
 
 
-def option_for(name: str) -> str:
-    """The command-line option that gives checkpoint `name` another file."""
-    return "--lm-weights" if name in LM_OF.values() else "--weights"
+def option_for(name: str, cli: bool = True) -> str:
+    """What gives checkpoint `name` another file: the command-line option, or the options' field."""
+    if name in LM_OF.values():
+        return "--lm-weights" if cli else "lm_weights"
+    return "--weights" if cli else "weights"
+
+
+def weights_error(say: tp.Callable[[bool], str]) -> WeightsError:
+    """The error whose message `say(cli)` names the command's options (cli) or the API's fields."""
+    return WeightsError(say(False), cli=say(True))
 
 
 T = tp.TypeVar("T")
@@ -106,16 +113,18 @@ def resolve(name: str, explicit: tp.Optional[Path] = None, download_bars: bool =
 def _verified(path: Path, ck: Checkpoint) -> Resolved:
     digest = file_digest(path)
     if not digest.startswith(ck.sha256_prefix):
-        raise WeightsError(f"{path} does not match its official name (sha256 {digest[:8]}, expected "
-                           f"{ck.sha256_prefix}): a damaged download (delete it, and it is fetched "
-                           f"again) or other weights (pass those with --weights FILE instead)")
+        name = next(k for k, v in REGISTRY.items() if v.filename == ck.filename)
+        raise weights_error(lambda cli: (
+            f"{path} does not match its official name (sha256 {digest[:8]}, expected {ck.sha256_prefix}): "
+            f"a damaged download (delete it, and it is fetched again) or other weights (pass those with "
+            f"{option_for(name, cli)}{' FILE' if cli else '='} instead)"))
     return Resolved(path, bytes.fromhex(digest[:16]))
 
 
-def _missing(name: str, folder: Path, why: str) -> str:
+def _missing(name: str, folder: Path, why: str) -> WeightsError:
     ck = REGISTRY[name]
-    return (f"cannot get weights {ck.filename} ({why}); download {ck.url} into {folder}/ "
-            f"or pass {option_for(name)} FILE")
+    return weights_error(lambda cli: f"cannot get weights {ck.filename} ({why}); download {ck.url} into "
+                                     f"{folder}/ or pass {option_for(name, cli)}{' FILE' if cli else '='}")
 
 
 def _download(name: str, folder: Path, download_bars: bool) -> None:
@@ -129,7 +138,7 @@ def _download(name: str, folder: Path, download_bars: bool) -> None:
         fd, tmp = tempfile.mkstemp(prefix=ck.filename + ".", suffix=".part", dir=folder)
     except OSError as e:
         _remove_empty(created)
-        raise WeightsError(_missing(name, folder, f"cannot write there: {e.strerror}")) from None
+        raise _missing(name, folder, f"cannot write there: {e.strerror}") from None
     try:
         sha = hashlib.sha256()
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(ck.url, timeout=30) as resp:
@@ -141,12 +150,12 @@ def _download(name: str, folder: Path, download_bars: bool) -> None:
                     sha.update(block)
                     bar.update(len(block))
         if not sha.hexdigest().startswith(ck.sha256_prefix):
-            raise WeightsError(_missing(name, folder, "the download has the wrong checksum"))
+            raise _missing(name, folder, "the download has the wrong checksum")
         os.replace(tmp, folder / ck.filename)
         ok = True
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e)
-        raise WeightsError(_missing(name, folder, f"download failed: {reason}")) from None
+        raise _missing(name, folder, f"download failed: {reason}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -175,7 +184,7 @@ def load_model(name: str, build: tp.Callable[[], tp.Any], explicit: tp.Optional[
     resolved = resolve(name, explicit, download_bars=download_bars)
     with torch.device("meta"):
         module = build()
-    load_strict(module, load_state_dict(resolved.path, mmap), resolved.path)
+    load_strict(module, load_state_dict(resolved.path, mmap), resolved.path, name)
     module.fold()
     return module, resolved.fingerprint
 
@@ -222,8 +231,9 @@ def identify(state: tp.Dict[str, tp.Any]) -> tp.Optional[str]:
     return None
 
 
-def load_strict(module, state: tp.Dict[str, tp.Any], path: Path) -> None:
-    """Load `state` into `module`, reporting any key or shape difference in one line."""
+def load_strict(module, state: tp.Dict[str, tp.Any], path: Path, name: tp.Optional[str] = None) -> None:
+    """Load `state` into `module` (checkpoint `name`'s model), reporting any key or shape
+    difference in one line."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -237,9 +247,16 @@ def load_strict(module, state: tp.Dict[str, tp.Any], path: Path) -> None:
         if wrong:
             parts.append(f"{len(wrong)} shape mismatches (e.g. {wrong[0]})")
         other = identify(state)
+        if other is not None and name is not None:
+            def say(cli: bool) -> str:
+                given, fits = option_for(name, cli), option_for(other, cli)
+                if given != fits:  # a language model given as the codec, or the reverse
+                    kind = "a language model" if other in LM_OF.values() else "a codec"
+                    return f"{path} holds the weights of {other}, {kind}: it goes to {fits}, not {given}"
+                return f"{path} holds the weights of {other}, which is not the model needed here; check {given}"
+            raise weights_error(say)
         if other is not None:
-            raise WeightsError(f"{path} holds the weights of {other}, which is not the model "
-                               f"needed here; check {option_for(other)}")
+            raise WeightsError(f"{path} holds the weights of {other}, which is not the model needed here")
         raise WeightsError(f"{path} does not fit this model: " + ", ".join(parts))
     # assign: the loaded tensors become the parameters (a model built on the meta device
     # then costs no second copy of the weights)

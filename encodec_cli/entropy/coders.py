@@ -22,8 +22,10 @@ class Encoder(tp.Protocol):
     fingerprint: bytes       # of the language model (raw: zeros)
     batch_streams: int
 
-    def encode_many(self, packets: tp.Sequence[CodedPacket]) -> tp.List[tp.Tuple[bytes, int]]:
-        """(payload, flags) of each packet, given in file order."""
+    def encode_many(self, packets: tp.Sequence[CodedPacket], step: tp.Optional[tp.Callable[[int], None]] = None
+                    ) -> tp.List[tp.Tuple[bytes, int]]:
+        """(payload, flags) of each packet, given in file order; `step(n)` is told of every
+        n frames coded (for progress)."""
 
 
 class Decoder(tp.Protocol):
@@ -38,7 +40,7 @@ class RawEncoder:
     fingerprint = bytes(8)
     batch_streams = 1
 
-    def encode_many(self, packets: tp.Sequence[CodedPacket]) -> tp.List[tp.Tuple[bytes, int]]:
+    def encode_many(self, packets: tp.Sequence[CodedPacket], step=None) -> tp.List[tp.Tuple[bytes, int]]:
         return [(pack_codes(codes), 0) for codes, _ in packets]
 
 

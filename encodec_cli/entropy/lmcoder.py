@@ -19,13 +19,14 @@ import numpy as np
 
 from ..codec import weights as W
 from ..codec.lm import CARD, build_lm
-from ..errors import CorruptError, WeightsError
+from ..errors import CorruptError
 from ..formats.records import CodedPacket, Header, Packet, Segment
 from ..formats.v1 import FLAG_RAW, pack_codes
 from ..specs import ModelSpec
 from .intlm import IntLM
 
 _MODEL = constriction.stream.model.Categorical(perfect=False)
+Step = tp.Optional[tp.Callable[[int], None]]  # told of each step's frames, for progress
 BATCH_STREAMS = 8  # streams (24 kHz packets, 48 kHz segments) stepped together: ~22 MB of state at 24 kHz
 
 
@@ -102,7 +103,7 @@ class LMEncoder:
         lm, fp = load_lm(spec.name, weights, n_q, download_bars)
         return cls(lm, fp, spec, n_q, raw_fallback)
 
-    def encode_lm(self, packets: tp.Sequence[CodedPacket]) -> tp.List[bytes]:
+    def encode_lm(self, packets: tp.Sequence[CodedPacket], step: Step = None) -> tp.List[bytes]:
         """Each packet's LM-coded data: codes checksum, then the range coder's words.
 
         The packets follow those of earlier calls in the file."""
@@ -122,14 +123,16 @@ class LMEncoder:
                     coder.encode(frame[lo:hi][sel].reshape(-1).astype(np.int32), _MODEL,
                                  probs[lo:hi][sel].reshape(-1, CARD))
             batch.state.push(frame)
+            if step:
+                step(int(live.sum()))
         return [struct.pack(">I", codes_crc(codes)) + coder.get_compressed().astype(">u4").tobytes()
                 for (codes, _), coder in zip(packets, coders)]
 
-    def encode_many(self, packets: tp.Sequence[CodedPacket]
-                    ) -> tp.List[tp.Tuple[bytes, int]]:
-        """(data, flags) per packet: LM-coded, or raw when that is not smaller."""
+    def encode_many(self, packets: tp.Sequence[CodedPacket], step: Step = None) -> tp.List[tp.Tuple[bytes, int]]:
+        """(data, flags) per packet: LM-coded, or raw when that is not smaller. `step(n)` is
+        told of every n frames coded."""
         out = []
-        for (codes, _), payload in zip(packets, self.encode_lm(packets)):
+        for (codes, _), payload in zip(packets, self.encode_lm(packets, step)):
             raw = pack_codes(codes)
             if self.raw_fallback and len(payload) >= len(raw):
                 out.append((raw, FLAG_RAW))  # never worse than 10 bits per code
@@ -152,9 +155,9 @@ class LMDecoder:
     def load(cls, spec: ModelSpec, header: Header, weights: tp.Optional[Path], download_bars: bool = True):
         lm, fp = load_lm(spec.name, weights, header.n_codebooks, download_bars)
         if fp != header.lm_fingerprint:
-            raise WeightsError(f"the file was coded with another language model (fingerprint "
-                               f"{header.lm_fingerprint.hex()}, loaded {fp.hex()}); "
-                               f"pass the same --lm-weights FILE")
+            raise W.weights_error(lambda cli: (
+                f"the file was coded with another language model (fingerprint {header.lm_fingerprint.hex()}, "
+                f"loaded {fp.hex()}); pass the same {'--lm-weights FILE' if cli else 'lm_weights='}"))
         return cls(lm, spec, header.n_codebooks)
 
     def decode(self, packet: Packet) -> np.ndarray:

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from ..codec import weights as W
 from ..codec.lm import CARD, DIM, HEADS, HIDDEN, LAYERS, MAX_PERIOD, past_context
-from ..codec.threads import torch_threads
+from ..codec.threads import startup_environment, torch_threads
 from ..formats.v0 import RANGE_BITS
 from ..specs import SPECS
 
@@ -141,9 +141,10 @@ def load_float_lm(codec_name: str, weights: tp.Optional[Path], download_bars: bo
 
 @functools.lru_cache(maxsize=None)
 def reference_threads() -> int:
-    """The thread count torch takes by default on this machine, as Meta's encodec ran: asked
-    of a fresh interpreter, since this process may have set its own (ecdc runs on one)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    """The thread count torch takes by default here, as Meta's encodec ran: asked of a fresh
+    interpreter in the environment ecdc started with (ecdc sets its own threads; a user's
+    OMP_NUM_THREADS, as a cluster node sets it, would have reached encodec too)."""
+    env = startup_environment()
     try:
         out = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
                              env=env, capture_output=True, text=True, timeout=300, check=True)

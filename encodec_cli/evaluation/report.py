@@ -23,7 +23,7 @@ from . import metrics as M
 from . import opus as O
 
 OPUS_KBPS = (6.0, 12.0, 24.0)  # always compared, with whatever else was asked for from 6 up
-EXTRA = "pip install 'ecdc[eval]'"
+EXTRA = "pip install 'encodec-cli[eval]'"
 
 
 @dataclass(frozen=True, kw_only=True)

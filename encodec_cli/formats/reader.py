@@ -50,15 +50,21 @@ def open_reader(inp: Input, header: Header, *, frames: Frames = ALL_FRAMES,
     return v1.Reader(inp, header, frames)
 
 
-def describe(fo: tp.BinaryIO) -> tp.Tuple[Header, End, int]:
-    """Header, end record and file size, reading every record (for `ecdc info`); of a
-    version-0 file, what its metadata says (`header.version` is 0)."""
+class Description(tp.NamedTuple):
+    header: Header
+    end: End
+    size: int                       # bytes
+    range_coded: tp.Optional[int]   # packets range coded (not stored raw); None: version 0 does not say
+
+
+def describe(fo: tp.BinaryIO) -> Description:
+    """What `ecdc info` shows, reading every record and checking its CRC; of a version-0
+    file, what its metadata says (`header.version` is 0)."""
     inp = Input(fo)
     header = read_header(inp)
     if header.version == 0:
-        return (header, *v0.describe(inp, header))
+        return Description(header, *v0.describe(inp, header), None)
     reader = v1.Reader(inp, header)
-    for _ in reader:
-        pass
+    coded = sum(header.coder == "lm" and not p.flags & v1.FLAG_RAW for p in reader)
     assert reader.end is not None
-    return header, reader.end, reader.position
+    return Description(header, reader.end, reader.position, coded)

@@ -74,6 +74,18 @@ class Frames:
 ALL_FRAMES = Frames()
 
 
+@dataclass(frozen=True)
+class Gap:
+    """Packets lost to damage, found by a salvaging read: `packets` of them (None: not
+    known) from packet `index` on, `frames` long (None: not known), from byte `offset`."""
+    index: int
+    offset: int
+    packets: tp.Optional[int]
+    frames: tp.Optional[int]
+    segments: tp.Optional[int] = None  # 48 kHz: the 1 s segments lost
+    why: str = ""
+
+
 class Input:
     """A binary stream that counts the bytes read, so that errors can name an offset."""
 

@@ -214,11 +214,15 @@ class Reader:
         chunk = packet_frames(spec)
         for i, n in enumerate(segments(spec, self.header.num_samples)):
             scale = 1.0
-            if spec.normalize:
-                (scale,) = _SCALE.unpack(inp.read_exactly(_SCALE.size, f"segment {i + 1}'s scale"))
+            if spec.normalize:  # in an LM-coded file, a bad scale is where an earlier segment went wrong
+                cause = f": {self.why}" if self.header.coder == "lm" else ""
+                try:
+                    (scale,) = _SCALE.unpack(inp.read_exactly(_SCALE.size, f"segment {i + 1}'s scale"))
+                except TruncatedError as e:
+                    raise TruncatedError(f"{e}{cause}") from None
                 if not (math.isfinite(scale) and scale > 0):
                     raise CorruptError(f"corrupted version-0 file: segment {i + 1} has scale {scale} "
-                                       f"(byte {inp.pos - _SCALE.size})")
+                                       f"(byte {inp.pos - _SCALE.size}){cause}")
             parts = self._lm_codes(n, chunk, i) if self.header.coder == "lm" else self._raw_codes(n, chunk, i)
             if spec.causal:
                 yield from ((part, scale) for part in parts)

@@ -13,9 +13,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..errors import CorruptError, FormatError, TruncatedError
+from ..errors import CorruptError, FormatError, NotEcdcError, TruncatedError
+from ..specs import SPECS, ModelSpec
 from . import v0
-from .records import ALL_FRAMES, CODE_BITS, VERSION, End, Frames, Header, Input, Packet, Segment
+from .records import ALL_FRAMES, CODE_BITS, PACKET_SECONDS, VERSION, End, Frames, Gap, Header, Input, Packet, Segment
 
 MAGIC = b"\x89ECDC\r\n\x1a"
 UNKNOWN = 0xFFFF_FFFF_FFFF_FFFF  # a length not known when the header was written
@@ -145,7 +146,7 @@ def read_header(inp: Input, head: bytes = b"") -> Header:
     if len(prefix) < len(MAGIC) or not prefix.startswith(MAGIC):
         if prefix.startswith(v0.MAGIC):
             raise FormatError("a version-0 file (of Meta's encodec) where version 1 was expected")
-        raise FormatError("not an .ecdc file (no ecdc signature at the start)")
+        raise NotEcdcError("not an .ecdc file (no ecdc signature at the start)")
     if len(prefix) < _PREFIX.size:
         raise TruncatedError(f"truncated file: the header needs {_PREFIX.size} bytes, "
                              f"only {len(prefix)} present")
@@ -309,3 +310,101 @@ class Reader:
             raise CorruptError(f"corrupted file: packet at byte {offset} has a bad segment table")
         table = inp.read_exactly(nseg * _SEGMENT.size, f"the packet at byte {offset}")
         return sum(_SEGMENT.unpack_from(table, i * _SEGMENT.size)[0] for i in range(nseg))
+
+
+# ---------------------------------------------------------------- salvage
+
+def packet_layout(spec: ModelSpec, num_samples: int) -> tp.List[tp.Tuple[int, int]]:
+    """(frames, segments) of each packet ecdc writes for `num_samples` samples: 24 kHz, runs of
+    PACKET_SECONDS of frames; 48 kHz, groups of 1 s segments as long."""
+    per = int(PACKET_SECONDS * spec.frame_rate)
+    if spec.causal:
+        total = -(-num_samples // spec.hop_length)
+        return [(min(per, total - i), 1) for i in range(0, total, per)]
+    out, frames, count = [], 0, 0
+    for n in v0.segments(spec, num_samples):
+        frames, count = frames + n, count + 1
+        if frames >= per:
+            out.append((frames, count))
+            frames, count = 0, 0
+    return out + ([(frames, count)] if count else [])
+
+
+def salvage(inp: Input, header: Header) -> tp.Iterator[tp.Union[Packet, Gap]]:
+    """The packets of a damaged version-1 file whose checksums hold, and a `Gap` for each run
+    of records lost, to the end of the file (held in memory: this is for rescue, not speed).
+
+    A record that fails its CRC but whose length leads to a sound record (or the end) is one
+    lost packet; otherwise the next sound record is searched for byte by byte. How much a gap
+    lost comes from the packet layout that the header's length implies, else from the usual
+    packet size; a file cut before its end record loses what follows (its length is known
+    only if the header has it).
+    """
+    spec = SPECS[header.model]
+    layout = packet_layout(spec, header.num_samples) if header.num_samples is not None else None
+    usual = (int(PACKET_SECONDS * spec.frame_rate), 1 if spec.causal else int(PACKET_SECONDS / spec.segment))
+    base, buf = inp.pos, inp.fo.read()
+    count = frames = 0
+    sizes: tp.List[int] = []
+
+    def sound(i: int) -> tp.Optional[tp.Tuple[int, int]]:
+        if i + _RECORD.size > len(buf):
+            return None
+        kind, size = _RECORD.unpack_from(buf, i)
+        end = i + _RECORD.size + size
+        if kind not in (RECORD_PACKET, RECORD_END) or size > MAX_RECORD or end + _CRC.size > len(buf):
+            return None
+        return (kind, size) if zlib.crc32(buf[i:end]) == _CRC.unpack_from(buf, end)[0] else None
+
+    def lost(i: int, n: tp.Optional[int], why: str) -> Gap:
+        """n packets (None: all that remain) lost from buffer position i."""
+        if layout is not None:
+            rest = layout[count:] if n is None else layout[count:count + n]
+            return Gap(count + 1, base + i, len(rest), sum(f for f, _ in rest), sum(g for _, g in rest), why)
+        if n is None:
+            return Gap(count + 1, base + i, None, None, None, why)
+        return Gap(count + 1, base + i, n, n * usual[0], n * usual[1], why)
+
+    i = 0
+    while True:
+        if i >= len(buf):
+            yield lost(i, None, f"the file ends at byte {base + i} without its end record")
+            return
+        record = sound(i)
+        if record is None:
+            size = _RECORD.unpack_from(buf, i)[1] if i + _RECORD.size <= len(buf) else None
+            after = None if size is None else i + _RECORD.size + size + _CRC.size
+            if after is not None and after <= len(buf) and (after == len(buf) or sound(after)):
+                gap, i = lost(i, 1, f"record {count + 1} at byte {base + i} fails its CRC-32 check"), after
+            else:
+                j = next((j for j in range(i + 1, len(buf)) if sound(j)), None)
+                if j is None:
+                    cut = after is not None and after > len(buf)
+                    yield lost(i, None, f"the file is cut inside record {count + 1} (byte {base + i})" if cut
+                               else f"nothing readable from byte {base + i} on")
+                    return
+                n = max(1, round((j - i) / (sum(sizes) / len(sizes)))) if sizes else 1
+                gap, i = lost(i, n, f"bytes {base + i} to {base + j} are damaged"), j
+            yield gap
+            count += gap.packets or 0
+            frames += gap.frames or 0
+            continue
+        kind, size = record
+        payload = buf[i + _RECORD.size:i + _RECORD.size + size]
+        offset, i = base + i, i + _RECORD.size + size + _CRC.size
+        if kind == RECORD_END:
+            return
+        flags, nseg = _PACKET.unpack_from(payload) if len(payload) >= _PACKET.size else (0, 0)
+        start = _PACKET.size + nseg * _SEGMENT.size
+        if nseg == 0 or len(payload) < start:
+            continue  # a sound record with a bad table cannot be; skipped all the same
+        segments = tuple(_SEGMENT.unpack_from(payload, _PACKET.size + k * _SEGMENT.size) for k in range(nseg))
+        n = sum(f for f, _ in segments)
+        data = payload[start:]
+        codes = unpack_codes(data, n, header.n_codebooks) if header.coder == "raw" or flags & FLAG_RAW \
+            else np.empty((n, 0), np.uint16)
+        sizes.append(size)
+        yield Packet(codes=codes, segments=segments, flags=flags, payload=data, offset=offset, start=frames,
+                     index=count + 1)
+        count += 1
+        frames += n

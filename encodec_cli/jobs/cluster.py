@@ -1,6 +1,6 @@
 """A batch on a Ray cluster: one actor per worker keeps its models loaded, one file a task.
 
-Imported only with --cluster (Ray is the optional extra `ray`). Workers read and
+Imported only with --cluster (Ray is the optional extra `encodec-cli[ray]`). Workers read and
 write the same paths as the driver (shared storage). A worker that dies in the middle of a
 file is restarted and the file is retried; what a killed worker left half-written (the
 hidden `.part` temporary beside an output) is removed when the batch ends, or by the next

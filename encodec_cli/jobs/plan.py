@@ -4,20 +4,23 @@ from __future__ import annotations
 import os
 import typing as tp
 
+from ..audio.extensions import is_audio_name
 from ..errors import OptionError
 
-# extensions of the formats libsndfile reads (headerless RAW excluded)
-AUDIO_EXTENSIONS = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".aifc",
-                    ".au", ".snd", ".caf", ".w64", ".rf64", ".mp3", ".voc", ".sd2", ".paf",
-                    ".svx", ".nist", ".sph", ".ircam", ".sf", ".mat", ".pvf", ".xi", ".htk",
-                    ".sds", ".avr", ".wve", ".mpc"}
 SUFFIX = {"compress": ".ecdc", "decompress": ".wav", "convert": ".ecdc", "codes": ".npz"}  # by command
 
 
-
 def _wanted(kind: str, path: str) -> bool:
-    ext = os.path.splitext(path)[1].lower()
-    return ext in AUDIO_EXTENSIONS if kind == "compress" else ext == ".ecdc"
+    return is_audio_name(path) if kind == "compress" else os.path.splitext(path)[1].lower() == ".ecdc"
+
+
+def to_folder(inputs: tp.Sequence[str], output: tp.Optional[str]) -> bool:
+    """Whether `output` names a folder, created as needed: with several inputs, a folder
+    input (-r), a trailing slash, or an existing folder."""
+    if output is None or output == "-":
+        return False
+    return (len(inputs) > 1 or any(i != "-" and os.path.isdir(i) for i in inputs)
+            or output.endswith(("/", os.sep)) or os.path.isdir(output))
 
 
 def plan(inputs: tp.Sequence[str], output: tp.Optional[str], kind: str,
@@ -26,7 +29,8 @@ def plan(inputs: tp.Sequence[str], output: tp.Optional[str], kind: str,
 
     A folder input (with `recursive`) stands for the audio files under it (compress) or
     the .ecdc files (decompress); their tree is mirrored under `output`, or they are
-    written next to themselves. Several inputs, or any folder, make `output` a folder.
+    written next to themselves. `output` is a folder by the rule of `to_folder`; it, and the
+    folders of a mirrored tree, are made by `run_batch(..., make_folders=True)`.
     Outputs named here end in `suffix` (default .ecdc, or .wav for decompress).
     """
     suffix = suffix or SUFFIX[kind]
@@ -37,9 +41,12 @@ def plan(inputs: tp.Sequence[str], output: tp.Optional[str], kind: str,
         raise OptionError("'-' (stdin) cannot be one of several inputs")
     if output == "-" and (len(inputs) > 1 or folders):
         raise OptionError("-o - (stdout) takes a single input")
-    to_dir = output is not None and output != "-" and (len(inputs) > 1 or bool(folders) or os.path.isdir(output))
-    if to_dir and not folders and not os.path.isdir(output):
-        raise OptionError(f"output folder {output} does not exist")
+    to_dir = to_folder(inputs, output)
+    if to_dir and os.path.exists(output) and not os.path.isdir(output):
+        raise OptionError(f"-o {output} is a file, but {len(inputs)} inputs need a folder: give one (-o out/)")
+    if to_dir and not os.path.isdir(output) and (output.endswith(suffix) or _wanted("compress", output)):
+        raise OptionError(f"-o {output} names a file, but {len(inputs)} inputs need a folder: give one "
+                          f"(-o out/)")
     pairs = []
     for src in inputs:
         if src in folders:
@@ -63,9 +70,12 @@ def plan(inputs: tp.Sequence[str], output: tp.Optional[str], kind: str,
         else:
             dst = os.path.join(os.path.dirname(src), stem)
         pairs.append((src, dst))
-    dsts = [d for _, d in pairs]
-    if len(set(dsts)) != len(dsts):
-        raise OptionError("two inputs would write the same output file")
+    first: tp.Dict[str, str] = {}
+    for src, dst in pairs:
+        if dst in first:
+            raise OptionError(f"{first[dst]} and {src} would both write {dst}; rename one, or give "
+                              f"them separately with -o")
+        first[dst] = src
     if folders and not pairs:
         raise OptionError(f"no {'audio' if kind == 'compress' else '.ecdc'} files under "
                           f"{', '.join(folders)}")

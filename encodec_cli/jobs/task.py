@@ -3,6 +3,7 @@ or export codes; whether an output is already complete (for --resume); the tempo
 a killed worker leaves behind."""
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -10,7 +11,7 @@ import time
 import typing as tp
 from dataclasses import asdict, dataclass
 
-from ..errors import EcdcError
+from ..errors import CorruptError, EcdcError, TruncatedError, WeightsError
 
 
 @dataclass(kw_only=True)
@@ -26,10 +27,11 @@ class FileResult:
     kbps: tp.Optional[float] = None
     wall_s: float = 0.0
     clipped: int = 0
+    notes: tp.Tuple[str, ...] = ()  # what the user should know of a file that worked (NaN input, ...)
 
     def manifest_line(self) -> str:
         data = asdict(self)
-        del data["clipped"]
+        del data["clipped"], data["notes"]
         return json.dumps(data)
 
 
@@ -46,12 +48,12 @@ def complete(kind: Kind, src: str, dst: str, opts) -> bool:
     try:
         if kind == "compress":
             with open(dst, "rb") as f:
-                h, _, _ = describe(f)   # every CRC and the end record
+                h = describe(f).header   # every CRC and the end record
             return (h.model == opts.model and abs(h.bandwidth - opts.bandwidth) < 1e-9
                     and h.coder == ("lm" if opts.lm else "raw"))
         if kind == "convert":
             with open(dst, "rb") as f:
-                h, _, _ = describe(f)
+                h = describe(f).header
             with open(src, "rb") as f:
                 source = read_header(Input(f))
             return h.version == VERSION and h.coder == (opts.coder or source.coder)
@@ -63,7 +65,7 @@ def complete(kind: Kind, src: str, dst: str, opts) -> bool:
         import soundfile as sf
 
         with open(src, "rb") as f:
-            h, end, _ = describe(f)
+            h, end = describe(f)[:2]
         info = sf.info(dst)
         if opts.model_format:
             expected = (h.sample_rate, h.channels, end.num_samples)
@@ -94,7 +96,7 @@ def skipped(kind: Kind, src: str, dst: str) -> FileResult:
     seconds = 0.0
     try:
         with open(dst if kind in ("compress", "convert") else src, "rb") as f:
-            h, end, _ = describe(f)
+            h, end = describe(f)[:2]
         seconds = end.num_samples / h.sample_rate
     except Exception:
         pass
@@ -104,28 +106,51 @@ def skipped(kind: Kind, src: str, dst: str) -> FileResult:
 def process(kind: Kind, src: str, dst: str, opts, force: bool, progress=None,
             make_folders: bool = False) -> FileResult:
     """Run command `kind` on one file (opts: its api options); library errors become an
-    'error' result. `make_folders`: create the output's folder first (a mirrored tree)."""
+    'error' result whose message, as the command line says it, names the file once.
+    `make_folders`: create the output's folder first (a mirrored tree)."""
     from .. import api
 
     fn = {"compress": api.compress_file, "decompress": api.decompress_file,
           "convert": api.convert_file, "codes": api.codes_file}[kind]
     start = time.perf_counter()
+
+    def failed(message: str) -> FileResult:
+        return FileResult(source=src, output=dst, status="error", error=message,
+                          wall_s=round(time.perf_counter() - start, 3))
+
     try:
         if make_folders and dst != "-" and os.path.dirname(dst):
             os.makedirs(os.path.dirname(dst), exist_ok=True)
         result = fn(src, dst, opts, force=force, progress=progress)
-    except EcdcError as e:
-        return FileResult(source=src, output=dst, status="error", error=str(e),
-                          wall_s=round(time.perf_counter() - start, 3))
+    except EcdcError as e:  # a weights error names the weights file, not the input
+        message = e.cli if isinstance(e, WeightsError) else named(e.cli, src, dst)
+        if kind == "decompress" and isinstance(e, (TruncatedError, CorruptError)) and not opts.salvage:
+            message += " (--salvage decodes what is intact)"
+        return failed(message)
     except BrokenPipeError:
         raise  # the reader of stdout went away: the CLI ends quietly
     except OSError as e:
-        msg = f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}"
-        return FileResult(source=src, output=dst, status="error", error=msg,
-                          wall_s=round(time.perf_counter() - start, 3))
+        if e.filename:
+            return failed(named(f"{e.filename}: {e.strerror or e}", src, dst))
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO) and dst != "-":
+            return failed(f"cannot write {dst}: {e.strerror or e}")  # a full disk, mid-file
+        return failed(named(str(e.strerror or e), src, dst))
     r = FileResult(source=src, output=dst, status="ok", seconds=round(result.seconds, 6),
-                   wall_s=round(time.perf_counter() - start, 3), clipped=result.clipped)
+                   wall_s=round(time.perf_counter() - start, 3), clipped=result.clipped,
+                   notes=result.notes + tuple(f"damaged: {d}" for d in result.damaged))
+    if result.damaged:  # written all the same, and said: the exit code is 1
+        r.status = "error"
+        r.error = (f"{src}: {len(result.damaged)} damaged part{'s' if len(result.damaged) > 1 else ''} "
+                   f"of the file, silence in {dst} (listed above)")
     return _finish(r, kind)
+
+
+def named(message: str, src: str, dst: str) -> str:
+    """`message`, led by the input's path as given unless it names the input or output already."""
+    name = "stdin" if src == "-" else src
+    if name in message or (dst != "-" and dst in message):
+        return message
+    return f"{name}: {message}"
 
 
 def remove_stale_parts(outputs: tp.Iterable[str]) -> None:

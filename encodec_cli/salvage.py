@@ -1,0 +1,107 @@
+"""Decoding what is intact of a damaged version-1 file (`decompress --salvage`): every packet
+whose checksums hold, silence of the right length where packets are lost, each loss named.
+
+Runs of intact packets are decoded on their own (the 24 kHz decoder starts afresh after a
+gap, with a short transient); the time of everything after a gap is kept when the file says
+how much was lost (formats.v1.salvage).
+"""
+from __future__ import annotations
+
+import itertools
+import typing as tp
+
+import numpy as np
+
+from .entropy.coders import make_decoder
+from .errors import CorruptError
+from .formats import v1
+from .formats.records import Gap, Header, Input, Packet
+from .options import DecompressOptions
+from .specs import SPECS
+
+
+class Salvage:
+    """Model-rate audio of a damaged file; `damaged` lists the time ranges lost, once read."""
+
+    def __init__(self, codec, inp: Input, header: Header, opts: DecompressOptions):
+        self.codec, self.inp, self.header, self.opts = codec, inp, header, opts
+        self.spec = SPECS[header.model]
+        self.damaged: tp.List[str] = []
+        self.produced, self.done = 0, False
+
+    @property
+    def num_samples(self) -> tp.Optional[int]:
+        if self.header.num_samples is not None:
+            return self.header.num_samples
+        return self.produced if self.done else None
+
+    @property
+    def source_num_samples(self) -> tp.Optional[int]:
+        h = self.header
+        if h.source_num_samples is not None:
+            return h.source_num_samples
+        return round(self.produced * h.source_sample_rate / h.sample_rate) if self.done else None
+
+    def _samples(self, frames: int, segments: int) -> int:
+        """Model-rate samples that `frames` frames in `segments` segments stand for."""
+        return frames * self.spec.hop_length if self.spec.causal else segments * self.spec.segment_stride
+
+    def _decoded(self) -> tp.Iterator[tp.Union[Packet, Gap]]:
+        """The salvaged packets with their codes decoded, one at a time (so that one that
+        fails its codes checksum is lost alone), and the gaps."""
+        h = self.header
+        coder = None if h.coder == "raw" else make_decoder(self.spec, h, lm_weights=self.opts.lm_weights,
+                                                           download_bars=self.opts.download_bars)
+        for item in v1.salvage(self.inp, h):
+            if isinstance(item, Packet) and coder is not None and not item.flags & v1.FLAG_RAW:
+                try:
+                    item = Packet(codes=coder.decode_many([item])[0], segments=item.segments, flags=item.flags,
+                                  offset=item.offset, start=item.start, index=item.index)
+                except CorruptError as e:
+                    item = Gap(item.index, item.offset, 1, item.frames, len(item.segments), str(e))
+            yield item
+
+    def blocks(self) -> tp.Iterator[np.ndarray]:
+        """Model-rate audio [channels, n], gaps as silence."""
+        from .codec import streaming as C
+
+        rate, position, overshoot = self.spec.sample_rate, 0, 0
+        for is_gap, group in itertools.groupby(self._decoded(), key=lambda x: isinstance(x, Gap)):
+            if not is_gap:
+                expected = 0
+
+                def pieces(packets=group) -> tp.Iterator[C.CodePacket]:
+                    nonlocal expected
+                    for p in packets:
+                        expected += self._samples(p.frames, len(p.segments))
+                        row = 0
+                        for frames, scale in p.segments:
+                            yield C.CodePacket(p.codes[row:row + frames], scale)
+                            row += frames
+
+                made = 0
+                for y in C.decode(self.codec, pieces()):
+                    made += y.shape[-1]
+                    yield y
+                self.produced += made
+                position += expected
+                overshoot = made - expected  # 48 kHz: the last segment's overlap
+                continue
+            for gap in group:
+                t0 = position / rate
+                if gap.frames is None:
+                    self.damaged.append(f"from {t0:.3f} s: {gap.why}; what follows is lost (the file does not "
+                                        f"record its length)")
+                    self.done = True
+                    return
+                n = self._samples(gap.frames, gap.segments or 1)
+                last = gap.index + (gap.packets or 1) - 1
+                what = f"packet {gap.index}" if last == gap.index else f"packets {gap.index}-{last}"
+                self.damaged.append(f"{t0:.3f}-{(position + n) / rate:.3f} s ({what}): {gap.why}; silence")
+                silence = max(0, n - overshoot)
+                overshoot = 0
+                if silence:
+                    yield np.zeros((self.header.channels, silence), np.float32)
+                self.produced += silence
+                position += n
+        self.done = True
