@@ -36,7 +36,7 @@ def compress_file(src: str, dst: str, opts: CompressOptions = CompressOptions(),
                   force: bool = False, progress: Progress = None) -> Result:
     """Compress audio file `src` ('-': stdin) to `dst` ('-': stdout)."""
     opts.check()
-    if src != "-" and _starts_as_ecdc(src):
+    if src != "-" and os.path.isfile(src) and _starts_as_ecdc(src):  # (a pipe's bytes are not read twice)
         raise OptionError(f"{src} is an .ecdc file: did you mean decompress_file?",
                           cli=f"{src} is an .ecdc file: did you mean `ecdc decompress`?")
     not_the_input(src, dst)

@@ -119,16 +119,17 @@ def reader_for(inp: Input, header: Header, opts: DecompressOptions, frames: Fram
     return open_reader(inp, header, frames=frames, lm=lm, why=why)
 
 
-def decoded_packets(reader: Reader, opts: DecompressOptions) -> tp.Iterator[Packet]:
+def decoded_packets(reader: Reader, opts: DecompressOptions, ramp: bool = False) -> tp.Iterator[Packet]:
     """The packets of `reader` with their codes decoded. Torch is imported only for LM-coded
-    files."""
+    files. With `ramp` (a pipe), the first packets are decoded one by one, as the encoder
+    sends them, so that audio comes out while the stream is still arriving."""
     h = reader.header
     if h.version == 0 or h.coder == "raw":
         yield from reader
         return
     with torch_threads(opts.threads):
         coder = make_decoder(SPECS[h.model], h, lm_weights=opts.lm_weights, download_bars=opts.download_bars)
-        for batch in batches(reader, lambda p: len(p.segments), coder.batch_streams):
+        for batch in batches(reader, lambda p: len(p.segments), coder.batch_streams, ramp):
             for packet, codes in zip(batch, coder.decode_many(batch)):
                 yield dataclasses.replace(packet, codes=codes)
 
@@ -192,7 +193,7 @@ def _decompress(inp: Input, h: Header, open_sink: SinkFactory, opts: DecompressO
         decoded: tp.Iterator[np.ndarray] = reader.blocks()
     else:
         reader = reader_for(inp, h, opts, span.frames)
-        decoded = _decoded_audio(C, codec, reader, opts, span)
+        decoded = _decoded_audio(C, codec, reader, opts, span, ramp=not v1.seekable(inp.fo))
 
     def total() -> tp.Optional[int]:  # of the whole output, once known
         return reader.num_samples if opts.model_format else reader.source_num_samples
@@ -233,10 +234,10 @@ def _decompress(inp: Input, h: Header, open_sink: SinkFactory, opts: DecompressO
     return Result(seconds=written / rate, clipped=sink.clipped, damaged=damaged)
 
 
-def _decoded_audio(C, codec, reader: Reader, opts: DecompressOptions, span) -> tp.Iterator[np.ndarray]:
+def _decoded_audio(C, codec, reader: Reader, opts: DecompressOptions, span, ramp: bool) -> tp.Iterator[np.ndarray]:
     """Model-rate audio [channels, n] of the frames of `span`, from the decoder's start."""
     def packets() -> tp.Iterator[C.CodePacket]:
-        for packet in decoded_packets(reader, opts):
+        for packet in decoded_packets(reader, opts, ramp):
             pos = packet.start
             for frames, scale in packet.segments:
                 lo, hi = max(0, span.first_frame - pos), frames

@@ -1,6 +1,7 @@
 """Real processes through pipes, as people use ecdc in shells."""
 from __future__ import annotations
 
+import io
 import os
 import select
 import signal
@@ -99,6 +100,31 @@ def test_output_flows_before_input_ends(w24, coder):
         rest = p.stdout.read()
         assert p.wait(60) == 0
         assert len(rest) > 0
+    finally:
+        p.kill()
+
+
+def test_decompress_from_a_pipe_plays_after_the_first_packet(w24, checkpoints):
+    """An LM-coded stream of three 8 s packets, every one range coded: audio comes out once
+    the first packet has arrived, while the others have not (no batch of 8 is waited for)."""
+    from encodec_cli import api
+    from encodec_cli.formats import v1
+
+    data = api.compress(tone(20.0, 24000), 24000, api.CompressOptions(
+        weights=w24, lm_weights=checkpoints["encodec_lm_24khz"], raw_fallback=False))
+    second = list(v1.Reader.open(io.BytesIO(data)))[1].offset
+    p = subprocess.Popen(ECDC + ["decompress", "-", "-o", "-", *both(w24), "-q"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
+    try:
+        p.stdin.write(data[:second])  # the header and the first packet only
+        p.stdin.flush()
+        early = _read_available(p.stdout.fileno(), 60, 44 + 2 * 24000 * 6)  # WAV header and 6 s of audio
+        assert early.startswith(b"RIFF") and len(early) >= 44 + 2 * 24000 * 6, len(early)
+        p.stdin.write(data[second:])
+        p.stdin.close()
+        rest = p.stdout.read()
+        assert p.wait(60) == 0
+        assert len(early) + len(rest) == 44 + 2 * 24000 * 20
     finally:
         p.kill()
 

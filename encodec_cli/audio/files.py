@@ -41,7 +41,7 @@ class FileSource:
             msg = str(e).split(": ", 1)[-1] if isinstance(e, sf.LibsndfileError) else str(e)
             raise AudioError(f"cannot read audio from {'stdin' if spool else path}: {msg}") from None
         self.sample_rate, self.channels, self.frames = self._f.samplerate, self._f.channels, self._f.frames
-        if self._f.format == "WAV":  # libsndfile counts what a cut file holds; the header says more
+        if self._f.format == "WAV" and os.path.isfile(path):  # libsndfile counts what a cut file holds
             self.frames = max(self.frames, _wav_frames(path) or 0)
         self.bits = source_bits(self._f.subtype)
         self.tags = tuple((k, v) for k in TAGS if (v := getattr(self._f, k, "")))
