@@ -19,7 +19,7 @@ from .audio import blocks as B
 from .codec.threads import torch_threads
 from .codec.weights import weights_error
 from .entropy.coders import RawEncoder, batches, make_decoder, make_encoder
-from .errors import OptionError
+from .errors import CorruptError, OptionError, TruncatedError
 from .formats import v1
 from .formats.reader import Reader, open_reader, read_header
 from .formats.records import ALL_FRAMES, Frames, Header, Input, Packet, packetize
@@ -166,8 +166,14 @@ def decompress_stream(fo: tp.BinaryIO, open_sink: SinkFactory, opts: DecompressO
     source's bit depth and tags)."""
     inp = Input(fo)
     h = read_header(inp)  # a file that is not .ecdc is refused before torch is imported
-    with torch_threads(opts.threads):
-        return _decompress(inp, h, open_sink, opts, progress)
+    try:
+        with torch_threads(opts.threads):
+            return _decompress(inp, h, open_sink, opts, progress)
+    except (TruncatedError, CorruptError) as e:
+        if h.version == 0 or opts.salvage:
+            raise
+        raise type(e)(f"{e} (salvage=True decodes what is intact)",
+                      cli=f"{e.cli} (--salvage decodes what is intact)") from None
 
 
 def _decompress(inp: Input, h: Header, open_sink: SinkFactory, opts: DecompressOptions,

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from encodec_cli import api
 from encodec_cli.cli import main
-from encodec_cli.errors import OptionError, WeightsError
+from encodec_cli.errors import EcdcError, OptionError, WeightsError
 from encodec_cli.formats import v1
 
 from .conftest import tone, write_audio
@@ -251,6 +251,7 @@ def test_threads_hint_for_a_damaged_48khz_reference_lm_file(here, checkpoints):
     r = ecdc("decompress", "d.ecdc", "-o", "o.wav", "--threads", "1", "--weights", checkpoints["encodec_48khz"],
              "--lm-weights", checkpoints["encodec_lm_48khz"], ok=False)
     assert r.exit_code == 1 and "try --threads N)" in r.output, r.output
+    assert "--salvage" not in r.output  # format 0 has no checksums to salvage by
 
 
 def test_the_reference_lm_threads_follow_the_users_environment():
@@ -359,6 +360,9 @@ def test_salvage_decodes_the_intact_packets(here, checkpoints, weights, lm):
 
     r, _ = _decode("bad.ecdc", weights)
     assert r.exit_code == 1 and "(--salvage decodes what is intact)" in r.output and not os.path.exists("bad.ecdc.wav")
+    with pytest.raises(EcdcError, match=r"\(salvage=True decodes what is intact\)$"):
+        api.decompress(bytes(damaged), api.DecompressOptions(weights=checkpoints["encodec_24khz"],
+                                                             lm_weights=checkpoints["encodec_lm_24khz"]))
     r, audio = _decode("bad.ecdc", weights, "--salvage")
     assert r.exit_code == 1
     assert "note: bad.ecdc: damaged: 8.000-16.000 s (packet 2): record 2 at byte" in r.output

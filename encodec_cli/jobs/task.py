@@ -11,7 +11,7 @@ import time
 import typing as tp
 from dataclasses import asdict, dataclass
 
-from ..errors import CorruptError, EcdcError, TruncatedError, WeightsError
+from ..errors import EcdcError, WeightsError
 
 
 @dataclass(kw_only=True)
@@ -123,10 +123,7 @@ def process(kind: Kind, src: str, dst: str, opts, force: bool, progress=None,
             os.makedirs(os.path.dirname(dst), exist_ok=True)
         result = fn(src, dst, opts, force=force, progress=progress)
     except EcdcError as e:  # a weights error names the weights file, not the input
-        message = e.cli if isinstance(e, WeightsError) else named(e.cli, src, dst)
-        if kind == "decompress" and isinstance(e, (TruncatedError, CorruptError)) and not opts.salvage:
-            message += " (--salvage decodes what is intact)"
-        return failed(message)
+        return failed(e.cli if isinstance(e, WeightsError) else named(e.cli, src, dst))
     except BrokenPipeError:
         raise  # the reader of stdout went away: the CLI ends quietly
     except OSError as e:
