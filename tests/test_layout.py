@@ -210,10 +210,11 @@ def test_raw_fallback_switch(checkpoints):
     from .conftest import tone
 
     w, lw = checkpoints["encodec_24khz"], checkpoints["encodec_lm_24khz"]
-    x = tone(9.0, 24000)  # two packets
+    x = tone(8.5, 24000)  # two packets
     flags, codes = {}, {}
     for fallback in (True, False):
-        data = api.compress(x, 24000, api.CompressOptions(weights=w, lm_weights=lw, raw_fallback=fallback))
+        data = api.compress(x, 24000, api.CompressOptions(bandwidth=1.5, weights=w, lm_weights=lw,
+                                                          raw_fallback=fallback))
         flags[fallback] = [p.flags for p in v1.Reader.open(io.BytesIO(data))]
         codes[fallback] = api.read_codes(io.BytesIO(data), api.DecompressOptions(lm_weights=lw))[0]
     assert flags[True] == [v1.FLAG_RAW] * 2 and flags[False] == [0, 0]
