@@ -105,13 +105,13 @@ def test_output_flows_before_input_ends(w24, coder):
 
 
 def test_decompress_from_a_pipe_plays_after_the_first_packet(w24, checkpoints):
-    """An LM-coded stream of three 8 s packets, every one range coded: audio comes out once
+    """An LM-coded stream of three packets (8, 8 and 1 s), every one range coded: audio comes out once
     the first packet has arrived, while the others have not (no batch of 8 is waited for)."""
     from encodec_cli import api
     from encodec_cli.formats import v1
 
-    data = api.compress(tone(20.0, 24000), 24000, api.CompressOptions(
-        weights=w24, lm_weights=checkpoints["encodec_lm_24khz"], raw_fallback=False))
+    data = api.compress(tone(17.0, 24000), 24000, api.CompressOptions(
+        bandwidth=1.5, weights=w24, lm_weights=checkpoints["encodec_lm_24khz"], raw_fallback=False))
     second = list(v1.Reader.open(io.BytesIO(data)))[1].offset
     p = subprocess.Popen(ECDC + ["decompress", "-", "-o", "-", *both(w24), "-q"], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
@@ -124,7 +124,7 @@ def test_decompress_from_a_pipe_plays_after_the_first_packet(w24, checkpoints):
         p.stdin.close()
         rest = p.stdout.read()
         assert p.wait(60) == 0
-        assert len(early) + len(rest) == 44 + 2 * 24000 * 20
+        assert len(early) + len(rest) == 44 + 2 * 24000 * 17
     finally:
         p.kill()
 
