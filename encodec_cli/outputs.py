@@ -93,30 +93,31 @@ def atomic_path(path: str, force: bool) -> tp.Iterator[str]:
 
 
 @contextlib.contextmanager
-def _into_special(path: str, target: str) -> tp.Iterator[str]:
+def _through_file(name: str, out: tp.Callable[[], tp.ContextManager[tp.BinaryIO]],
+                  path: tp.Optional[str] = None) -> tp.Iterator[str]:
+    """A path in a temporary folder; what the block writes there is copied into `out()`
+    if the block succeeds (a failed copy is 'cannot write `path`', when given)."""
     folder = tempfile.mkdtemp(prefix="ecdc-out-")
     try:
-        tmp = os.path.join(folder, "out" + os.path.splitext(path)[1])
+        tmp = os.path.join(folder, name)
         yield tmp
         try:
-            with open(tmp, "rb") as f, open(target, "wb") as out:
-                shutil.copyfileobj(f, out, 1 << 20)
+            with open(tmp, "rb") as f, out() as fo:
+                shutil.copyfileobj(f, fo, 1 << 20)
+                fo.flush()
         except OSError as e:
+            if path is None or isinstance(e, BrokenPipeError):
+                raise
             raise OptionError(f"cannot write {path}: {e.strerror}") from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def stdout_through_file(name: str) -> tp.Iterator[str]:
+def _into_special(path: str, target: str) -> tp.ContextManager[str]:
+    return _through_file("out" + os.path.splitext(path)[1], lambda: open(target, "wb"), path)
+
+
+def stdout_through_file(name: str) -> tp.ContextManager[str]:
     """A path in a temporary folder; what the block writes there is copied to stdout if it
     succeeds (for outputs that need a seekable file or are checked before they go out)."""
-    folder = tempfile.mkdtemp(prefix="ecdc-out-")
-    try:
-        path = os.path.join(folder, name)
-        yield path
-        with open(path, "rb") as f:
-            shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
-        sys.stdout.buffer.flush()
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    return _through_file(name, lambda: contextlib.nullcontext(sys.stdout.buffer))

@@ -7,6 +7,7 @@ how much was lost (formats.v1.salvage).
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import typing as tp
 
@@ -55,8 +56,7 @@ class Salvage:
         for item in v1.salvage(self.inp, h):
             if isinstance(item, Packet) and coder is not None and not item.flags & v1.FLAG_RAW:
                 try:
-                    item = Packet(codes=coder.decode_many([item])[0], segments=item.segments, flags=item.flags,
-                                  offset=item.offset, start=item.start, index=item.index)
+                    item = dataclasses.replace(item, codes=coder.decode_many([item])[0])
                 except CorruptError as e:
                     item = Gap(item.index, item.offset, 1, item.frames, len(item.segments), str(e))
             yield item

@@ -104,16 +104,16 @@ def resolve(name: str, explicit: tp.Optional[Path] = None, download_bars: bool =
     for folder in folders:
         path = folder / ck.filename
         if path.is_file():
-            return _verified(path, ck)
+            return _verified(path, name)
     target = folders[0]
     _download(name, target, download_bars)
-    return _verified(target / ck.filename, ck)
+    return _verified(target / ck.filename, name)
 
 
-def _verified(path: Path, ck: Checkpoint) -> Resolved:
+def _verified(path: Path, name: str) -> Resolved:
+    ck = REGISTRY[name]
     digest = file_digest(path)
     if not digest.startswith(ck.sha256_prefix):
-        name = next(k for k, v in REGISTRY.items() if v.filename == ck.filename)
         raise weights_error(lambda cli: (
             f"{path} does not match its official name (sha256 {digest[:8]}, expected {ck.sha256_prefix}): "
             f"a damaged download (delete it, and it is fetched again) or other weights (pass those with "
