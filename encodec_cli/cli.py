@@ -5,6 +5,7 @@ Torch is imported only by the commands that run a model, so `--help` and `info` 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -151,6 +152,12 @@ def _guard(fn):
 @click.version_option(__version__, prog_name="ecdc")
 def main() -> None:
     """Neural audio compression with Meta's EnCodec: `ecdc compress in.wav -b 6`."""
+    log = logging.getLogger("ecdc")  # what the library says while it works (a live decoder falling behind)
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("ecdc: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
 
 
 COMMON = [
@@ -195,16 +202,19 @@ def _common(fn):
 @click.option("--lm/--raw", default=True, show_default=True,
               help="--lm: range-code the codes with EnCodec's language model (smaller files); "
                    "--raw: 10 bits per code (faster, no language model to download).")
+@click.option("--live", is_flag=True,
+              help="A live stream: each frame (24khz, 13 ms) or 1 s segment (48khz) is written as soon "
+                   "as it is coded, for a decoder at the other end of a pipe or socket.")
 @_common
 @_guard
-def compress(inputs, output, bandwidth, model, lm, weights, lm_weights, force, quiet, threads, jobs,
+def compress(inputs, output, bandwidth, model, lm, live, weights, lm_weights, force, quiet, threads, jobs,
              recursive, resume, manifest, cluster):
     """Compress audio files or folders (-r) (WAV, FLAC, OGG, ...; '-' for stdin) to .ecdc.
 
     With --raw, --lm-weights is accepted and not used (the language model is not loaded)."""
     from .options import MODELS, CompressOptions
 
-    opts = CompressOptions(bandwidth=bandwidth, model=MODELS[model], weights=weights, lm=lm,
+    opts = CompressOptions(bandwidth=bandwidth, model=MODELS[model], weights=weights, lm=lm, live=live,
                            lm_weights=lm_weights if lm else None, threads=threads, download_bars=not quiet)
     _usage(opts.check, "'-b' / '--bandwidth'")
     _execute("compress", inputs, output, opts, force, quiet, threads, jobs, recursive, resume,

@@ -24,7 +24,8 @@ def describe_file(file: str) -> dict:
         "file": file,
         "model": h.model, "sample_rate": h.sample_rate, "channels": h.channels,
         "bandwidth_kbps": h.bandwidth, "codebooks": h.n_codebooks, "coder": h.coder,
-        "duration_s": round(seconds, 6), "frames": end.frames, "packets": end.packets if v1 else None,
+        "duration_s": round(seconds, 6), "frames": end.frames,
+        "packets": end.packets if v1 and h.version != 2 else None,
         "source_sample_rate": h.source_sample_rate if v1 else None,
         "source_channels": h.source_channels if v1 else None,
         "source_samples": end.source_num_samples if v1 else None, "size_bytes": size,
@@ -53,6 +54,20 @@ def rows(d: dict) -> tp.List[tp.Tuple[str, str]]:
             ("size", f"{d['size_bytes']} bytes, {kbps}"),
             ("weights", "not recorded (format 0)"),
             ("checksums", "none (format 0)"),
+        ]
+    if d["format_version"] == 2:
+        return [
+            ("format", "2 (live stream: ecdc compress --live)"),
+            ("model", f"{d['model']} ({d['sample_rate']} Hz, {ch[d['channels']]})"),
+            ("bandwidth", f"{d['bandwidth_kbps']:g} kbps nominal, {d['codebooks']} codebooks"),
+            ("coder", "raw (10 bits per code, arithmetic coded)" if d["coder"] == "raw" else
+             "lm (language-model arithmetic coding)"),
+            ("duration", f"{seconds:.3f} s ({d['frames']} frames)"),
+            ("original", f"{d['source_sample_rate']} Hz, {d['source_channels']} channel"
+                         f"{'s' if d['source_channels'] > 1 else ''}, {d['source_samples']} samples"),
+            ("size", f"{d['size_bytes']} bytes, {kbps}"),
+            ("checksums", "the end record checked; each block's is checked as it is decoded"),
+            ("weights", d["weights_fingerprint"]),
         ]
     return [
         ("format", str(d["format_version"])),

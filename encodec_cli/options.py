@@ -22,6 +22,7 @@ class CompressOptions:
     lm: bool = True                         # range-code with the language model (False: raw)
     lm_weights: tp.Optional[Path] = None
     raw_fallback: bool = True               # store a packet raw when the LM does not make it smaller
+    live: bool = False                      # a live stream: each frame sent as soon as it is coded
     threads: int = 1                        # torch threads while coding (as `ecdc compress`)
     download_bars: bool = True              # progress bars while weights download
 

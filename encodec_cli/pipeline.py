@@ -10,7 +10,9 @@ import contextlib
 import dataclasses
 import hashlib
 import itertools
+import logging
 import struct
+import time
 import typing as tp
 
 import numpy as np
@@ -18,9 +20,9 @@ import numpy as np
 from .audio import blocks as B
 from .codec.threads import torch_threads
 from .codec.weights import weights_error
-from .entropy.coders import RawEncoder, batches, make_decoder, make_encoder
+from .entropy.coders import RawEncoder, batches, live_model, make_decoder, make_encoder
 from .errors import CorruptError, OptionError, TruncatedError
-from .formats import v1
+from .formats import live, v1
 from .formats.reader import Reader, open_reader, read_header
 from .formats.records import ALL_FRAMES, Frames, Header, Input, Packet, packetize
 from .formats.seek import span_for
@@ -49,16 +51,22 @@ def _compress(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions, progress
     codec = C.load_codec(opts.model, opts.weights, opts.download_bars)
     spec = codec.spec
     n_q = spec.codebooks_for(opts.bandwidth)
-    coder = make_encoder(spec, n_q, lm=opts.lm, lm_weights=opts.lm_weights, raw_fallback=opts.raw_fallback,
-                         download_bars=opts.download_bars)
-    header = Header(model=spec.name, coder=coder.name, n_codebooks=n_q, bandwidth=opts.bandwidth,
+    if opts.live:
+        model, lm_fingerprint = live_model(spec, n_q, lm=opts.lm, lm_weights=opts.lm_weights,
+                                           download_bars=opts.download_bars)
+        coder = None
+    else:
+        coder = make_encoder(spec, n_q, lm=opts.lm, lm_weights=opts.lm_weights, raw_fallback=opts.raw_fallback,
+                             download_bars=opts.download_bars)
+        lm_fingerprint = coder.fingerprint
+    header = Header(model=spec.name, coder="lm" if opts.lm else "raw", n_codebooks=n_q, bandwidth=opts.bandwidth,
                     sample_rate=spec.sample_rate, channels=spec.channels,
                     source_sample_rate=source.sample_rate, source_channels=source.channels,
                     num_samples=None, source_num_samples=None, weights_fingerprint=codec.fingerprint,
-                    lm_fingerprint=coder.fingerprint, source_bits=source.bits, tags=tuple(source.tags))
+                    lm_fingerprint=lm_fingerprint, source_bits=source.bits, tags=tuple(source.tags))
     counts = {"source": 0, "model": 0, "not_finite": 0}
     # progress: reading and the codec's encoder, then the LM's coding, about as costly
-    coding_share = 0.5 if coder.name == "lm" else 0.0
+    coding_share = 0.5 if opts.lm and not opts.live else 0.0
 
     def source_blocks() -> tp.Iterator[np.ndarray]:
         for block in itertools.chain([first], blocks):
@@ -79,6 +87,20 @@ def _compress(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions, progress
             counts["model"] += len(block)
             yield block.T
 
+    def notes() -> tp.Tuple[str, ...]:
+        out = []
+        if counts["not_finite"]:
+            out.append(f"{counts['not_finite']} samples were NaN or infinite: coded as silence (NaN) "
+                       f"or full scale")
+        if source.frames is not None and counts["source"] < source.frames:
+            out.append(f"the file is shorter than its header says ({counts['source']} of "
+                       f"{source.frames} frames): it may be cut; what it holds was compressed")
+        return tuple(out)
+
+    if opts.live:
+        _compress_live(C, codec, live.Writer(fo, live.live_header(header), model), model_blocks(), first is None,
+                       counts, coded)
+        return Result(seconds=counts["source"] / source.sample_rate, notes=notes())
     writer = v1.Writer(fo, header)
     if first is None:  # an empty input gives a valid empty file (archives have such files)
         writer.finish(0, 0)
@@ -92,21 +114,38 @@ def _compress(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions, progress
             writer.write_packet(segments, payload, flags)
         fo.flush()  # a reader on a pipe gets each packet as soon as it is coded
     writer.finish(counts["model"], counts["source"])
-    notes = []
-    if counts["not_finite"]:
-        notes.append(f"{counts['not_finite']} samples were NaN or infinite: coded as silence (NaN) "
-                     f"or full scale")
-    if source.frames is not None and counts["source"] < source.frames:
-        notes.append(f"the file is shorter than its header says ({counts['source']} of "
-                     f"{source.frames} frames): it may be cut; what it holds was compressed")
-    return Result(seconds=counts["source"] / source.sample_rate, notes=tuple(notes))
+    return Result(seconds=counts["source"] / source.sample_rate, notes=notes())
+
+
+def _compress_live(C, codec, writer: live.Writer, blocks: tp.Iterator[np.ndarray], empty: bool,
+                   counts: tp.Dict[str, int], coded: tp.Callable[[int], None]) -> None:
+    """Each frame (24 kHz) or segment (48 kHz) written as soon as it is coded."""
+    spec = codec.spec
+    if not empty:
+        n_q = writer.header.n_codebooks
+        for packet, final in C.encode_live(codec, blocks, n_q):
+            if not spec.causal:
+                writer.write_segment(packet.codes, packet.scale)
+            elif len(packet.codes):
+                last = None  # the input has ended: the last frame says how much of it is audio
+                if final:
+                    last = counts["model"] - (writer.frames + len(packet.codes) - 1) * spec.hop_length
+                writer.write_frames(packet.codes, last)
+            coded(len(packet.codes))
+    writer.finish(counts["model"], counts["source"])
 
 
 # ---------------------------------------------------------------- reading
 
 def reader_for(inp: Input, header: Header, opts: DecompressOptions, frames: Frames = ALL_FRAMES) -> Reader:
     """The reader of a file whose `header` `inp` has just read; an LM-coded version-0 file
-    gets the reference's float LM (torch imported), run as `opts.lm_threads` says."""
+    gets the reference's float LM (torch imported), run as `opts.lm_threads` says; a live
+    stream, its frequency model (coder 'lm': the integer LM)."""
+    if header.version == v1.LIVE_VERSION:
+        spec = SPECS[header.model]
+        model, _ = live_model(spec, header.n_codebooks, lm=header.coder == "lm", lm_weights=opts.lm_weights,
+                              header=header, download_bars=opts.download_bars)
+        return live.Reader(inp, header, model, frames)
     if header.version != 0 or header.coder != "lm":
         return open_reader(inp, header, frames=frames)
     from .entropy.reference_lm import ReferenceCdfs, load_float_lm, reference_threads
@@ -124,7 +163,7 @@ def decoded_packets(reader: Reader, opts: DecompressOptions, ramp: bool = False)
     files. With `ramp` (a pipe), the first packets are decoded one by one, as the encoder
     sends them, so that audio comes out while the stream is still arriving."""
     h = reader.header
-    if h.version == 0 or h.coder == "raw":
+    if h.version in (0, v1.LIVE_VERSION) or h.coder == "raw":  # live: the reader decodes as it reads
         yield from reader
         return
     with torch_threads(opts.threads):
@@ -181,6 +220,7 @@ def _decompress(inp: Input, h: Header, open_sink: SinkFactory, opts: DecompressO
     from .codec import streaming as C
 
     rate, channels = (h.sample_rate, h.channels) if opts.model_format else (h.source_sample_rate, h.source_channels)
+    live_stream = h.version == v1.LIVE_VERSION
     start, end = _output_range(opts, rate, h.num_samples if opts.model_format else h.source_num_samples)
 
     codec = C.load_codec(h.model, opts.weights, opts.download_bars)
@@ -199,7 +239,7 @@ def _decompress(inp: Input, h: Header, open_sink: SinkFactory, opts: DecompressO
         decoded: tp.Iterator[np.ndarray] = reader.blocks()
     else:
         reader = reader_for(inp, h, opts, span.frames)
-        decoded = _decoded_audio(C, codec, reader, opts, span, ramp=not v1.seekable(inp.fo))
+        decoded = _decoded_audio(C, codec, reader, opts, span, ramp=not v1.seekable(inp.fo), live=live_stream)
 
     def total() -> tp.Optional[int]:  # of the whole output, once known
         return reader.num_samples if opts.model_format else reader.source_num_samples
@@ -212,7 +252,10 @@ def _decompress(inp: Input, h: Header, open_sink: SinkFactory, opts: DecompressO
         return max(0, (n if span.model_end is None else min(n, span.model_end)) - span.model_start)
 
     blocks = B.skip((a.T for a in decoded), span.model_start - span.decode_start)
-    blocks = B.fit_length(blocks, model_total, codec.spec.hop_length, h.channels)
+    # the true length may be known only at the end, so the last samples wait; a live 24 kHz
+    # stream says it before its last frame, and nothing needs to wait
+    causal_live = live_stream and codec.spec.causal
+    blocks = B.fit_length(blocks, model_total, 0 if causal_live else codec.spec.hop_length, h.channels)
     out_start = span.model_start
     if not opts.model_format:
         resampled = B.converted(blocks, h.sample_rate, rate, h.channels)
@@ -225,22 +268,44 @@ def _decompress(inp: Input, h: Header, open_sink: SinkFactory, opts: DecompressO
             return None
         return max(0, (n if end is None else min(n, end)) - start)
 
-    blocks = B.fit_length(B.skip(blocks, start - out_start), out_total, 4096, channels)
+    # resampling may overshoot the length by a few samples: a live stream holds back a few
+    holdback = (0 if rate == h.sample_rate else 64) if live_stream else 4096
+    blocks = B.fit_length(B.skip(blocks, start - out_start), out_total, holdback, channels)
     sink = open_sink(rate, channels, out_total(), h)
     written = 0
+    clock = _Pace(reader) if live_stream else None
     try:
         for block in blocks:
             sink.write(block)
             written += len(block)
             if progress:
                 progress(len(block) / rate)
+            if clock:
+                clock.check(written / rate)
     finally:
         sink.close()
     damaged = tuple(reader.damaged) if opts.salvage else ()
     return Result(seconds=written / rate, clipped=sink.clipped, damaged=damaged)
 
 
-def _decoded_audio(C, codec, reader: Reader, opts: DecompressOptions, span, ramp: bool) -> tp.Iterator[np.ndarray]:
+class _Pace:
+    """Says once (on the 'ecdc' logger) when a live stream decodes slower than real time:
+    the time spent outside waiting for input exceeds the audio written, after 2 s of it."""
+
+    def __init__(self, reader):
+        self.reader, self.start, self.said = reader, time.monotonic(), False
+
+    def check(self, seconds: float) -> None:
+        busy = time.monotonic() - self.start - self.reader.waited
+        if not self.said and seconds > 2.0 and busy > seconds * 1.05:
+            self.said = True
+            logging.getLogger("ecdc").warning(
+                f"decoding is slower than real time ({busy:.1f} s of work for {seconds:.1f} s of audio): "
+                f"the output falls behind the stream")
+
+
+def _decoded_audio(C, codec, reader: Reader, opts: DecompressOptions, span, ramp: bool, live: bool = False
+                   ) -> tp.Iterator[np.ndarray]:
     """Model-rate audio [channels, n] of the frames of `span`, from the decoder's start."""
     def packets() -> tp.Iterator[C.CodePacket]:
         for packet in decoded_packets(reader, opts, ramp):
@@ -257,7 +322,7 @@ def _decoded_audio(C, codec, reader: Reader, opts: DecompressOptions, span, ramp
     coded = packets()
     first = next(coded, None)
     if first is not None:
-        yield from C.decode(codec, itertools.chain([first], coded), span.weight_length)
+        yield from C.decode(codec, itertools.chain([first], coded), span.weight_length, live=live)
 
 
 # ---------------------------------------------------------------- convert
@@ -300,6 +365,9 @@ def convert_stream(fi: tp.BinaryIO, fo: tp.BinaryIO, opts: ConvertOptions = Conv
                                  source_num_samples=None, version=v1.VERSION)
     writer = v1.Writer(fo, header)
     digest = hashlib.sha256()
+    if h.version == v1.LIVE_VERSION:  # frames as they were decided: into the usual packets
+        pieces = ((p.codes, p.segments[0][1]) for p in packets)
+        packets = (Packet(codes=c, segments=s) for c, s in packetize(pieces, spec.causal, spec.frame_rate))
     with torch_threads(opts.threads) if encoder.name == "lm" else contextlib.nullcontext():
         for batch in batches(packets, lambda p: len(p.segments), encoder.batch_streams):
             items = [(p.codes, p.segments) for p in batch]

@@ -214,8 +214,39 @@ class SLSTM(nn.Module):
         if x.shape[-1] == 0:
             return x
         x = x.permute(2, 0, 1)
-        y, self._state = self.lstm(x, self._state)
+        if self.live and x.shape[0] <= self.SHORT and x.shape[1] == 1:
+            y = self._short(x)
+        else:
+            y, self._state = self.lstm(x, self._state)
         return (y + x).permute(1, 2, 0)
+
+    SHORT = 8  # frames: oneDNN's LSTM costs ~5 ms a call whatever its length; live steps are 1-2 frames
+    live = False  # set while a live stream is coded (codec.streaming.live_steps)
+
+    def _short(self, x: torch.Tensor) -> torch.Tensor:
+        """The LSTM over a few frames of one stream, step by step in plain matrix products
+        (the same function as torch's, rounded differently in the last bits)."""
+        lstm, layers = self.lstm, self.lstm.num_layers
+        if self._state is None:
+            zero = x.new_zeros(layers, 1, lstm.hidden_size)
+            self._state = (zero, zero.clone())
+        hs, cs = [], []
+        for i in range(layers):
+            h, c = self._state[0][i], self._state[1][i]
+            gates_x = torch.addmm(getattr(lstm, f"bias_ih_l{i}") + getattr(lstm, f"bias_hh_l{i}"),
+                                  x.reshape(-1, x.shape[-1]), getattr(lstm, f"weight_ih_l{i}").t())
+            w_hh = getattr(lstm, f"weight_hh_l{i}").t()
+            out = []
+            for t in range(x.shape[0]):
+                gi, gf, gg, go = torch.addmm(gates_x[t:t + 1], h, w_hh).chunk(4, 1)
+                c = torch.sigmoid(gf) * c + torch.sigmoid(gi) * torch.tanh(gg)
+                h = torch.sigmoid(go) * torch.tanh(c)
+                out.append(h)
+            x = torch.stack(out)
+            hs.append(h)
+            cs.append(c)
+        self._state = (torch.stack(hs), torch.stack(cs))
+        return x
 
 
 def _step(module: nn.Module, x: torch.Tensor, final: bool) -> torch.Tensor:

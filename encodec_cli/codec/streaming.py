@@ -7,6 +7,7 @@ model a few 1 s segments (their LSTM steps run as one batch) and the overlap-add
 """
 from __future__ import annotations
 
+import contextlib
 import typing as tp
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from ..codec import weights as W
-from .models import EncodecModel, ModelSpec, build_model
+from .models import SLSTM, EncodecModel, ModelSpec, build_model
 
 CHUNK_SECONDS = 2.0      # encoder input per step, 24 kHz model (fastest measured)
 DECODE_FRAMES = 150      # decoder input per step, 24 kHz model
@@ -92,12 +93,48 @@ def _encode_stream(model, blocks, n_q, chunk) -> tp.Iterator[CodePacket]:
         yield CodePacket(_codes(model, emb, n_q))
 
 
-def _encode_segments(model, blocks, n_q) -> tp.Iterator[CodePacket]:
+@contextlib.contextmanager
+def live_steps(codec: Codec) -> tp.Iterator[None]:
+    """While it lasts, the model's LSTMs step short inputs in plain products (fast for the
+    frame or two of a live step; file mode keeps torch's LSTM, as the reference has it)."""
+    lstms = [m for m in codec.model.modules() if isinstance(m, SLSTM)]
+    for m in lstms:
+        m.live = True
+    try:
+        yield
+    finally:
+        for m in lstms:
+            m.live = False
+
+
+@torch.inference_mode()
+def encode_live(codec: Codec, blocks: tp.Iterable[np.ndarray], n_q: int
+                ) -> tp.Iterator[tp.Tuple[CodePacket, bool]]:
+    """As `encode`, each block's codes as soon as they exist: (packet, final). 24 kHz: the
+    encoder steps on each block as it comes; final: the packet of the input's end. 48 kHz:
+    each segment once its input is complete."""
+    model, spec = codec.model, codec.spec
+    if not spec.causal:
+        for packet in _encode_segments(model, blocks, n_q, batch_size=1):
+            yield packet, False
+        return
+    enc = model.encoder
+    enc.reset()
+    with live_steps(codec):
+        for block in blocks:
+            emb = enc.step(torch.from_numpy(np.ascontiguousarray(block))[None], final=False)
+            if emb.shape[-1]:
+                yield CodePacket(_codes(model, emb, n_q)), False
+        emb = enc.step(torch.zeros(1, spec.channels, 0), final=True)
+    yield CodePacket(_codes(model, emb, n_q) if emb.shape[-1] else np.zeros((0, n_q), np.uint16)), True
+
+
+def _encode_segments(model, blocks, n_q, batch_size: int = SEGMENT_BATCH) -> tp.Iterator[CodePacket]:
     spec = model.spec
     batch: tp.List[np.ndarray] = []
     for window, _ in _rebuffer(blocks, spec.segment_length, spec.segment_stride):
         batch.append(np.ascontiguousarray(window))
-        if len(batch) == SEGMENT_BATCH:
+        if len(batch) == batch_size:
             yield from _encode_batch(model, batch, n_q)
             batch = []
     yield from _encode_batch(model, batch, n_q)
@@ -116,31 +153,36 @@ def _encode_batch(model, windows: tp.List[np.ndarray], n_q: int) -> tp.Iterator[
 
 
 @torch.inference_mode()
-def decode(codec: Codec, packets: tp.Iterable[CodePacket], weight_length: tp.Optional[int] = None
-           ) -> tp.Iterator[np.ndarray]:
+def decode(codec: Codec, packets: tp.Iterable[CodePacket], weight_length: tp.Optional[int] = None,
+           live: bool = False) -> tp.Iterator[np.ndarray]:
     """Model-rate audio blocks [channels, n]; the end may overshoot the true length.
 
     48 kHz: `weight_length` is the overlap-add window's length when the packets do not
-    start with the file's first segment (whose length sets it)."""
-    if codec.spec.causal:
-        yield from _decode_stream(codec.model, packets)
+    start with the file's first segment (whose length sets it). `live`: each packet's
+    audio as soon as it is decoded, not in steps sized for speed."""
+    if codec.spec.causal and live:
+        with live_steps(codec):
+            yield from _decode_stream(codec.model, packets, 1)
+    elif codec.spec.causal:
+        yield from _decode_stream(codec.model, packets, DECODE_FRAMES)
     else:
-        yield from _decode_segments(codec.model, packets, weight_length)
+        yield from _decode_segments(codec.model, packets, weight_length, 1 if live else SEGMENT_BATCH)
 
 
 def _embed(model, codes: np.ndarray) -> torch.Tensor:
     return model.quantizer.decode(torch.from_numpy(codes.astype(np.int64).T)[None])
 
 
-def _decode_stream(model, packets) -> tp.Iterator[np.ndarray]:
+def _decode_stream(model, packets, step: int = DECODE_FRAMES) -> tp.Iterator[np.ndarray]:
     dec = model.decoder
     dec.reset()
     pending = np.zeros((0, 0), np.uint16)
     for packet in packets:
         pending = np.concatenate([pending, packet.codes]) if len(pending) else packet.codes
-        while len(pending) >= DECODE_FRAMES:  # fixed steps: flat memory, cache-sized work
-            y = dec.step(_embed(model, pending[:DECODE_FRAMES]), final=False)
-            pending = pending[DECODE_FRAMES:]
+        while len(pending) >= step:  # fixed steps: flat memory, cache-sized work
+            n = len(pending) if step == 1 else step
+            y = dec.step(_embed(model, pending[:n]), final=False)
+            pending = pending[n:]
             if y.shape[-1]:
                 yield y[0].numpy()
     emb = _embed(model, pending) if len(pending) else torch.zeros(1, model.spec.dimension, 0)
@@ -186,7 +228,7 @@ class OverlapAdd:
         return self.acc / self.wsum
 
 
-def _decode_segments(model, packets, weight_length=None) -> tp.Iterator[np.ndarray]:
+def _decode_segments(model, packets, weight_length=None, batch_size: int = SEGMENT_BATCH) -> tp.Iterator[np.ndarray]:
     ola = OverlapAdd(model.spec.segment_stride, weight_length)
     batch: tp.List[CodePacket] = []
 
@@ -198,7 +240,7 @@ def _decode_segments(model, packets, weight_length=None) -> tp.Iterator[np.ndarr
 
     for packet in packets:
         batch.append(packet)
-        if len(batch) == SEGMENT_BATCH:
+        if len(batch) == batch_size:
             yield from flush()
             batch = []
     if batch:

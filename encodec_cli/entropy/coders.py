@@ -95,3 +95,20 @@ def make_decoder(spec: ModelSpec, header: Header, *, lm_weights: tp.Optional[Pat
     from .lmcoder import LMDecoder
 
     return LMDecoder.load(spec, header, lm_weights, download_bars)
+
+
+def live_model(spec: ModelSpec, n_q: int, *, lm: bool, lm_weights: tp.Optional[Path],
+               header: tp.Optional[Header] = None, download_bars: bool = True):
+    """The frequency model of a live stream and the LM's fingerprint (raw: uniform, zeros).
+    Given the `header` of a stream to read, its LM's fingerprint must match."""
+    from ..formats.live import Uniform
+
+    if not lm:
+        return Uniform(n_q), bytes(8)
+    from .lmcoder import LiveModel, checked_lm, load_lm
+
+    if header is not None:
+        return LiveModel(checked_lm(spec, header, lm_weights, download_bars), header.lm_fingerprint, spec, n_q), \
+            header.lm_fingerprint
+    model, fp = load_lm(spec.name, lm_weights, n_q, download_bars)
+    return LiveModel(model, fp, spec, n_q), fp

@@ -20,6 +20,7 @@ import numpy as np
 from ..codec import weights as W
 from ..codec.lm import CARD, build_lm
 from ..errors import CorruptError
+from ..formats.live import cumulative
 from ..formats.records import CodedPacket, Header, Packet, Segment
 from ..formats.v1 import FLAG_RAW, pack_codes
 from ..specs import ModelSpec
@@ -144,6 +145,35 @@ class LMEncoder:
         return self.encode_many([(codes, segments)])[0]
 
 
+def checked_lm(spec: ModelSpec, header: Header, weights: tp.Optional[Path], download_bars: bool = True) -> IntLM:
+    """The LM of a file's header, refused unless its fingerprint is the file's."""
+    lm, fp = load_lm(spec.name, weights, header.n_codebooks, download_bars)
+    if fp != header.lm_fingerprint:
+        raise W.weights_error(lambda cli: (
+            f"the file was coded with another language model (fingerprint {header.lm_fingerprint.hex()}, "
+            f"loaded {fp.hex()}); pass the same {'--lm-weights FILE' if cli else 'lm_weights='}"))
+    return lm
+
+
+class LiveModel:
+    """Coder 3's integer LM as a live stream's frequency model (formats/live.py): one
+    stream at a time, at the unit's first frame's position (24 kHz) or 0 (48 kHz)."""
+
+    def __init__(self, lm: IntLM, fingerprint: bytes, spec: ModelSpec, n_q: int):
+        self.lm, self.fingerprint, self.n_q, self.positions = lm, fingerprint, n_q, spec.causal
+        self.state = None
+
+    def start(self, position: int, frames: int) -> None:
+        first = np.array([position if self.positions else 0], np.int64)
+        self.state = self.lm.start(self.n_q, 1, frames, first)
+
+    def cumulative(self) -> np.ndarray:
+        return cumulative(self.state.step()[0])
+
+    def push(self, codes: np.ndarray) -> None:
+        self.state.push(codes[None])
+
+
 class LMDecoder:
     batch_streams = BATCH_STREAMS
 
@@ -153,12 +183,7 @@ class LMDecoder:
 
     @classmethod
     def load(cls, spec: ModelSpec, header: Header, weights: tp.Optional[Path], download_bars: bool = True):
-        lm, fp = load_lm(spec.name, weights, header.n_codebooks, download_bars)
-        if fp != header.lm_fingerprint:
-            raise W.weights_error(lambda cli: (
-                f"the file was coded with another language model (fingerprint {header.lm_fingerprint.hex()}, "
-                f"loaded {fp.hex()}); pass the same {'--lm-weights FILE' if cli else 'lm_weights='}"))
-        return cls(lm, spec, header.n_codebooks)
+        return cls(checked_lm(spec, header, weights, download_bars), spec, header.n_codebooks)
 
     def decode(self, packet: Packet) -> np.ndarray:
         return self.decode_many([packet])[0]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import typing as tp
 
-from . import v0, v1
+from . import live, v0, v1
 from .records import ALL_FRAMES, End, Frames, Header, Input, Packet
 
 
@@ -54,7 +54,7 @@ class Description(tp.NamedTuple):
     header: Header
     end: End
     size: int                       # bytes
-    range_coded: tp.Optional[int]   # packets range coded (not stored raw); None: version 0 does not say
+    range_coded: tp.Optional[int]   # packets range coded (not stored raw); None: version 0 and live streams do not say
 
 
 def describe(fo: tp.BinaryIO) -> Description:
@@ -64,6 +64,8 @@ def describe(fo: tp.BinaryIO) -> Description:
     header = read_header(inp)
     if header.version == 0:
         return Description(header, *v0.describe(inp, header), None)
+    if header.version == v1.LIVE_VERSION:
+        return Description(header, *live.describe(inp), None)
     reader = v1.Reader(inp, header)
     coded = sum(header.coder == "lm" and not p.flags & v1.FLAG_RAW for p in reader)
     assert reader.end is not None

@@ -33,7 +33,7 @@ class Header:
     lm_fingerprint: bytes = bytes(8)
     source_bits: tp.Optional[str] = None          # '16', '24' or 'float': restored on decompression
     tags: tp.Tuple[tp.Tuple[str, str], ...] = ()  # the source's (name, text) tags: title, artist, ...
-    version: int = VERSION          # of the file read (0: Meta's encodec); not written
+    version: int = VERSION          # of the file read (0: Meta's encodec; 2: a live stream)
 
 
 Segment = tp.Tuple[int, float]  # (frames, scale)

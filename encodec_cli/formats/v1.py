@@ -19,6 +19,7 @@ from . import v0
 from .records import ALL_FRAMES, CODE_BITS, PACKET_SECONDS, VERSION, End, Frames, Gap, Header, Input, Packet, Segment
 
 MAGIC = b"\x89ECDC\r\n\x1a"
+LIVE_VERSION = 2  # a live stream (live.py): the same header, then frames as they are coded
 UNKNOWN = 0xFFFF_FFFF_FFFF_FFFF  # a length not known when the header was written
 
 MODEL_IDS = {"encodec_24khz": 1, "encodec_48khz": 2}
@@ -57,7 +58,7 @@ def header_bytes(h: Header) -> bytes:
                       length(h.num_samples), length(h.source_num_samples),
                       h.weights_fingerprint, h.lm_fingerprint)
     body += _extension(h)
-    data = _PREFIX.pack(MAGIC, VERSION, len(body)) + body
+    data = _PREFIX.pack(MAGIC, LIVE_VERSION if h.version == LIVE_VERSION else VERSION, len(body)) + body
     return data + _CRC.pack(zlib.crc32(data))
 
 
@@ -151,9 +152,9 @@ def read_header(inp: Input, head: bytes = b"") -> Header:
         raise TruncatedError(f"truncated file: the header needs {_PREFIX.size} bytes, "
                              f"only {len(prefix)} present")
     _, version, size = _PREFIX.unpack(prefix)
-    if version != VERSION:
+    if version not in (VERSION, LIVE_VERSION):
         raise FormatError(f"unsupported .ecdc format version {version} (this ecdc reads "
-                          f"version {VERSION}); a newer ecdc may read it")
+                          f"versions {VERSION} and {LIVE_VERSION}, live); a newer ecdc may read it")
     if size < _BODY.size:
         raise CorruptError(f"corrupted header: body of {size} bytes is too short")
     body = inp.read_exactly(size, "the header")
@@ -189,7 +190,8 @@ def read_header(inp: Input, head: bytes = b"") -> Header:
                   source_channels=source_channels,
                   num_samples=None if num_samples == UNKNOWN else num_samples,
                   source_num_samples=None if source_num_samples == UNKNOWN else source_num_samples,
-                  weights_fingerprint=weights_fp, lm_fingerprint=lm_fp, source_bits=source_bits, tags=tags)
+                  weights_fingerprint=weights_fp, lm_fingerprint=lm_fp, source_bits=source_bits, tags=tags,
+                  version=version)
 
 
 class Reader:
