@@ -1,4 +1,5 @@
-"""Write the golden .ecdc version 1 files in formats/golden/ and their expected codes.
+"""Write the golden .ecdc files (version 1, and version 2: live streams) in formats/golden/
+and their expected codes.
 
     python scripts/make_format_golden.py
 
@@ -19,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from encodec_cli.codec.models import SPECS
-from encodec_cli.entropy.lmcoder import LMEncoder
+from encodec_cli.entropy.lmcoder import LiveModel, LMEncoder
+from encodec_cli.formats import live
 from encodec_cli.formats import v1 as F
 from encodec_cli.formats.records import End, Header
 from encodec_cli.testing import likely_codes, random_int_lm
@@ -142,6 +144,52 @@ def lm_48khz() -> None:
     lm_file("v1_lm_48khz", "encodec_48khz", 4, 6.0, parts, [0, F.FLAG_RAW])
 
 
+def live_file(name: str, model: str, k: int, bw: float, coder: str, write) -> None:
+    """A live stream (version 2) written by `write(writer)`, and its frames' codes."""
+    spec = SPECS[model]
+    h = live.live_header(header(model, coder, k, bw, spec.sample_rate, spec.channels))
+    freq = LiveModel(random_lm(model), LM_FP, spec, k) if coder == "lm" else live.Uniform(k)
+    buf = io.BytesIO()
+    w = live.Writer(buf, h, freq)
+    packets, n = write(w)
+    end = w.finish(n, n)
+    save(name, buf.getvalue(), h, packets, end)
+
+
+def live_lm_24khz() -> None:
+    """Two units (600 frames, then 12), blocks of 75 frames, the last frame of 200 samples."""
+    codes = likely_codes(random_lm("encodec_24khz"), 2, 612)
+
+    def write(w):
+        w.write_frames(codes[:300])
+        w.write_frames(codes[300:611])
+        w.write_frames(codes[611:], last_valid=200)
+        return [(codes, [(612, 1.0)], 0)], 611 * 320 + 200
+    live_file("v2_live_lm_24khz", "encodec_24khz", 2, 1.5, "lm", write)
+
+
+def live_raw_24khz() -> None:
+    """Raw coder (uniform), 80 frames ended by 'no more frames' in the second block."""
+    codes = np.random.default_rng(5).integers(0, 1024, (80, 4)).astype(np.uint16)
+
+    def write(w):
+        w.write_frames(codes)
+        return [(codes, [(80, 1.0)], 0)], 80 * 320
+    live_file("v2_live_raw_24khz", "encodec_24khz", 4, 3.0, "raw", write)
+
+
+def live_lm_48khz() -> None:
+    """Two segments, the second shorter."""
+    lm = random_lm("encodec_48khz")
+    parts = [(likely_codes(lm, 4, 150), 0.25), (likely_codes(lm, 4, 40, first=[1, 2, 3, 4]), 0.5)]
+
+    def write(w):
+        for c, scale in parts:
+            w.write_segment(c, scale)
+        return [(c, [(len(c), scale)], 0) for c, scale in parts], 47520 + 40 * 320
+    live_file("v2_live_lm_48khz", "encodec_48khz", 4, 6.0, "lm", write)
+
+
 def frequency_digest(g: np.ndarray) -> str:
     """SHA-256 of a frame's frequencies [K, 1024] written as big-endian u32."""
     return hashlib.sha256(np.ascontiguousarray(g, ">u4").tobytes()).hexdigest()
@@ -175,6 +223,9 @@ def main() -> None:
     raw_24khz_tags()
     lm_24khz()
     lm_48khz()
+    live_lm_24khz()
+    live_raw_24khz()
+    live_lm_48khz()
     frequencies()
 
 

@@ -127,8 +127,8 @@ def test_reference_encodec_file_is_named():
 
 def test_unknown_version():
     data = bytearray(small_file())
-    data[8] = 2
-    with pytest.raises(FormatError, match="unsupported .ecdc format version 2"):
+    data[8] = 3
+    with pytest.raises(FormatError, match="unsupported .ecdc format version 3"):
         read_all(bytes(data))
 
 

@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..errors import CorruptError, FormatError, TruncatedError
+from ..errors import CorruptError, EcdcError, FormatError, TruncatedError
 from ..specs import SPECS
 from .arith import TOTAL, ArithDecoder, ArithEncoder, Mark
 from .records import ALL_FRAMES, End, Frames, Header, Input, Packet
@@ -325,6 +325,10 @@ class Reader:
                 return fn(*args)
             except Wait:
                 pass
+            except EcdcError:  # what was decided before the damage goes out first
+                self.buf.nowait = False
+                yield self._take_group()
+                raise
             finally:
                 self.buf.nowait = False
             yield self._take_group()
@@ -369,6 +373,8 @@ class Reader:
             if valid is not None or i + 1 == UNIT_FRAMES or block == BLOCK_FRAMES:
                 yield from self._try(dec.seal)
                 yield from self._try(self._check, dec.position)
+                if self._group:  # a block's frames, checked, go out whatever the input does
+                    yield self._take_group()
                 if valid is not None:
                     break
                 block, pending = 0, None

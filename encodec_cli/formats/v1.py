@@ -205,6 +205,8 @@ class Reader:
     """
 
     def __init__(self, inp: Input, header: Header, frames: Frames = ALL_FRAMES):
+        if header.version == LIVE_VERSION:
+            raise FormatError("a live stream (version 2): its frames are read by formats.live.Reader")
         self._in, self.header, self.frames = inp, header, frames
         self.end: tp.Optional[End] = None
 
