@@ -178,13 +178,13 @@ def latency_rows(weights: dict, a) -> list:
 def overhead_rows(weights: dict, a) -> None:
     """Bytes of the same codes in a file and as a live stream."""
     import torch
+    from lm_size import find_sharpening, float_lm, sample
 
     from encodec_cli.entropy.intlm import IntLM
     from encodec_cli.entropy.lmcoder import LiveModel, LMEncoder
     from encodec_cli.formats import live, v1
     from encodec_cli.formats.records import Header, packetize
     from encodec_cli.specs import SPECS
-    from lm_size import float_lm, find_sharpening, sample
 
     torch.set_num_threads(1)
     print("\n| model | kbps | coder | file bytes | live bytes | live overhead |")

@@ -19,8 +19,8 @@ from encodec_cli.audio.arrays import ArraySource
 from encodec_cli.entropy.lmcoder import LiveModel
 from encodec_cli.errors import CorruptError, EcdcError, FormatError, TruncatedError
 from encodec_cli.formats import arith, live, v1
-from encodec_cli.formats.records import Header, Input
 from encodec_cli.formats.reader import describe, read_header
+from encodec_cli.formats.records import Header, Input
 from encodec_cli.options import CompressOptions, DecompressOptions
 from encodec_cli.pipeline import compress_stream, read_packets
 from encodec_cli.specs import SPECS

@@ -80,8 +80,18 @@ class _NormConv(nn.Module):
         return self._modules[self._pname]
 
 
+def _product(w: torch.Tensor, x: torch.Tensor, live: bool) -> torch.Tensor:
+    """w [m, n] @ x [B, n, t]. Live, with a few columns, as (x^T w^T)^T: CPU BLAS takes
+    5-15x longer for w @ x with 2-8 columns than for one (measured with MKL, one thread)."""
+    if live and 1 < x.shape[-1] <= 8:
+        return torch.matmul(x.transpose(1, 2), w.t()).transpose(1, 2)
+    return torch.matmul(w, x)
+
+
 class SConv1d(nn.Module):
     """Conv1d with the reference's padding rules; streams when causal."""
+
+    live = False  # set while a live stream is coded (codec.streaming.live_steps): small steps
 
     def __init__(self, cin: int, cout: int, kernel_size: int, stride: int = 1,
                  dilation: int = 1, causal: bool = False, norm: str = "weight_norm"):
@@ -95,17 +105,20 @@ class SConv1d(nn.Module):
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         p = self.conv.params
         cout, cin, k = p.weight.shape
-        if self.dilation == 1 and cin <= 2 and k > 1:
-            # audio in: one GEMM over unfolded windows is ~10x faster than the conv kernel
-            cols = x.unfold(-1, k, self.stride)  # [B, cin, T, k]
-            cols = cols.permute(0, 1, 3, 2).reshape(x.shape[0], cin * k, -1)
-            y = torch.matmul(p.weight.view(cout, cin * k), cols).add_(p.bias[:, None])
-        elif self.dilation == 1 and cout <= 2 and self.stride == 1:
+        if self.dilation == 1 and cout <= 2 and self.stride == 1 and cin > 2:
             # audio out: a GEMM per tap is ~3x faster than the conv kernel
             n = x.shape[-1] - k + 1
             y = torch.matmul(p.weight[:, :, 0], x[..., :n]).add_(p.bias[:, None])
             for j in range(1, k):
                 y.add_(torch.matmul(p.weight[:, :, j], x[..., j:j + n]))
+        elif self.dilation == 1 and (cin <= 2 or self.live) and k > 1:
+            # audio in, or a live step's few samples: one GEMM over unfolded windows is
+            # ~10x faster than the conv kernel
+            cols = x.unfold(-1, k, self.stride)  # [B, cin, T, k]
+            cols = cols.permute(0, 1, 3, 2).reshape(x.shape[0], cin * k, -1)
+            y = _product(p.weight.view(cout, cin * k), cols, self.live).add_(p.bias[:, None])
+        elif self.live and k == 1 and self.stride == 1:
+            y = _product(p.weight[:, :, 0], x, True).add_(p.bias[:, None])
         else:
             y = F.conv1d(x, p.weight, p.bias, self.stride, 0, self.dilation)
         if self.conv.norm is not None:
@@ -186,12 +199,34 @@ class SConvTranspose1d(nn.Module):
         p = self.convtr.params
         if x.shape[-1] == 0:
             return x.new_empty(x.shape[0], p.bias.shape[0], 0)
-        y = F.conv_transpose1d(x, p.weight, None, self.stride)
+        y = self._few(x) if self.live and x.shape[0] == 1 and x.shape[-1] <= 512 else \
+            F.conv_transpose1d(x, p.weight, None, self.stride)
         if self._tail is not None:
             y[..., :self._tail.shape[-1]] += self._tail
         n = x.shape[-1] * self.stride
         self._tail = y[..., n:].clone()
         return y[..., :n] + p.bias[:, None]
+
+
+    live = False  # set while a live stream is coded (codec.streaming.live_steps)
+
+    def _few(self, x: torch.Tensor) -> torch.Tensor:
+        """The transposed convolution of a few frames as one product and an overlap-add
+        (torch's kernel for it is ~5x slower on one frame)."""
+        w = self.convtr.params.weight                    # [cin, cout, k]
+        cin, cout, k = w.shape
+        t, s = x.shape[-1], self.stride
+        taps = torch.matmul(x[0].t(), w.reshape(cin, cout * k)).reshape(t, cout, k)  # [t, cout, k]
+        y = x.new_zeros(1, cout, (t - 1) * s + k)
+        for j in range(0, k, s):
+            part = taps[:, :, j:j + s]                   # [t, cout, <= s]
+            n = part.shape[-1]
+            if n == s:
+                y[0, :, j:j + t * s] += part.permute(1, 0, 2).reshape(cout, t * s)
+            else:
+                for i in range(t):
+                    y[0, :, i * s + j:i * s + j + n] += part[i]
+        return y
 
 
 class SLSTM(nn.Module):

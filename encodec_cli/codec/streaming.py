@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..codec import weights as W
-from .models import SLSTM, EncodecModel, ModelSpec, build_model
+from .models import SLSTM, EncodecModel, ModelSpec, SConv1d, SConvTranspose1d, build_model
 
 CHUNK_SECONDS = 2.0      # encoder input per step, 24 kHz model (fastest measured)
 DECODE_FRAMES = 150      # decoder input per step, 24 kHz model
@@ -95,15 +95,15 @@ def _encode_stream(model, blocks, n_q, chunk) -> tp.Iterator[CodePacket]:
 
 @contextlib.contextmanager
 def live_steps(codec: Codec) -> tp.Iterator[None]:
-    """While it lasts, the model's LSTMs step short inputs in plain products (fast for the
-    frame or two of a live step; file mode keeps torch's LSTM, as the reference has it)."""
-    lstms = [m for m in codec.model.modules() if isinstance(m, SLSTM)]
-    for m in lstms:
+    """While it lasts, the model's LSTMs and convolutions step short inputs in plain matrix
+    products (fast for the frame or two of a live step; file mode keeps torch's kernels)."""
+    modules = [m for m in codec.model.modules() if isinstance(m, (SLSTM, SConv1d, SConvTranspose1d))]
+    for m in modules:
         m.live = True
     try:
         yield
     finally:
-        for m in lstms:
+        for m in modules:
             m.live = False
 
 
