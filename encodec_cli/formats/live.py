@@ -95,6 +95,7 @@ class Writer:
         self.sent = 0                   # bytes of enc.out written
         self.crc = 0
         self.pending: tp.Optional[Mark] = None  # the state after the previous frame, while undecidable
+        self._next: tp.Optional[np.ndarray] = None  # the next frame's frequencies, when computed ahead
         self.bytes = 0
         self._write(header_bytes(header), crc=False)
         self.fo.flush()
@@ -118,10 +119,17 @@ class Writer:
         self.crc, self.enc, self.sent, self.pending, self.block_frames = 0, ArithEncoder(), 0, None, 0
 
     def _code(self, codes: np.ndarray) -> None:
-        cum = self.model.cumulative()
+        cum = self.model.cumulative() if self._next is None else self._next
+        self._next = None
         for k, c in enumerate(codes.tolist()):
             self.enc.encode(int(cum[k, c]), int(cum[k, c + 1] - cum[k, c]))
         self.model.push(codes)
+
+    def _ahead(self) -> None:
+        """The next frame's frequencies, computed now, while the input is awaited, rather
+        than once its codes have come (24 kHz, inside a unit)."""
+        if 0 < self.unit_frames < UNIT_FRAMES and self._next is None:
+            self._next = self.model.cumulative()
 
     def write_frames(self, codes: np.ndarray, last_valid: tp.Optional[int] = None) -> None:
         """24 kHz: frames [n, codebooks] in order; `last_valid`: the last of them ends the
@@ -150,13 +158,17 @@ class Writer:
                 self.pending = self.enc.mark()
                 self._emit()
         self.fo.flush()
+        self._ahead()
 
     def write_segment(self, codes: np.ndarray, scale: float) -> None:
-        """48 kHz: one segment's frames [n, codebooks] and scale."""
+        """48 kHz: one segment's frames [n, codebooks] and scale; its bytes go out as they
+        settle, so that the decoder's LM runs along with the encoder's."""
         self._write(bytes([UNIT]) + _SEGMENT.pack(len(codes), scale))
         self.model.start(0, len(codes))
         for frame in codes:
             self._code(frame)
+            self._emit()
+            self.fo.flush()
         self.frames += len(codes)
         self._close_block()
         self.fo.flush()
