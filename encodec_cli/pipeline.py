@@ -47,7 +47,9 @@ def _compress(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions, progress
     from .codec import streaming as C
 
     blocks = iter(source.blocks())
-    first = next(blocks, None)
+    # live: the models load and the header goes out before the audio comes, so that the
+    # decoder loads its own while the source starts; otherwise a bad input fails first
+    first = None if opts.live else next(blocks, None)
     codec = C.load_codec(opts.model, opts.weights, opts.download_bars)
     spec = codec.spec
     n_q = spec.codebooks_for(opts.bandwidth)
@@ -98,8 +100,9 @@ def _compress(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions, progress
         return tuple(out)
 
     if opts.live:
-        _compress_live(C, codec, live.Writer(fo, live.live_header(header), model), model_blocks(), first is None,
-                       counts, coded)
+        writer = live.Writer(fo, live.live_header(header), model)
+        first = next(blocks, None)
+        _compress_live(C, codec, writer, model_blocks(), first is None, counts, coded)
         return Result(seconds=counts["source"] / source.sample_rate, notes=notes())
     writer = v1.Writer(fo, header)
     if first is None:  # an empty input gives a valid empty file (archives have such files)

@@ -10,7 +10,8 @@ block went into the encoder; the statistics skip the first --warmup seconds. opu
 in the same harness as the reference row (`opusenc --max-delay 20 - - | opusdec - -`).
 
 CPU: each process's user + system time, read from /proc between the warm-up's end and the
-input's end, per second of audio (start-up and model loading excluded).
+input's end, per second of audio (start-up and model loading excluded: the clock starts
+once both processes have loaded and sit idle). Each process is pinned to its own core.
 
 Bytes: the same codes compressed to a file and as a live stream. Random LM weights predict
 nothing, so the LM rows use the sharpened LM of scripts/lm_size.py and codes sampled from
@@ -69,9 +70,15 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
+def pinned(cmd: list, core: int) -> list:
+    """`cmd` on one core (each side gets its own; the harness's threads float)."""
+    return (["taskset", "-c", str(core)] + cmd) if shutil.which("taskset") and os.cpu_count() > 1 else cmd
+
+
 def run_pipeline(enc_cmd, dec_cmd, rate: int, channels: int, seconds: float, warmup: float,
                  block_ms: float, out_rate: int) -> dict:
     """Feed a paced WAV stream through encoder | harness | decoder; latencies per sample."""
+    enc_cmd, dec_cmd = pinned(enc_cmd, 0), pinned(dec_cmd, 1)
     pcm = source(rate, channels, seconds)
     block = int(rate * block_ms / 1000)
     enc = subprocess.Popen(enc_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=ENV1, bufsize=0)
@@ -113,8 +120,18 @@ def run_pipeline(enc_cmd, dec_cmd, rate: int, channels: int, seconds: float, war
     threads = [threading.Thread(target=carry, daemon=True), threading.Thread(target=collect, daemon=True)]
     for t in threads:
         t.start()
-    time.sleep(8.0)  # both load their models before the clock starts (a live link is set up first)
+    # a live link is set up before it carries sound: the stream's header goes through, then
+    # the clock starts once both sides have loaded their models and sit idle
     enc.stdin.write(wav_head(rate, channels))
+    idle_since, last = time.monotonic(), None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = (cpu_seconds(enc.pid), cpu_seconds(dec.pid))
+        if now != last:
+            idle_since, last = time.monotonic(), now
+        elif time.monotonic() - idle_since > 1.0 and wire["bytes"]:
+            break
     start = time.monotonic()
     for i in range(0, len(pcm), block):
         due = start + i / rate

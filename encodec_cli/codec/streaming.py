@@ -119,8 +119,9 @@ def encode_live(codec: Codec, blocks: tp.Iterable[np.ndarray], n_q: int
             yield packet, False
         return
     enc = model.encoder
-    enc.reset()
     with live_steps(codec):
+        enc.step(torch.zeros(1, spec.channels, 4 * spec.hop_length), final=False)  # first-call costs, now
+        enc.reset()
         for block in blocks:
             emb = enc.step(torch.from_numpy(np.ascontiguousarray(block))[None], final=False)
             if emb.shape[-1]:
@@ -162,6 +163,7 @@ def decode(codec: Codec, packets: tp.Iterable[CodePacket], weight_length: tp.Opt
     audio as soon as it is decoded, not in steps sized for speed."""
     if codec.spec.causal and live:
         with live_steps(codec):
+            codec.model.decoder.step(torch.zeros(1, codec.spec.dimension, 2), final=False)  # first-call costs
             yield from _decode_stream(codec.model, packets, 1)
     elif codec.spec.causal:
         yield from _decode_stream(codec.model, packets, DECODE_FRAMES)

@@ -161,6 +161,8 @@ class LiveModel:
 
     def __init__(self, lm: IntLM, fingerprint: bytes, spec: ModelSpec, n_q: int):
         self.lm, self.fingerprint, self.n_q, self.positions = lm, fingerprint, n_q, spec.causal
+        self.start(0, 1)  # a first step builds the exact tables (~0.1 s): before the stream, not in it
+        self.cumulative()
         self.state = None
 
     def start(self, position: int, frames: int) -> None:
