@@ -212,7 +212,7 @@ def decompress_stream(fo: tp.BinaryIO, open_sink: SinkFactory, opts: DecompressO
         with torch_threads(opts.threads):
             return _decompress(inp, h, open_sink, opts, progress)
     except (TruncatedError, CorruptError) as e:
-        if h.version == 0 or opts.salvage:
+        if h.version != v1.VERSION or opts.salvage:  # salvage reads version-1 records only
             raise
         raise type(e)(f"{e} (salvage=True decodes what is intact)",
                       cli=f"{e.cli} (--salvage decodes what is intact)") from None
@@ -233,9 +233,10 @@ def _decompress(inp: Input, h: Header, open_sink: SinkFactory, opts: DecompressO
             f"loaded {codec.fingerprint.hex()}); pass the same {'--weights FILE' if cli else 'weights='}"))
     span = span_for(codec.spec, rate, start, end)
     if opts.salvage:
-        if h.version == 0 or start or end is not None:
-            raise OptionError("salvage reads whole version-1 files: version 0 has no checksums, and a range "
-                              "cannot be salvaged (decode the whole file)")
+        if h.version != v1.VERSION or start or end is not None:
+            raise OptionError("salvage reads whole version-1 files: version 0 has no checksums, a live stream "
+                              "decodes up to its damage without it, and a range cannot be salvaged "
+                              "(decode the whole file)")
         from .salvage import Salvage
 
         reader = Salvage(codec, inp, h, opts)
@@ -257,7 +258,7 @@ def _decompress(inp: Input, h: Header, open_sink: SinkFactory, opts: DecompressO
     blocks = B.skip((a.T for a in decoded), span.model_start - span.decode_start)
     # the true length may be known only at the end, so the last samples wait; a live 24 kHz
     # stream says it before its last frame, and nothing needs to wait
-    causal_live = live_stream and codec.spec.causal
+    causal_live = live_stream and codec.spec.causal and end is None
     blocks = B.fit_length(blocks, model_total, 0 if causal_live else codec.spec.hop_length, h.channels)
     out_start = span.model_start
     if not opts.model_format:
@@ -272,11 +273,12 @@ def _decompress(inp: Input, h: Header, open_sink: SinkFactory, opts: DecompressO
         return max(0, (n if end is None else min(n, end)) - start)
 
     # resampling may overshoot the length by a few samples: a live stream holds back a few
-    holdback = (0 if rate == h.sample_rate else 64) if live_stream else 4096
+    holdback = (0 if rate == h.sample_rate else 64) if live_stream and end is None else 4096
     blocks = B.fit_length(B.skip(blocks, start - out_start), out_total, holdback, channels)
     sink = open_sink(rate, channels, out_total(), h)
     written = 0
-    clock = _Pace(reader) if live_stream else None
+    # a live stream from a pipe or socket, played as it comes: say if it falls behind
+    clock = _Pace(reader) if live_stream and not v1.seekable(inp.fo) and not start and end is None else None
     try:
         for block in blocks:
             sink.write(block)

@@ -283,6 +283,17 @@ def test_cut_live_stream_is_one_line_error_after_its_audio(checkpoints, tmp_path
     (tmp_path / "s.ecdc").write_bytes(stream)
     subprocess.run(_ecdc("convert", tmp_path / "s.ecdc", "-o", conv, "-q", *w), check=True, env=env)
     assert conv.read_bytes()[8] == 1
+    # a range of a recorded stream: exactly as long as asked, the audio of the converted file
+    for src, out in ((tmp_path / "s.ecdc", tmp_path / "r1.wav"), (conv, tmp_path / "r2.wav")):
+        subprocess.run(_ecdc("decompress", src, "-o", out, "--start", "1.25", "--duration", "1", "-q", *w),
+                       check=True, env=env)
+    r1, r2 = sf.read(tmp_path / "r1.wav")[0], sf.read(tmp_path / "r2.wav")[0]
+    assert len(r1) == len(r2) == 24000 and np.abs(r1 - r2).max() <= 2 / 32768
+    p = subprocess.run(_ecdc("decompress", tmp_path / "s.ecdc", "-o", tmp_path / "x.wav", "--salvage", *w),
+                       capture_output=True, env=env)
+    err = p.stderr.decode().strip()
+    assert p.returncode == 1 and err.startswith("Error: ") and "\n" not in err and "live stream" in err
+    assert not (tmp_path / "x.wav").exists()
 
 
 _PORTABLE = """
@@ -324,3 +335,30 @@ def test_live_lm_streams_decode_under_other_kernels(kernels, checkpoints):
         codes = np.array([f for pk in doc["packets"] for f in pk["codes"]], np.uint16)
         import hashlib
         assert got[path] == hashlib.sha256(codes.astype(">u2").tobytes()).hexdigest()
+
+
+def test_a_decoder_that_falls_behind_says_so_once(monkeypatch, caplog):
+    from encodec_cli import pipeline
+
+    class Reader:
+        waited = 0.0
+
+    now = [100.0]
+    monkeypatch.setattr(pipeline.time, "monotonic", lambda: now[0])
+    pace = pipeline._Pace(Reader())
+    now[0] += 2.5
+    with caplog.at_level("WARNING", logger="ecdc"):
+        pace.check(2.4)              # 2.5 s of work for 2.4 s of audio: within 5%
+        assert not caplog.records
+        now[0] += 2.0
+        pace.check(3.0)              # 4.5 s for 3 s: behind
+        pace.check(3.1)
+    assert len(caplog.records) == 1 and "slower than real time" in caplog.records[0].getMessage()
+    waiting = Reader()
+    waiting.waited = 9.0             # the time went to waiting for input: not the decoder's fault
+    pace = pipeline._Pace(waiting)
+    now[0] += 10.0
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ecdc"):
+        pace.check(3.0)
+    assert not caplog.records

@@ -216,16 +216,12 @@ class SConvTranspose1d(nn.Module):
         w = self.convtr.params.weight                    # [cin, cout, k]
         cin, cout, k = w.shape
         t, s = x.shape[-1], self.stride
+        if k % s:
+            return F.conv_transpose1d(x, w, None, s)
         taps = torch.matmul(x[0].t(), w.reshape(cin, cout * k)).reshape(t, cout, k)  # [t, cout, k]
         y = x.new_zeros(1, cout, (t - 1) * s + k)
-        for j in range(0, k, s):
-            part = taps[:, :, j:j + s]                   # [t, cout, <= s]
-            n = part.shape[-1]
-            if n == s:
-                y[0, :, j:j + t * s] += part.permute(1, 0, 2).reshape(cout, t * s)
-            else:
-                for i in range(t):
-                    y[0, :, i * s + j:i * s + j + n] += part[i]
+        for j in range(0, k, s):  # tap block j of input i lands at i*s + j
+            y[0, :, j:j + t * s] += taps[:, :, j:j + s].permute(1, 0, 2).reshape(cout, t * s)
         return y
 
 

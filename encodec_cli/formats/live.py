@@ -9,10 +9,7 @@ frequencies of a `FrequencyModel`: the integer LM for coder 'lm', uniform for 'r
 """
 from __future__ import annotations
 
-import io
-import select
 import struct
-import time
 import typing as tp
 import zlib
 from dataclasses import replace
@@ -22,6 +19,7 @@ import numpy as np
 from ..errors import CorruptError, EcdcError, FormatError, TruncatedError
 from ..specs import SPECS
 from .arith import TOTAL, ArithDecoder, ArithEncoder, Mark
+from .incoming import Incoming, Wait
 from .records import ALL_FRAMES, End, Frames, Header, Input, Packet
 from .v1 import LIVE_VERSION, header_bytes
 
@@ -36,7 +34,6 @@ CONTINUE, LAST, STOP = 0, 1, 2
 FLAG_CUM = np.array([0, TOTAL - 512, TOTAL - 256, TOTAL], np.int64)
 VALID_BITS = 9              # the last frame's samples - 1, coded uniformly in 9 bits (< 320)
 VALID_CUM = np.arange(513, dtype=np.int64) << (24 - VALID_BITS)
-MAX_AHEAD_READ = 1 << 14    # bytes asked of the input at once
 
 
 class FrequencyModel(tp.Protocol):
@@ -186,71 +183,6 @@ class Writer:
 
 # ---------------------------------------------------------------- reading
 
-class Wait(Exception):
-    """The input has nothing more just now (raised only while `_Buffer.nowait` is set)."""
-
-
-class _Buffer:
-    """The input's bytes from stream offset `start`, read as they arrive.
-
-    A buffered pipe or socket is read through its raw stream (what its buffer already
-    holds taken first), so that `select` tells whether a read would wait."""
-
-    def __init__(self, inp: Input):
-        self.inp = inp
-        self.start = inp.pos
-        self.data = bytearray()
-        self.waited = 0.0   # seconds spent waiting for input
-        self.nowait = False
-        fo = inp.fo
-        self._fd: tp.Optional[int] = None
-        self._read = getattr(fo, "read1", fo.read)
-        raw = getattr(fo, "raw", None)
-        if raw is not None and hasattr(fo, "peek"):
-            try:
-                fd = raw.fileno()
-            except (OSError, ValueError, io.UnsupportedOperation):
-                fd = None
-            if fd is not None:
-                held = fo.peek(MAX_AHEAD_READ)[:MAX_AHEAD_READ]  # its buffer (or one read, when empty)
-                fo.read(len(held))
-                self.data += held
-                inp.pos += len(held)
-                self._fd, self._read = fd, raw.read
-
-    def available(self, at: int) -> int:
-        return self.start + len(self.data) - at
-
-    def view(self, at: int, n: int) -> bytes:
-        i = at - self.start
-        return bytes(self.data[i:i + n])
-
-    def more(self) -> bool:
-        if self.nowait and self._fd is not None and not select.select([self._fd], [], [], 0)[0]:
-            raise Wait()
-        t = time.monotonic()
-        chunk = self._read(MAX_AHEAD_READ)
-        self.waited += time.monotonic() - t
-        if not chunk:
-            return False
-        self.data += chunk
-        self.inp.pos += len(chunk)
-        return True
-
-    def need(self, at: int, n: int, what: str) -> bytes:
-        while self.available(at) < n:
-            if not self.more():
-                raise TruncatedError(f"truncated live stream: {what} at byte {at} is cut short")
-        return self.view(at, n)
-
-    def drop(self, at: int) -> None:
-        """Forget the bytes before `at`."""
-        i = at - self.start
-        if i > 0:
-            del self.data[:i]
-            self.start = at
-
-
 class Reader:
     """The frames of a live stream whose header `inp` has just read, as packets: 24 kHz,
     one per frame; 48 kHz, one per segment. Each is yielded as soon as its bytes decide it."""
@@ -258,7 +190,7 @@ class Reader:
     def __init__(self, inp: Input, header: Header, model: FrequencyModel, frames: Frames = ALL_FRAMES):
         self.header, self.model, self.frames = header, model, frames
         self.spec = SPECS[header.model]
-        self.buf = _Buffer(inp)
+        self.buf = Incoming(inp)
         self.end: tp.Optional[End] = None
         self.at = self.buf.start
         self._total: tp.Optional[int] = None   # model samples, once the last frame says
