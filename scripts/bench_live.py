@@ -260,7 +260,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--block-ms", type=float, default=20.0)
     ap.add_argument("--bandwidths", type=float, nargs="+", default=[1.5, 6.0, 24.0])
-    ap.add_argument("--overhead-seconds", type=float, default=60.0)
+    ap.add_argument("--overhead-seconds", type=float, default=40.0)
     ap.add_argument("--quick", action="store_true", help="24 kHz only")
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--no-overhead", action="store_true")
