@@ -55,30 +55,23 @@ def rows(d: dict) -> tp.List[tp.Tuple[str, str]]:
             ("weights", "not recorded (format 0)"),
             ("checksums", "none (format 0)"),
         ]
-    if d["format_version"] == 2:
-        return [
-            ("format", "2 (live stream: ecdc compress --live)"),
-            ("model", f"{d['model']} ({d['sample_rate']} Hz, {ch[d['channels']]})"),
-            ("bandwidth", f"{d['bandwidth_kbps']:g} kbps nominal, {d['codebooks']} codebooks"),
-            ("coder", "raw (10 bits per code, arithmetic coded)" if d["coder"] == "raw" else
-             "lm (language-model arithmetic coding)"),
-            ("duration", f"{seconds:.3f} s ({d['frames']} frames)"),
-            ("original", f"{d['source_sample_rate']} Hz, {d['source_channels']} channel"
-                         f"{'s' if d['source_channels'] > 1 else ''}, {d['source_samples']} samples"),
-            ("size", f"{d['size_bytes']} bytes, {kbps}"),
-            ("checksums", "the end record checked; each block's is checked as it is decoded"),
-            ("weights", d["weights_fingerprint"]),
-        ]
+    live = d["format_version"] == 2
+    if live:
+        coder = "raw (10 bits per code, arithmetic coded)" if d["coder"] == "raw" else \
+            "lm (language-model arithmetic coding)"
+    else:
+        coder = "raw (10 bits per code)" if d["coder"] == "raw" else _lm_coder(d)
     return [
-        ("format", str(d["format_version"])),
+        ("format", "2 (live stream: ecdc compress --live)" if live else str(d["format_version"])),
         ("model", f"{d['model']} ({d['sample_rate']} Hz, {ch[d['channels']]})"),
         ("bandwidth", f"{d['bandwidth_kbps']:g} kbps nominal, {d['codebooks']} codebooks"),
-        ("coder", "raw (10 bits per code)" if d["coder"] == "raw" else _lm_coder(d)),
+        ("coder", coder),
         ("duration", f"{seconds:.3f} s ({d['frames']} frames)"),
         ("original", f"{d['source_sample_rate']} Hz, {d['source_channels']} channel"
                      f"{'s' if d['source_channels'] > 1 else ''}, {d['source_samples']} samples"),
         ("size", f"{d['size_bytes']} bytes, {kbps}"),
-        ("packets", str(d["packets"])),
+        ("checksums", "the end record checked; each block's is checked as it is decoded") if live
+        else ("packets", str(d["packets"])),
         ("weights", d["weights_fingerprint"]),
     ]
 

@@ -54,9 +54,8 @@ def _compress(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions, progress
     spec = codec.spec
     n_q = spec.codebooks_for(opts.bandwidth)
     if opts.live:
-        model, lm_fingerprint = live_model(spec, n_q, lm=opts.lm, lm_weights=opts.lm_weights,
-                                           download_bars=opts.download_bars)
-        coder = None
+        model = live_model(spec, n_q, lm=opts.lm, lm_weights=opts.lm_weights, download_bars=opts.download_bars)
+        lm_fingerprint = model.fingerprint
     else:
         coder = make_encoder(spec, n_q, lm=opts.lm, lm_weights=opts.lm_weights, raw_fallback=opts.raw_fallback,
                              download_bars=opts.download_bars)
@@ -146,8 +145,8 @@ def reader_for(inp: Input, header: Header, opts: DecompressOptions, frames: Fram
     stream, its frequency model (coder 'lm': the integer LM)."""
     if header.version == v1.LIVE_VERSION:
         spec = SPECS[header.model]
-        model, _ = live_model(spec, header.n_codebooks, lm=header.coder == "lm", lm_weights=opts.lm_weights,
-                              header=header, download_bars=opts.download_bars)
+        model = live_model(spec, header.n_codebooks, lm=header.coder == "lm", lm_weights=opts.lm_weights,
+                           header=header, download_bars=opts.download_bars)
         return live.Reader(inp, header, model, frames)
     if header.version != 0 or header.coder != "lm":
         return open_reader(inp, header, frames=frames)

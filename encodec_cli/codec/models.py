@@ -173,6 +173,8 @@ class SConv1d(nn.Module):
 class SConvTranspose1d(nn.Module):
     """ConvTranspose1d with the reference's trimming; streams when causal."""
 
+    live = False  # set while a live stream is coded (codec.streaming.live_steps)
+
     def __init__(self, cin: int, cout: int, kernel_size: int, stride: int,
                  causal: bool = False, norm: str = "weight_norm"):
         super().__init__()
@@ -207,9 +209,6 @@ class SConvTranspose1d(nn.Module):
         self._tail = y[..., n:].clone()
         return y[..., :n] + p.bias[:, None]
 
-
-    live = False  # set while a live stream is coded (codec.streaming.live_steps)
-
     def _few(self, x: torch.Tensor) -> torch.Tensor:
         """The transposed convolution of a few frames as one product and an overlap-add
         (torch's kernel for it is ~5x slower on one frame)."""
@@ -227,6 +226,9 @@ class SConvTranspose1d(nn.Module):
 
 class SLSTM(nn.Module):
     """Two-layer LSTM with a skip connection, in convolutional layout."""
+
+    SHORT = 8  # frames: oneDNN's LSTM costs ~5 ms a call whatever its length; live steps are 1-2 frames
+    live = False  # set while a live stream is coded (codec.streaming.live_steps)
 
     def __init__(self, dim: int, num_layers: int = 2):
         super().__init__()
@@ -250,9 +252,6 @@ class SLSTM(nn.Module):
         else:
             y, self._state = self.lstm(x, self._state)
         return (y + x).permute(1, 2, 0)
-
-    SHORT = 8  # frames: oneDNN's LSTM costs ~5 ms a call whatever its length; live steps are 1-2 frames
-    live = False  # set while a live stream is coded (codec.streaming.live_steps)
 
     def _short(self, x: torch.Tensor) -> torch.Tensor:
         """The LSTM over a few frames of one stream, step by step in plain matrix products

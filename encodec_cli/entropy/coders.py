@@ -99,16 +99,14 @@ def make_decoder(spec: ModelSpec, header: Header, *, lm_weights: tp.Optional[Pat
 
 def live_model(spec: ModelSpec, n_q: int, *, lm: bool, lm_weights: tp.Optional[Path],
                header: tp.Optional[Header] = None, download_bars: bool = True):
-    """The frequency model of a live stream and the LM's fingerprint (raw: uniform, zeros).
+    """The frequency model of a live stream (with the LM's `fingerprint`; raw: uniform).
     Given the `header` of a stream to read, its LM's fingerprint must match."""
     from ..formats.live import Uniform
 
     if not lm:
-        return Uniform(n_q), bytes(8)
+        return Uniform(n_q)
     from .lmcoder import LiveModel, checked_lm, load_lm
 
     if header is not None:
-        return LiveModel(checked_lm(spec, header, lm_weights, download_bars), header.lm_fingerprint, spec, n_q), \
-            header.lm_fingerprint
-    model, fp = load_lm(spec.name, lm_weights, n_q, download_bars)
-    return LiveModel(model, fp, spec, n_q), fp
+        return LiveModel(checked_lm(spec, header, lm_weights, download_bars), header.lm_fingerprint, spec, n_q)
+    return LiveModel(*load_lm(spec.name, lm_weights, n_q, download_bars), spec, n_q)

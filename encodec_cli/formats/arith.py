@@ -133,9 +133,6 @@ class ArithDecoder:
             raise CorruptError(f"corrupted live stream: byte {self.position} codes an impossible symbol")
         return s
 
-    def decodable(self, mark: Mark) -> bool:
-        return self.mirror.decodable(mark)
-
     def seal(self) -> None:
         """Pass over the encoder's seal, checking its bytes."""
         m = self.mirror

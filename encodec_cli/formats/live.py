@@ -51,6 +51,7 @@ class FrequencyModel(tp.Protocol):
 
 class Uniform:
     """Coder 'raw': every code has frequency 2**14, so it costs exactly 10 bits."""
+    fingerprint = bytes(8)  # no language model
 
     def __init__(self, n_q: int):
         self._cum = np.repeat((np.arange(1025, dtype=np.int64) << 14)[None], n_q, axis=0)
@@ -93,7 +94,6 @@ class Writer:
         self.crc = 0
         self.pending: tp.Optional[Mark] = None  # the state after the previous frame, while undecidable
         self._next: tp.Optional[np.ndarray] = None  # the next frame's frequencies, when computed ahead
-        self.bytes = 0
         self._write(header_bytes(header), crc=False)
         self.fo.flush()
 
@@ -101,7 +101,6 @@ class Writer:
         if crc:
             self.crc = zlib.crc32(data, self.crc)
         self.fo.write(data)
-        self.bytes += len(data)
 
     def _emit(self) -> None:
         data = bytes(self.enc.out[self.sent:])
@@ -112,7 +111,6 @@ class Writer:
         self.enc.seal()
         self._emit()
         self.fo.write(_CRC.pack(self.crc))
-        self.bytes += _CRC.size
         self.crc, self.enc, self.sent, self.pending, self.block_frames = 0, ArithEncoder(), 0, None, 0
 
     def _code(self, codes: np.ndarray) -> None:
@@ -176,7 +174,6 @@ class Writer:
             self._close_block()
         self._write(bytes([END]) + _END.pack(self.frames, num_samples, source_num_samples))
         self.fo.write(_CRC.pack(self.crc))
-        self.bytes += _CRC.size
         self.fo.flush()
         return End(self.frames, num_samples, source_num_samples, 0)
 
@@ -192,8 +189,11 @@ class Reader:
         self.spec = SPECS[header.model]
         self.buf = Incoming(inp)
         self.end: tp.Optional[End] = None
-        self.at = self.buf.start
+        self.at = self.block_start = self.buf.start  # where the next record, and the block checked next, begin
         self._total: tp.Optional[int] = None   # model samples, once the last frame says
+        self._stop = False                     # 24 kHz: flag 'no more frames' read
+        self._group: tp.List[np.ndarray] = []  # frames decided, not yet given out
+        self._group_start = 0
         self.blocks = 0
 
     @property
@@ -223,13 +223,12 @@ class Reader:
         self.buf.drop(self.at)
 
     def __iter__(self) -> tp.Iterator[Packet]:
-        self.block_start = self.at
         count, unit = 0, 0
-        stopped = False
         while True:
+            stopped = self._total is not None or self._stop  # the stream said it ends
             (kind,) = self.buf.need(self.at, 1, "the record")
             if kind == END:
-                if not stopped and self.spec.causal and self._total is None and count and count % UNIT_FRAMES:
+                if not stopped and self.spec.causal and count % UNIT_FRAMES:
                     raise CorruptError(f"corrupted live stream: end record at byte {self.at} inside a unit")
                 body = self.buf.need(self.at + 1, _END.size, "the end record")
                 end = End(*_END.unpack(body), 0)
@@ -255,7 +254,6 @@ class Reader:
                 count += packet.frames
                 if self._wanted(packet):
                     yield packet
-            stopped = self._total is not None or getattr(self, "_stop", False)
 
     def _wanted(self, p: Packet) -> bool:
         return p.start + p.frames > self.frames.first and (self.frames.stop is None or p.start < self.frames.stop)
@@ -291,7 +289,6 @@ class Reader:
         dec = ArithDecoder(self.buf, self.at + 1)
         pending: tp.Optional[Mark] = None
         block = 0
-        self._stop, self._group = False, []
         for i in range(UNIT_FRAMES):
             flag = yield from self._try(dec.decode, FLAG_CUM)
             if flag == STOP:
@@ -323,7 +320,7 @@ class Reader:
                     break
                 block, pending = 0, None
                 dec = ArithDecoder(self.buf, self.at)
-            elif pending is not None and not dec.decodable(pending):
+            elif pending is not None and not dec.mirror.decodable(pending):
                 yield from self._try(dec.seal)
                 pending = None
             else:
