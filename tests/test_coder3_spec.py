@@ -1,6 +1,6 @@
 """Coder 3 re-implemented from formats/ecdc-v1.md alone, in plain integer arithmetic.
 
-No float matrix products and none of intlm.py's code paths (only its tables, which
+No float matrix products and none of intlm.py's or intmath.py's code paths (only the tables, which
 test_lm.py pins by hash): int64 products and Python's own rounding rules. It must give
 exactly the golden frequencies that ecdc gives, which shows that the specification says
 all a second implementation needs, and that ecdc's float32 products are exact.
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from encodec_cli.codec.lm import build_lm
-from encodec_cli.entropy.intlm import exp_table, gelu_table, positions
+from encodec_cli.entropy.intmath import exp_table, gelu_table, positions
 from encodec_cli.testing import lm_state
 
 GOLDEN = Path(__file__).resolve().parents[1] / "formats" / "golden" / "coder3_frequencies.json"

@@ -22,7 +22,7 @@ from encodec_cli import testing as random_weights
 from encodec_cli.codec.lm import DIM, MAX_PERIOD, build_lm
 from encodec_cli.codec.models import SPECS
 from encodec_cli.codec.weights import REGISTRY
-from encodec_cli.entropy import intlm
+from encodec_cli.entropy import intlm, intmath
 from encodec_cli.entropy.lmcoder import LMDecoder, LMEncoder, load_lm
 from encodec_cli.errors import CorruptError
 from encodec_cli.formats import v1 as F
@@ -83,18 +83,18 @@ def test_tables_are_the_specified_ones():
     """SHA-256 of each table as big-endian int64, as formats/ecdc-v1.md gives them."""
     def digest(a):
         return hashlib.sha256(np.ascontiguousarray(a, ">i8").tobytes()).hexdigest()[:16]
-    assert digest(intlm.exp_table()) == "d2d65fd0b8f67c76"
-    assert digest(intlm.gelu_table()) == "110d6593111a93c2"
-    assert digest(intlm.rotation_table()) == "f8174c8952f3a0d5"
-    exp = intlm.exp_table()
+    assert digest(intmath.exp_table()) == "d2d65fd0b8f67c76"
+    assert digest(intmath.gelu_table()) == "110d6593111a93c2"
+    assert digest(intmath.rotation_table()) == "f8174c8952f3a0d5"
+    exp = intmath.exp_table()
     assert exp[0] == 1 << 30 and exp[1024] == round(2**30 / math.e) and exp[-1] == 0
-    gelu = intlm.gelu_table()
+    gelu = intmath.gelu_table()
     assert gelu[192] == 0 and gelu[192 + 32] == round(2**20 * 0.8413447460685429)  # gelu(1) = Phi(1)
     # the sinusoids agree with float math to the last Q10 bit
     p = np.array([0, 1, 7, 1000, 65535, 540_000, 2**32 - 1])  # up to 1.8 years at 24 kHz
     phase = p[:, None] / 10000 ** (np.arange(100) / 99)
     expected = np.concatenate([np.cos(phase), np.sin(phase)], 1) * 1024
-    assert np.abs(intlm.positions(p) - expected).max() <= 0.51
+    assert np.abs(intmath.positions(p) - expected).max() <= 0.51
 
 
 @pytest.mark.parametrize("name", ["encodec_24khz", "encodec_48khz"])
@@ -114,11 +114,41 @@ def test_integer_lm_follows_the_float_lm(name):
     assert np.mean(kl) < 1e-3, np.mean(kl)
 
 
+def _stepped(lm, codes, first):
+    state, out = lm.start(codes.shape[1], 1, len(codes), np.array([first])), []
+    for frame in codes:
+        out.append(state.step()[0])
+        state.push(frame[None])
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("name, n_q, frames, first", [
+    ("encodec_24khz", 2, 400, 0),              # 1.5 kbps, past the 263-frame window
+    ("encodec_24khz", 8, 600, 540_000),        # 6 kbps, a packet two hours into a file
+    ("encodec_24khz", 32, 120, 2**32 - 200),   # 24 kbps, at the last positions there are
+    ("encodec_48khz", 4, 150, 0),              # 3 kbps, a 1 s segment
+    ("encodec_48khz", 16, 150, 0),             # 24 kbps
+])
+def test_one_pass_equals_stepping(name, n_q, frames, first):
+    """The encoder's one causal pass over known codes (IntLM.known) gives exactly the
+    frequencies that stepping gives a decoder, in blocks of any size."""
+    lm = int_lm(name)
+    rng = np.random.default_rng(n_q)
+    codes = rng.integers(0, 1024, (frames, n_q))
+    if n_q == 8:  # codes the model finds likely (sharp distributions), then noise
+        codes[:200] = likely_codes(lm, n_q, 200, first=list(range(n_q)))
+    stepped = _stepped(lm, codes, first)
+    for block in (intlm.PASS_BLOCK, 64, frames):
+        blocks = list(lm.known(codes, first, block))
+        assert [len(b) for b in blocks[:-1]] == [block] * (len(blocks) - 1)
+        np.testing.assert_array_equal(np.concatenate(blocks), stepped)
+
+
 def test_frequencies_sum_exactly_and_every_symbol_gets_one():
-    g = intlm.frequencies(np.array([[0] * 1024, [5 << 10] + [-(40 << 10)] * 1023, list(range(1024))]))
-    assert (g.sum(-1) == intlm.FREQ_TOTAL).all() and (g >= 0).all()
-    assert g[0].min() >= intlm.FREQ_TOTAL // 1024 - 1          # uniform
-    assert g[1, 0] == intlm.FREQ_TOTAL and g[1, 1:].max() == 0  # certain: others keep only the +1
+    g = intmath.frequencies(np.array([[0] * 1024, [5 << 10] + [-(40 << 10)] * 1023, list(range(1024))]))
+    assert (g.sum(-1) == intmath.FREQ_TOTAL).all() and (g >= 0).all()
+    assert g[0].min() >= intmath.FREQ_TOTAL // 1024 - 1          # uniform
+    assert g[1, 0] == intmath.FREQ_TOTAL and g[1, 1:].max() == 0  # certain: others keep only the +1
 
 
 def _frequency_digest(g):

@@ -9,6 +9,7 @@ CRC-32 of its codes, so a damaged packet stops decoding with an error instead of
 """
 from __future__ import annotations
 
+import itertools
 import struct
 import typing as tp
 import zlib
@@ -24,11 +25,11 @@ from ..formats.live import cumulative
 from ..formats.records import CodedPacket, Header, Packet, Segment
 from ..formats.v1 import FLAG_RAW, pack_codes
 from ..specs import ModelSpec
-from .intlm import IntLM
+from .intlm import PASS_BLOCK, IntLM
 
 _MODEL = constriction.stream.model.Categorical(perfect=False)
 Step = tp.Optional[tp.Callable[[int], None]]  # told of each step's frames, for progress
-BATCH_STREAMS = 8  # streams (24 kHz packets, 48 kHz segments) stepped together: ~22 MB of state at 24 kHz
+BATCH_STREAMS = 24  # streams (24 kHz packets, 48 kHz segments) a decoder steps together: ~66 MB of state at 24 kHz
 
 
 def load_lm(codec_name: str, weights: tp.Optional[Path], n_q: int, download_bars: bool = True
@@ -91,7 +92,7 @@ class LMEncoder:
     coding does not make smaller is stored raw; without it every packet is range coded
     (to measure LM coding with untrained weights, which predict nothing)."""
     name = "lm"
-    batch_streams = BATCH_STREAMS
+    batch_streams = 1  # each packet is coded on its own, in one pass
 
     def __init__(self, lm: IntLM, fingerprint: bytes, spec: ModelSpec, n_q: int, raw_fallback: bool = True):
         self.lm, self.fingerprint, self.n_q, self.raw_fallback = lm, fingerprint, n_q, raw_fallback
@@ -107,27 +108,31 @@ class LMEncoder:
     def encode_lm(self, packets: tp.Sequence[CodedPacket], step: Step = None) -> tp.List[bytes]:
         """Each packet's LM-coded data: codes checksum, then the range coder's words.
 
-        The packets follow those of earlier calls in the file."""
-        sizes = [len(codes) for codes, _ in packets]
-        offsets = self.frames + np.cumsum([0] + sizes[:-1]) if self.positions else None
-        self.frames += sum(sizes)
-        batch = _Batch(self.lm, self.n_q, [segs for _, segs in packets], offsets)
-        coders = [constriction.stream.queue.RangeEncoder() for _ in packets]
-        codes = np.concatenate([c for c, _ in packets]) if packets else np.zeros((0, self.n_q))
-        for t in range(batch.steps):
-            probs = batch.probabilities(self.n_q)
-            live = t < batch.lengths
-            frame = codes[batch.rows(t)]
-            for coder, (lo, hi) in zip(coders, batch.ranges):
-                sel = live[lo:hi]
-                if sel.any():
-                    coder.encode(frame[lo:hi][sel].reshape(-1).astype(np.int32), _MODEL,
-                                 probs[lo:hi][sel].reshape(-1, CARD))
-            batch.state.push(frame)
-            if step:
-                step(int(live.sum()))
-        return [struct.pack(">I", codes_crc(codes)) + coder.get_compressed().astype(">u4").tobytes()
-                for (codes, _), coder in zip(packets, coders)]
+        The packets follow those of earlier calls in the file. The codes are known, so the
+        LM runs over each stream in one causal pass (IntLM.known) rather than stepping."""
+        out = []
+        for codes, segments in packets:
+            first = self.frames if self.positions else 0  # 24 kHz: the packet's first frame
+            self.frames += len(codes)
+            bounds = np.cumsum([0] + [n for n, _ in segments])
+            streams = [codes[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+            coder = constriction.stream.queue.RangeEncoder()
+            passes = [self.lm.known(stream, first) for stream in streams]
+            for row, blocks in enumerate(itertools.zip_longest(*passes)):
+                # the same frames of every segment: coded in step order, frame by frame
+                live = [(j, g) for j, g in enumerate(blocks) if g is not None]
+                symbols = np.concatenate([streams[j][row * PASS_BLOCK:][:len(g)] for j, g in live])
+                freqs = np.concatenate([g for _, g in live]) if len(live) > 1 else live[0][1]
+                if len(live) > 1:
+                    lengths = np.array([len(g) for _, g in live])
+                    t, i = np.nonzero(np.arange(lengths.max())[:, None] < lengths)
+                    order = (np.cumsum(lengths) - lengths)[i] + t
+                    symbols, freqs = symbols[order], freqs[order]
+                coder.encode(symbols.reshape(-1).astype(np.int32), _MODEL, model_probabilities(freqs))
+                if step:
+                    step(len(symbols))
+            out.append(struct.pack(">I", codes_crc(codes)) + coder.get_compressed().astype(">u4").tobytes())
+        return out
 
     def encode_many(self, packets: tp.Sequence[CodedPacket], step: Step = None) -> tp.List[tp.Tuple[bytes, int]]:
         """(data, flags) per packet: LM-coded, or raw when that is not smaller. `step(n)` is

@@ -1,0 +1,298 @@
+"""The exact arithmetic of coder 3's language model (formats/ecdc-v1.md): tables and layers.
+
+Every number that reaches the range coder is an exact function of the checkpoint and the
+past codes, the same on every CPU, instruction set, BLAS, thread count and torch version:
+
+- activations are integers in Q10 (value * 2**10) held in int64;
+- weights are int8 with a power-of-two scale per output row; a product's input is shifted
+  to at most 512 (128 for the 800-wide input), so every partial sum of a float32 matrix
+  product is an integer below 2**24 and float32 represents it exactly, in any order;
+- attention runs in float64 on integers below 2**45, also exact in any order;
+- LayerNorm uses an integer square root; exp, GELU and the sinusoids come from tables
+  computed here with Python's `decimal` (never the platform's libm).
+
+Every layer here works row by row, so a batch of rows gives each row what it alone would.
+intlm.py builds the network from these and runs it.
+"""
+from __future__ import annotations
+
+import functools
+import typing as tp
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+
+import numpy as np
+import torch
+
+from ..codec.lm import CARD, DIM, HEADS
+
+Q = 10                     # activations are Q10 integers
+HEAD_DIM = DIM // HEADS
+PROB_TOTAL = 1 << 24       # the range coder's total; every symbol gets at least 1
+FREQ_TOTAL = PROB_TOTAL - CARD  # what the model distributes before the +1 per symbol
+EXP_BITS = 30              # EXP[t] = round(2**30 * exp(-t / 1024))
+EXP_SIZE = 22 * 1024       # EXP is 0 from t = 22004 on; indices are clamped to the last
+GELU_STEP = 5              # GELU table every 2**-5, linear interpolation between
+GELU_EDGE = 6 << Q         # beyond +-6: gelu(x) = x, or 0
+POS_BITS = 32              # positions 0 .. 2**32 - 1 (at 75 frames/s: 1.8 years)
+POS_BLOCK = 1024           # position embeddings computed this many steps at a time
+ACT_LIMIT = 1 << 20        # q, k, v saturate at +-2**20 (1024.0)
+ATT_BITS = 13              # attention weights in Q13
+LN_INPUT_BITS = 17         # LayerNorm input is shifted down to below 2**17
+LN_EPS = 80 << 20          # eps 1e-5 in the integer LayerNorm's units: 1e-5 * 200**3 * 2**20
+SQRT_DIM = 14.142135623730951  # float64 nearest sqrt(200)
+_PI = Decimal("3.14159265358979323846264338327950288419716939937510582097494459230781640628620899863")
+
+
+
+# ---------------------------------------------------------------- tables (decimal, exact)
+
+def _round_dec(x: Decimal) -> int:
+    return int(x.to_integral_value(ROUND_HALF_EVEN))
+
+
+@functools.lru_cache(maxsize=None)
+def exp_table() -> np.ndarray:
+    """EXP[t] = RNE(2**30 * e**(-t/1024)), t = 0 .. EXP_SIZE-1 (int64)."""
+    with localcontext() as ctx:
+        ctx.prec = 60
+        step, v, scale = (Decimal(-1) / 1024).exp(), Decimal(1), Decimal(1 << EXP_BITS)
+        out = []
+        for _ in range(EXP_SIZE):
+            out.append(_round_dec(v * scale))
+            v *= step
+    return np.array(out, np.int64)
+
+
+def _phi_cdf(x: Decimal) -> Decimal:
+    """The standard normal CDF, by its everywhere-convergent series of positive terms."""
+    if x < 0:
+        return 1 - _phi_cdf(-x)
+    term = total = x
+    n = 0
+    while term > Decimal(10) ** -55:
+        n += 1
+        term = term * x * x / (2 * n + 1)
+        total += term
+    density = (-x * x / 2).exp() / (2 * _PI).sqrt()
+    return Decimal(1) / 2 + density * total
+
+
+@functools.lru_cache(maxsize=None)
+def gelu_table() -> np.ndarray:
+    """G[k] = RNE(2**20 * gelu(x)), x = -6 + k/32, k = 0..384, and G[385] = G[384] (int64)."""
+    with localcontext() as ctx:
+        ctx.prec = 60
+        out = []
+        for k in range(-(GELU_EDGE >> GELU_STEP), (GELU_EDGE >> GELU_STEP) + 1):
+            x = Decimal(k) / (1 << GELU_STEP)
+            out.append(_round_dec(x * _phi_cdf(x) * (1 << 20)))
+    return np.array(out + out[-1:], np.int64)
+
+
+def _cos_sin(a: Decimal) -> tp.Tuple[Decimal, Decimal]:
+    """Taylor series, |a| <= 1."""
+    c = s = Decimal(0)
+    term, n = Decimal(1), 0
+    while abs(term) > Decimal(10) ** -58:
+        if n % 4 == 0:
+            c += term
+        elif n % 4 == 1:
+            s += term
+        elif n % 4 == 2:
+            c -= term
+        else:
+            s -= term
+        n += 1
+        term = term * a / n
+    return c, s
+
+
+@functools.lru_cache(maxsize=None)
+def rotation_table() -> np.ndarray:
+    """R[j, i] = RNE(2**30 * (cos, sin)(2**j * w_i)), w_i = 10000**(-i/99); [32, 100, 2] int64.
+
+    cos and sin of w_i (|w_i| <= 1) by their series, the multiples by the double-angle
+    formulas, all at 60 digits.
+    """
+    half = DIM // 2
+    out = np.zeros((POS_BITS, half, 2), np.int64)
+    with localcontext() as ctx:
+        ctx.prec = 60
+        ln = Decimal(10000).ln()
+        for i in range(half):
+            c, s = _cos_sin((-ln * i / (half - 1)).exp())
+            for j in range(POS_BITS):
+                out[j, i] = _round_dec(c * (1 << 30)), _round_dec(s * (1 << 30))
+                c, s = 2 * c * c - 1, 2 * s * c
+    return out
+
+
+def positions(p: np.ndarray) -> np.ndarray:
+    """Q10 sinusoidal embeddings [len(p), 200] of the positions p (int64).
+
+    Position p rotates (2**30, 0) by R[j] for each set bit j of p, lowest first, rounding
+    each product to Q30; then cos and sin are rounded to Q10.
+    """
+    rot = rotation_table()
+    p = np.asarray(p, np.int64)[:, None]
+    if len(p) and (p.min() < 0 or p.max() >= 1 << POS_BITS):
+        raise ValueError("position out of range")
+    c = np.full((len(p), DIM // 2), 1 << 30, np.int64)
+    s = np.zeros((len(p), DIM // 2), np.int64)
+    half = np.int64(1 << 29)
+    for j in range(int(p.max()).bit_length() if len(p) else 0):
+        rows = np.flatnonzero((p[:, 0] >> j) & 1)  # the positions with bit j set
+        if len(rows):
+            rc, rs, cj, sj = rot[j, :, 0], rot[j, :, 1], c[rows], s[rows]
+            c[rows], s[rows] = (cj * rc - sj * rs + half) >> 30, (sj * rc + cj * rs + half) >> 30
+    return (np.concatenate([c, s], axis=1) + (1 << 19)) >> 20
+
+
+# ---------------------------------------------------------------- integer helpers
+
+_POW2 = np.array([1 << k for k in range(63)], np.int64)
+_LIMITS = {bits: _POW2[bits:] for bits in range(63)}
+_max, _sum = np.maximum.reduce, np.add.reduce  # ufunc reductions (no Python-level wrappers)
+
+
+def rshift_round(a: np.ndarray, k) -> np.ndarray:
+    """floor(a / 2**k + 1/2) for k >= 0 (an int, or an int array that broadcasts with a)."""
+    if isinstance(k, int):
+        return a if k == 0 else (a + (1 << (k - 1))) >> k
+    return (a + ((1 << k) >> 1)) >> k
+
+
+def excess(m: np.ndarray, bits: int) -> np.ndarray:
+    """The smallest e >= 0 with m < 2**(bits+e), elementwise, for m >= 0."""
+    return _LIMITS[bits].searchsorted(m, side="right")
+
+
+def isqrt(t: np.ndarray) -> np.ndarray:
+    """floor(sqrt(t)) of int64 t >= 0, exactly: a float estimate, then corrected by one."""
+    r = np.floor(np.sqrt(t.astype(np.float64))).astype(np.int64)
+    r -= r * r > t
+    return r + ((r + 1) * (r + 1) <= t)
+
+
+def _rne(x: np.ndarray) -> np.ndarray:
+    return np.rint(x).astype(np.int64)  # round half to even
+
+
+def _mm(a: np.ndarray, b: torch.Tensor) -> np.ndarray:
+    """float32 matrix product of integer-valued operands, through torch (it obeys --threads)."""
+    return torch.matmul(torch.from_numpy(a), b).numpy()
+
+
+# ---------------------------------------------------------------- layers
+
+class Linear:
+    """int8 weights with a power-of-two scale per output row, a Q10 bias.
+
+    Row r: m = max|w_r| = f * 2**E with f in [0.5, 1), s_r = E - 7 (0 if m = 0),
+    q = clamp(RNE(w * 2**-s_r), -127, 127), so w ~ q * 2**s_r. The input row is shifted
+    right (rounding) by the smallest e that brings it within 2**in_bits, so each product
+    term is below 2**(in_bits+7) and their sums stay exact in float32; the output is
+    round(acc * 2**(e + s_r)) + bias.
+    """
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, in_bits: int):
+        m = np.abs(weight).max(axis=1)
+        shift = np.where(m > 0, np.frexp(m)[1] - 7, 0).astype(np.int64)
+        q = np.clip(np.rint(np.ldexp(weight, -shift[:, None])), -127, 127)
+        q[shift < -100] = 0  # rows below 2**-93 give round(x * 2**-100) = 0 anyway; no subnormals
+        # q * 2**s_r: then inputs scaled by 2**e give acc * 2**(e + s_r) straight from the product,
+        # exactly, for every partial sum is a multiple of that power of two below 2**24 times it
+        self.w = torch.from_numpy(np.ascontiguousarray(np.ldexp(q, shift[:, None]).T, np.float32))  # [in, out]
+        self.bias = _rne(bias * (1 << Q)).astype(np.float64)  # integers, added exactly
+        self.in_bits = in_bits
+
+    @staticmethod
+    def concat(parts: tp.Sequence["Linear"]) -> "Linear":
+        """One layer with the outputs of `parts` in turn."""
+        whole = object.__new__(Linear)
+        whole.w = torch.cat([p.w for p in parts], dim=1)
+        whole.bias = np.concatenate([p.bias for p in parts])
+        whole.in_bits = parts[0].in_bits
+        return whole
+
+    def first(self, rows: int) -> "Linear":
+        """The same layer restricted to its first `rows` outputs."""
+        part = object.__new__(Linear)
+        part.w = self.w[:, :rows].contiguous()
+        part.bias, part.in_bits = self.bias[:rows], self.in_bits
+        return part
+
+    def rounded(self, x: np.ndarray) -> np.ndarray:
+        """Q10 [rows, in] -> Q10 [rows, out] as float64 holding the integers exactly.
+
+        The product is acc * 2**(e + s_r) exactly, a multiple of 2**k below 2**(24 + k) in
+        magnitude: adding 1/2 rounds at most half an ulp, too little to cross an integer, so
+        the floor is exact.
+        """
+        e = excess(_max(np.abs(x), axis=1), self.in_bits)[:, None]
+        y = _mm((rshift_round(x, e) << e).astype(np.float32), self.w).astype(np.float64)
+        y += 0.5
+        np.floor(y, out=y)
+        y += self.bias
+        return y
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Q10 [rows, in] -> Q10 [rows, out] (int64)."""
+        return self.rounded(x).astype(np.int64)
+
+
+class LayerNorm:
+    """gamma * (x - mean) / sqrt(var + 1e-5) + beta over 200 values, in integers.
+
+    With c = 200 x - sum(x) and r = isqrt(sum(c^2) + 80 * 2**20), the output is
+    floor((2 c G + r) / 2r) + B, G = RNE(gamma * sqrt(200) * 2**10), B = RNE(beta * 2**10).
+    Rows reaching 2**17 are first shifted right (floor) until below.
+    """
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray):
+        self.gamma = np.clip(_rne(weight * SQRT_DIM * (1 << Q)), -(1 << 24), 1 << 24)
+        self.beta = _rne(bias * (1 << Q))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        e = excess(_max(np.abs(x), axis=1), LN_INPUT_BITS)
+        if e.any():
+            x = x >> e[:, None]
+        c = DIM * x - _sum(x, axis=1, keepdims=True)
+        r = isqrt(_sum(c * c, axis=1, keepdims=True) + LN_EPS)
+        return (2 * c * self.gamma + r) // (2 * r) + self.beta
+
+
+def gelu(h: np.ndarray) -> np.ndarray:
+    """Q10 GELU: the 2**-5-step table, interpolated linearly; x above 6.0, 0 below -6.0."""
+    table = gelu_table()
+    u = np.minimum(np.maximum(h, -GELU_EDGE), GELU_EDGE) + GELU_EDGE
+    i, f = u >> GELU_STEP, u & ((1 << GELU_STEP) - 1)
+    y = rshift_round(table[i] * ((1 << GELU_STEP) - f) + table[i + 1] * f, 20 + GELU_STEP - Q)
+    return np.where(h > GELU_EDGE, h, y)
+
+
+def softmax_weights(scores: np.ndarray, axis: int) -> np.ndarray:
+    """Attention weights in Q13 (rounded to nearest; they sum to at most 2**13 + n/2) of
+    integer scores (int64, or float64 holding integers; -inf for a weight of 0)."""
+    t = np.minimum(_max(scores, axis=axis, keepdims=True) - scores, EXP_SIZE - 1)
+    e = np.take(exp_table(), t.astype(np.intp, copy=False))
+    inv = (1 << (EXP_BITS + ATT_BITS)) // _sum(e, axis=axis, keepdims=True)
+    return (e * inv + (1 << (EXP_BITS - 1))) >> EXP_BITS
+
+
+def frequencies(logits: np.ndarray) -> np.ndarray:
+    """Q10 logits [..., 1024] (int64, or float64 holding integers) -> integer frequencies
+    summing to 2**24 - 1024 exactly.
+
+    e = EXP[min(max - z, 22527)], g = (e * floor((2**24 - 1024) * 2**32 / sum e)) >> 32; what
+    the floors leave goes to the first most likely symbol. The coder adds 1 to each.
+    """
+    shape = logits.shape
+    logits = logits.reshape(-1, CARD)
+    rows = np.arange(len(logits))
+    top = logits.argmax(axis=1)
+    t = np.minimum(logits[rows, top][:, None] - logits, EXP_SIZE - 1)
+    e = np.take(exp_table(), t.astype(np.intp, copy=False))
+    g = (e * ((FREQ_TOTAL << 32) // _sum(e, axis=1, keepdims=True))) >> 32
+    g[rows, top] += FREQ_TOTAL - _sum(g, axis=1)
+    return g.reshape(shape)
