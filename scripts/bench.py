@@ -2,6 +2,7 @@
 
     python scripts/bench.py [--ref-python /tmp/refenv/bin/python] [--repeats 2] [--quick]
     python scripts/bench.py --lm          # coder 3 against raw mode and the reference's --lm
+    python scripts/bench.py --lm --baseline /tmp/old   # ... and against an earlier tree's coder 3
 
 Both run on the same seeded random weights of the official architecture (speed does not
 depend on the values) and the same inputs: the shared recordings looped to several
@@ -286,6 +287,10 @@ def lm_bench(a, work: Path, weights: dict) -> None:
             "lm_d": (ecdc_cmd("decompress", lm_only, "-o", work / "e.wav", "-f", "-q",
                               "--weights", w, "--lm-weights", lw), None),
         }
+        if a.baseline:  # another tree's ecdc (an earlier commit), on the same files
+            base = {"PYTHONPATH": str(Path(a.baseline).resolve())}
+            runs["base_c"] = (runs["lm_c"][0], base)
+            runs["base_d"] = (runs["lm_d"][0], base)
         if have_ref:
             runs["ref_c"] = (ref_cmd(a.ref_python, "compress", wav, work / "r.ecdc", "-b", 6, "--lm",
                                      "--weights", work / "weights") + (["--hq"] if flag == "48khz" else []), refenv)
@@ -300,9 +305,10 @@ def lm_bench(a, work: Path, weights: dict) -> None:
         for direction, c in (("compress", "c"), ("decompress", "d")):
             raw, lm = best[f"raw_{c}"], best[f"lm_{c}"]
             ref = best.get(f"ref_{c}")
+            base = best.get(f"base_{c}")
             rows.append((f"{flag} 6 kbps, {seconds:g} s", direction, seconds / raw[0], seconds / lm[0],
                          raw[0] / lm[0], lm[1], seconds / ref[0] if ref else None,
-                         ref[0] / lm[0] if ref else None))
+                         ref[0] / lm[0] if ref else None, raw[0] / base[0] if base else None))
         # sizes: coder 3's payload without and with the raw fallback, against raw
         codec = C.load_codec(name, w)
         n_q = codec.spec.codebooks_for(6.0)
@@ -316,9 +322,10 @@ def lm_bench(a, work: Path, weights: dict) -> None:
         ref_size = (work / "r.ecdc").stat().st_size if have_ref else None
         sizes.append((flag, ref_size, (work / "e.ecdc").stat().st_size, pure, with_fallback, raw))
     _table(["input", "direction", "raw RTF", "--lm RTF", "--lm / raw speed", "--lm peak RSS",
-            "reference --lm RTF", "ecdc --lm vs reference --lm"],
+            "reference --lm RTF", "ecdc --lm vs reference --lm"] + (["baseline --lm / raw"] if a.baseline else []),
            [[r[0], r[1], f"{r[2]:.1f}x", f"{r[3]:.1f}x", f"**{100 * r[4]:.0f}%**", f"{r[5]:.0f} MB",
-             f"{r[6]:.2f}x" if r[6] else "n/a", f"**{r[7]:.1f}x**" if r[6] else "n/a"] for r in rows])
+             f"{r[6]:.2f}x" if r[6] else "n/a", f"**{r[7]:.1f}x**" if r[6] else "n/a"]
+            + ([f"{100 * r[8]:.0f}%"] if a.baseline else []) for r in rows])
     print()
     _table(["input", "reference --lm file", "ecdc --lm file", "coder 3 payload, no fallback",
             "with raw fallback", "raw payload"],
@@ -339,6 +346,8 @@ def main() -> None:
     ap.add_argument("--minutes48", type=float, default=2.0)
     ap.add_argument("--lm", action="store_true", help="benchmark the --lm coders")
     ap.add_argument("--lm-seconds", type=float, default=60.0)
+    ap.add_argument("--baseline", metavar="TREE", help="--lm: also time the ecdc of this source tree "
+                    "(say, a worktree of an earlier commit), alternating with this one")
     ap.add_argument("--quick", action="store_true", help="short inputs, one repeat")
     a = ap.parse_args()
     if a.quick:

@@ -144,6 +144,15 @@ def test_one_pass_equals_stepping(name, n_q, frames, first):
         np.testing.assert_array_equal(np.concatenate(blocks), stepped)
 
 
+def test_integer_square_root_is_exact():
+    """Below 2**52 the float root is taken as it is; above, it is corrected (LayerNorm's r)."""
+    rng = np.random.default_rng(0)
+    n = rng.integers(1, 1 << 31, 20000)
+    t = np.concatenate([n * n - 1, n * n, n * n + 1, rng.integers(0, 1 << 62, 20000), [0, (1 << 52) - 1]])
+    for batch in (t[t < 1 << 52], t):
+        assert [int(r) for r in intmath.isqrt(batch)] == [math.isqrt(int(v)) for v in batch]
+
+
 def test_frequencies_sum_exactly_and_every_symbol_gets_one():
     g = intmath.frequencies(np.array([[0] * 1024, [5 << 10] + [-(40 << 10)] * 1023, list(range(1024))]))
     assert (g.sum(-1) == intmath.FREQ_TOTAL).all() and (g >= 0).all()

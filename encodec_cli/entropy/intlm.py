@@ -19,8 +19,23 @@ import numpy as np
 import torch
 
 from ..codec.lm import CARD, DIM, HEADS, LanguageModel
-from .intmath import (ACT_LIMIT, ATT_BITS, POS_BLOCK, Q, LayerNorm, Linear, _max, _rne, _sum, excess,
-                      frequencies, gelu, positions, rshift_round, softmax_weights)
+from .intmath import (
+    ACT_LIMIT,
+    ATT_BITS,
+    POS_BLOCK,
+    LayerNorm,
+    Linear,
+    Q,
+    _max,
+    _rne,
+    _sum,
+    excess,
+    frequencies,
+    gelu,
+    positions,
+    rshift_round,
+    softmax_weights,
+)
 
 HEAD_DIM = DIM // HEADS
 PASS_BLOCK = 75  # frames per block of the one-pass model: scores of [8, 75, 75 + 263]

@@ -168,8 +168,11 @@ def excess(m: np.ndarray, bits: int) -> np.ndarray:
 
 
 def isqrt(t: np.ndarray) -> np.ndarray:
-    """floor(sqrt(t)) of int64 t >= 0, exactly: a float estimate, then corrected by one."""
+    """floor(sqrt(t)) of int64 t >= 0, exactly: a float estimate, then corrected by one.
+    Below 2**52 the estimate is exact (sqrt(n*n - 1) is more than half an ulp below n)."""
     r = np.floor(np.sqrt(t.astype(np.float64))).astype(np.int64)
+    if _max(t, axis=None) < 1 << 52:
+        return r
     r -= r * r > t
     return r + ((r + 1) * (r + 1) <= t)
 
