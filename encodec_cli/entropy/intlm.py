@@ -99,7 +99,7 @@ class IntLM:
             for (qkv, out, norm1, lin1, lin2, norm2), kv in zip(self.layers, cache):
                 (q, k, v), (eq, ek, ev) = _split(qkv, x)
                 kv.put(slice(s + 1, e + 1), k, ek, v, ev)
-                x = norm1(x + out(kv.attend(q[None], eq[None], slice(lo, e + 1), mask)[0]))
+                x = norm1(x + out(kv.attend(q[None], eq[None], slice(lo, e + 1), sees, mask)[0]))
                 x = norm2(x + lin2(gelu(lin1(x))))
             yield frequencies(heads.rounded(x).reshape(e - s, n_q, CARD))
 
@@ -144,20 +144,20 @@ class _KV:
         for buf in (self.v, self.ev):
             buf[:, :, :stop - start] = buf[:, :, start:stop].copy()
 
-    def attend(self, q: np.ndarray, eq: np.ndarray, rows: slice, mask: tp.Optional[np.ndarray] = None
-               ) -> np.ndarray:
+    def attend(self, q: np.ndarray, eq: np.ndarray, rows: slice, sees: tp.Optional[np.ndarray] = None,
+               mask: tp.Optional[np.ndarray] = None) -> np.ndarray:
         """Attention output (Q10, [B, R, D]) of queries [B, H, R, 25] (exponents [B, H, R])
-        over the keys at `rows`; `mask` [R, L] is 0 where a query sees a key, -inf where not
-        (None: all seen)."""
+        over the keys at `rows`. `sees` [R, L]: whether a query sees a key, and `mask`: 0 where
+        it does, -inf where not (None: all seen)."""
         # scaled so that the product is dots * 2**(eq + ek - 10), exactly: then round to Q10
         qs = np.ldexp(q.astype(np.float32), (eq - Q)[..., None].astype(np.int32))
         scores = _small_mm(qs, self.k[..., rows]).astype(np.float64)
         scores += 0.5
         np.floor(scores, out=scores)                                         # exact integers
         ev = self.ev[:, :, None, rows]
-        if mask is not None:
+        if sees is not None:
             scores += mask                                                   # -inf: weight 0
-            ev = np.where(mask == 0, ev, 0)
+            ev = ev * sees
         w = softmax_weights(scores, axis=-1)                                 # Q13
         top = _max(ev, axis=-1, keepdims=True)
         w = rshift_round(w, top - ev).astype(np.float32)                    # sums < 2**13 + L
