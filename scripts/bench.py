@@ -190,7 +190,8 @@ def breakdown(name: str, wav: Path, weights: Path) -> dict:
 
 
 def ecdc_cmd(*args) -> list:
-    return [sys.executable, "-m", "encodec_cli", *map(str, args)]
+    # -P: the encodec_cli on sys.path (PYTHONPATH for --baseline), not the one in the current folder
+    return [sys.executable, "-P", "-m", "encodec_cli", *map(str, args)]
 
 
 def ref_cmd(ref_python: str, *args) -> list:

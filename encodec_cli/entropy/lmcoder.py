@@ -3,9 +3,10 @@
 The model (intlm.py) gives integer frequencies that are the same on every machine, so a
 file decodes wherever it was not damaged. Every packet is coded on its own: each of its
 segments is a fresh LM stream (24 kHz: one per packet; 48 kHz: one per 1 s segment).
-Streams never interact, so any number of packets can be stepped together as one batch
-with the same result; the encoder and decoder batch as suits them. Each packet stores a
-CRC-32 of its codes, so a damaged packet stops decoding with an error instead of noise.
+Streams never interact. The encoder knows every code, so it runs the LM over each stream
+in one causal pass (IntLM.known); the decoder must step frame by frame, and steps the
+streams of up to BATCH_STREAMS packets' segments together, with the same result. Each packet
+stores a CRC-32 of its codes, so a damaged packet stops decoding with an error instead of noise.
 """
 from __future__ import annotations
 
@@ -179,6 +180,10 @@ class LiveModel:
 
     def push(self, codes: np.ndarray) -> None:
         self.state.push(codes[None])
+
+    def known(self, codes: np.ndarray) -> tp.Iterator[np.ndarray]:
+        for block in self.lm.known(codes):
+            yield from map(cumulative, block)
 
 
 class LMDecoder:

@@ -48,6 +48,10 @@ class FrequencyModel(tp.Protocol):
     def push(self, codes: np.ndarray) -> None:
         """The frame's codes [codebooks], just coded."""
 
+    def known(self, codes: np.ndarray) -> tp.Iterator[np.ndarray]:
+        """cumulative() of each frame of a fresh stream from position 0 fed `codes` [n,
+        codebooks], all known (an encoder's 48 kHz segment)."""
+
 
 class Uniform:
     """Coder 'raw': every code has frequency 2**14, so it costs exactly 10 bits."""
@@ -64,6 +68,9 @@ class Uniform:
 
     def push(self, codes: np.ndarray) -> None:
         pass
+
+    def known(self, codes: np.ndarray) -> tp.Iterator[np.ndarray]:
+        return (self._cum for _ in codes)
 
 
 def cumulative(freqs: np.ndarray) -> np.ndarray:
@@ -113,12 +120,14 @@ class Writer:
         self.fo.write(_CRC.pack(self.crc))
         self.crc, self.enc, self.sent, self.pending, self.block_frames = 0, ArithEncoder(), 0, None, 0
 
-    def _code(self, codes: np.ndarray) -> None:
-        cum = self.model.cumulative() if self._next is None else self._next
-        self._next = None
+    def _code(self, codes: np.ndarray, cum: tp.Optional[np.ndarray] = None) -> None:
+        """One frame, with the model's next frequencies (or `cum`, computed already)."""
+        if cum is None:
+            cum = self.model.cumulative() if self._next is None else self._next
+            self._next = None
+            self.model.push(codes)
         for k, c in enumerate(codes.tolist()):
             self.enc.encode(int(cum[k, c]), int(cum[k, c + 1] - cum[k, c]))
-        self.model.push(codes)
 
     def _ahead(self) -> None:
         """The next frame's frequencies, computed now, while the input is awaited, rather
@@ -159,9 +168,8 @@ class Writer:
         """48 kHz: one segment's frames [n, codebooks] and scale; its bytes go out as they
         settle, so that the decoder's LM runs along with the encoder's."""
         self._write(bytes([UNIT]) + _SEGMENT.pack(len(codes), scale))
-        self.model.start(0, len(codes))
-        for frame in codes:
-            self._code(frame)
+        for frame, cum in zip(codes, self.model.known(codes)):  # the LM in one pass: codes are known
+            self._code(frame, cum)
             self._emit()
             self.fo.flush()
         self.frames += len(codes)
