@@ -277,10 +277,14 @@ def gelu(h: np.ndarray) -> np.ndarray:
 def softmax_weights(scores: np.ndarray, axis: int) -> np.ndarray:
     """Attention weights in Q13 (rounded to nearest; they sum to at most 2**13 + n/2) of
     integer scores (int64, or float64 holding integers; -inf for a weight of 0)."""
-    t = np.minimum(_max(scores, axis=axis, keepdims=True) - scores, EXP_SIZE - 1)
-    e = np.take(exp_table(), t.astype(np.intp, copy=False))
-    inv = (1 << (EXP_BITS + ATT_BITS)) // _sum(e, axis=axis, keepdims=True)
-    return (e * inv + (1 << (EXP_BITS - 1))) >> EXP_BITS
+    t = np.subtract(_max(scores, axis=axis, keepdims=True), scores)
+    np.minimum(t, EXP_SIZE - 1, out=t)
+    w = np.take(exp_table(), t.astype(np.intp, copy=False))
+    inv = (1 << (EXP_BITS + ATT_BITS)) // _sum(w, axis=axis, keepdims=True)
+    w *= inv
+    w += 1 << (EXP_BITS - 1)
+    w >>= EXP_BITS
+    return w
 
 
 def frequencies(logits: np.ndarray) -> np.ndarray:
@@ -294,8 +298,10 @@ def frequencies(logits: np.ndarray) -> np.ndarray:
     logits = logits.reshape(-1, CARD)
     rows = np.arange(len(logits))
     top = logits.argmax(axis=1)
-    t = np.minimum(logits[rows, top][:, None] - logits, EXP_SIZE - 1)
-    e = np.take(exp_table(), t.astype(np.intp, copy=False))
-    g = (e * ((FREQ_TOTAL << 32) // _sum(e, axis=1, keepdims=True))) >> 32
+    t = np.subtract(logits[rows, top][:, None], logits)
+    np.minimum(t, EXP_SIZE - 1, out=t)
+    g = np.take(exp_table(), t.astype(np.intp, copy=False))
+    g *= (FREQ_TOTAL << 32) // _sum(g, axis=1, keepdims=True)
+    g >>= 32
     g[rows, top] += FREQ_TOTAL - _sum(g, axis=1)
     return g.reshape(shape)
