@@ -203,7 +203,7 @@ def _per_stream(mant: np.ndarray, exps: np.ndarray) -> tp.Tuple[np.ndarray, np.n
 class IntLMState:
     """`batch` independent streams of at most `frames` frames each, stepped together."""
 
-    SLACK = 64  # spare cache rows: the window moves back to the front once per SLACK steps
+    SLACK = 32  # spare cache rows: the window moves back to the front once per SLACK steps
 
     def __init__(self, lm: IntLM, n_q: int, batch: int, frames: int, first: tp.Optional[np.ndarray] = None):
         self.lm, self.n_q, self.batch = lm, n_q, batch

@@ -5,7 +5,7 @@ file decodes wherever it was not damaged. Every packet is coded on its own: each
 segments is a fresh LM stream (24 kHz: one per packet; 48 kHz: one per 1 s segment).
 Streams never interact. The encoder knows every code, so it runs the LM over each stream
 in one causal pass (IntLM.known); the decoder must step frame by frame, and steps the
-streams of up to BATCH_STREAMS packets' segments together, with the same result. Each packet
+streams of several packets together (BATCH_STREAMS), with the same result. Each packet
 stores a CRC-32 of its codes, so a damaged packet stops decoding with an error instead of noise.
 """
 from __future__ import annotations
@@ -30,7 +30,10 @@ from .intlm import PASS_BLOCK, IntLM
 
 _MODEL = constriction.stream.model.Categorical(perfect=False)
 Step = tp.Optional[tp.Callable[[int], None]]  # told of each step's frames, for progress
-BATCH_STREAMS = 24  # streams (24 kHz packets, 48 kHz segments) a decoder steps together: ~66 MB of state at 24 kHz
+# streams a decoder steps together; wider is faster per frame, but each holds its keys and
+# values: 24 kHz packets (a 263-frame window) 2.4 MB each, 48 kHz segments (150 frames) 1.5 MB.
+# 8 keeps a two-hour 24 kHz file within 500 MB.
+BATCH_STREAMS = {True: 8, False: 24}  # by spec.causal
 
 
 def load_lm(codec_name: str, weights: tp.Optional[Path], n_q: int, download_bars: bool = True
@@ -187,11 +190,10 @@ class LiveModel:
 
 
 class LMDecoder:
-    batch_streams = BATCH_STREAMS
-
     def __init__(self, lm: IntLM, spec: ModelSpec, n_q: int):
         self.lm, self.n_q = lm, n_q
         self.positions = spec.causal
+        self.batch_streams = BATCH_STREAMS[spec.causal]
 
     @classmethod
     def load(cls, spec: ModelSpec, header: Header, weights: tp.Optional[Path], download_bars: bool = True):
