@@ -66,8 +66,8 @@ def _compress(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions, progress
                     num_samples=None, source_num_samples=None, weights_fingerprint=codec.fingerprint,
                     lm_fingerprint=lm_fingerprint, source_bits=source.bits, tags=tuple(source.tags))
     counts = {"source": 0, "model": 0, "not_finite": 0}
-    # progress: reading and the codec's encoder, then the LM's coding, about as costly
-    coding_share = 0.5 if opts.lm and not opts.live else 0.0
+    # progress: reading and the codec's encoder, then the LM's coding, about a third as costly
+    coding_share = 0.25 if opts.lm and not opts.live else 0.0
 
     def source_blocks() -> tp.Iterator[np.ndarray]:
         for block in itertools.chain([first], blocks):
