@@ -83,10 +83,7 @@ class IntLM:
         frames, n_q = codes.shape
         self._check(n_q)
         heads = self.heads.first(n_q * CARD)
-        cache = [_KV(1, frames + 1) for _ in self.layers]  # row 0: the initial all-zero input
-        for layer, kv in zip(self.layers, cache):
-            (_, k, v), (_, ek, ev) = _split(layer[0], np.zeros((1, DIM), np.int64))
-            kv.put(slice(0, 1), k, ek, v, ev)
+        cache = [_KV(layer[0], 1, frames + 1) for layer in self.layers]
         tokens = np.concatenate([np.full((1, n_q), -1), codes.astype(np.int64)[:-1]]) + 1
         for s in range(0, frames, block):
             e = min(frames, s + block)
@@ -95,11 +92,10 @@ class IntLM:
             lo = max(0, s + 1 - self.past_context)      # the oldest row any frame here sees
             rows, cols = np.arange(s + 1, e + 1)[:, None], np.arange(lo, e + 1)[None]
             sees = (cols <= rows) & (cols >= rows - self.past_context)  # frame t's input is row t + 1
-            mask = np.where(sees, 0.0, -np.inf)
             for (qkv, out, norm1, lin1, lin2, norm2), kv in zip(self.layers, cache):
                 (q, k, v), (eq, ek, ev) = _split(qkv, x)
                 kv.put(slice(s + 1, e + 1), k, ek, v, ev)
-                x = norm1(x + out(kv.attend(q[None], eq[None], slice(lo, e + 1), sees, mask)[0]))
+                x = norm1(x + out(kv.attend(q[None], eq[None], slice(lo, e + 1), sees)[0]))
                 x = norm2(x + lin2(gelu(lin1(x))))
             yield frequencies(heads.rounded(x).reshape(e - s, n_q, CARD))
 
@@ -123,14 +119,17 @@ def _small_mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class _KV:
-    """Keys and values of one layer for `batch` streams: keys times their power of two,
-    transposed [B, H, 25, rows], and values as mantissas [B, H, rows, 25] (float32, exact)
-    with their exponents [B, H, rows]."""
+    """Keys and values of one layer (input projection `proj`) for `batch` streams: keys
+    times their power of two, transposed [B, H, 25, rows], and values as mantissas
+    [B, H, rows, 25] (float32, exact) with their exponents [B, H, rows]. Row 0 holds the
+    reference's initial past, one all-zero input."""
 
-    def __init__(self, batch: int, rows: int):
+    def __init__(self, proj: Linear, batch: int, rows: int):
         self.k = np.zeros((batch, HEADS, HEAD_DIM, rows), np.float32)
         self.v = np.zeros((batch, HEADS, rows, HEAD_DIM), np.float32)
         self.ev = np.zeros((batch, HEADS, rows), np.int64)
+        (_, k, v), (_, ek, ev) = _split(proj, np.zeros((1, DIM), np.int64))
+        self.put(slice(0, 1), k, ek, v, ev)  # the same for every stream
 
     def put(self, rows: slice, k: np.ndarray, ek: np.ndarray, v: np.ndarray, ev: np.ndarray) -> None:
         """Store keys and values ([B, H, R, 25] mantissas, [B, H, R] exponents) at `rows`."""
@@ -144,11 +143,10 @@ class _KV:
         for buf in (self.v, self.ev):
             buf[:, :, :stop - start] = buf[:, :, start:stop].copy()
 
-    def attend(self, q: np.ndarray, eq: np.ndarray, rows: slice, sees: tp.Optional[np.ndarray] = None,
-               mask: tp.Optional[np.ndarray] = None) -> np.ndarray:
+    def attend(self, q: np.ndarray, eq: np.ndarray, rows: slice, sees: tp.Optional[np.ndarray] = None
+               ) -> np.ndarray:
         """Attention output (Q10, [B, R, D]) of queries [B, H, R, 25] (exponents [B, H, R])
-        over the keys at `rows`. `sees` [R, L]: whether a query sees a key, and `mask`: 0 where
-        it does, -inf where not (None: all seen)."""
+        over the keys at `rows`; `sees` [R, L]: whether each query sees each key (None: all)."""
         # scaled so that the product is dots * 2**(eq + ek - 10), exactly: then round to Q10
         qs = np.ldexp(q.astype(np.float32), (eq - Q)[..., None].astype(np.int32))
         scores = _small_mm(qs, self.k[..., rows]).astype(np.float64)
@@ -156,7 +154,7 @@ class _KV:
         np.floor(scores, out=scores)                                         # exact integers
         ev = self.ev[:, :, None, rows]
         if sees is not None:
-            scores += mask                                                   # -inf: weight 0
+            scores += np.where(sees, 0.0, -np.inf)                          # -inf: weight 0
             ev = ev * sees
         w = softmax_weights(scores, axis=-1)                                 # Q13
         top = _max(ev, axis=-1, keepdims=True)
@@ -213,12 +211,8 @@ class IntLMState:
         self._pos, self._pos_block, self._frames = np.zeros((batch, 0, DIM), np.int32), -1, frames
         self.prev = np.zeros((batch, n_q), np.int64)
         self._codebooks = np.arange(n_q)[None]
-        self.cache = [_KV(batch, capacity) for _ in lm.layers]
+        self.cache = [_KV(layer[0], batch, capacity) for layer in lm.layers]
         self._heads = lm.heads.first(n_q * CARD)
-        zero = np.zeros((batch, DIM), np.int64)  # the reference's initial past: one zero row
-        for layer, kv in zip(lm.layers, self.cache):
-            (_, k, v), (_, ek, ev) = _split(layer[0], zero)
-            kv.put(slice(0, 1), *_per_stream(k, ek), *_per_stream(v, ev))
         self.window = Window(lm.past_context, capacity)
 
     def _position(self) -> np.ndarray:

@@ -123,11 +123,11 @@ class LMEncoder:
             coder = constriction.stream.queue.RangeEncoder()
             passes = [self.lm.known(stream, first) for stream in streams]
             for row, blocks in enumerate(itertools.zip_longest(*passes)):
-                # the same frames of every segment: coded in step order, frame by frame
+                # the same block of every segment's pass, its codes in the stepped order
                 live = [(j, g) for j, g in enumerate(blocks) if g is not None]
                 symbols = np.concatenate([streams[j][row * PASS_BLOCK:][:len(g)] for j, g in live])
-                freqs = np.concatenate([g for _, g in live]) if len(live) > 1 else live[0][1]
-                if len(live) > 1:
+                freqs = live[0][1] if len(live) == 1 else np.concatenate([g for _, g in live])
+                if len(live) > 1:  # 48 kHz: frame t of each segment in turn
                     lengths = np.array([len(g) for _, g in live])
                     t, i = np.nonzero(np.arange(lengths.max())[:, None] < lengths)
                     order = (np.cumsum(lengths) - lengths)[i] + t
