@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT / "scripts"))
 ENV1 = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-ECDC = [sys.executable, "-P", "-m", "encodec_cli"]  # -P: the encodec_cli on sys.path (PYTHONPATH), not the current folder's
+# -P: the encodec_cli on sys.path (PYTHONPATH), not the current folder's
+ECDC = [sys.executable, "-P", "-m", "encodec_cli"]
 
 
 def wav_head(rate: int, channels: int) -> bytes:
