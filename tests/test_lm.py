@@ -114,8 +114,8 @@ def test_integer_lm_follows_the_float_lm(name):
     assert np.mean(kl) < 1e-3, np.mean(kl)
 
 
-def _stepped(lm, codes, first):
-    state, out = lm.start(codes.shape[1], 1, len(codes), np.array([first])), []
+def _stepped(lm, codes, first, compiled=None):
+    state, out = lm.start(codes.shape[1], 1, len(codes), np.array([first]), compiled=compiled), []
     for frame in codes:
         out.append(state.step()[0])
         state.push(frame[None])
@@ -131,17 +131,38 @@ def _stepped(lm, codes, first):
 ])
 def test_one_pass_equals_stepping(name, n_q, frames, first):
     """The encoder's one causal pass over known codes (IntLM.known) gives exactly the
-    frequencies that stepping gives a decoder, in blocks of any size."""
+    frequencies that stepping gives a decoder, in blocks of any size; and the compiled
+    step (lmkernel.py) gives exactly numpy's."""
     lm = int_lm(name)
     rng = np.random.default_rng(n_q)
     codes = rng.integers(0, 1024, (frames, n_q))
     if n_q == 8:  # codes the model finds likely (sharp distributions), then noise
         codes[:200] = likely_codes(lm, n_q, 200, first=list(range(n_q)))
-    stepped = _stepped(lm, codes, first)
+    stepped = _stepped(lm, codes, first, compiled=False)
+    assert isinstance(lm.start(n_q, 1, 1, compiled=True), intlm.CompiledState)  # numba is installed
+    np.testing.assert_array_equal(_stepped(lm, codes, first, compiled=True), stepped)
     for block in (intlm.PASS_BLOCK, 64, frames):
         blocks = list(lm.known(codes, first, block))
         assert [len(b) for b in blocks[:-1]] == [block] * (len(blocks) - 1)
         np.testing.assert_array_equal(np.concatenate(blocks), stepped)
+
+
+def test_compiled_batches_equal_numpy_batches():
+    """Streams stepped together by the compiled kernel (4 rows at a time in its products,
+    then the rest) each get what numpy's step gives them, each from its own position;
+    its key/value ring wraps past the window, and short streams get a short ring."""
+    lm = int_lm("encodec_24khz")
+    rng = np.random.default_rng(5)
+    for batch, frames in ((7, 300), (2, 20)):
+        first = rng.integers(0, 1 << 30, batch)
+        states = [lm.start(4, batch, frames, first, compiled=c) for c in (False, True)]
+        assert states[1].rows == min(frames, lm.past_context) + 1
+        for t in range(frames):
+            a, b = (s.step() for s in states)
+            np.testing.assert_array_equal(a, b, err_msg=str(t))
+            codes = a.argmax(-1) if t % 3 else rng.integers(0, 1024, (batch, 4))
+            for s in states:
+                s.push(codes)
 
 
 def test_integer_square_root_is_exact():
@@ -330,6 +351,7 @@ for path in sys.argv[1:]:
         dec = LMDecoder(lm, SPECS[model], k)
         codes = np.concatenate(dec.decode_many(list(reader)))
         out[f"{path}:{threads}"] = hashlib.sha256(codes.astype(">u2").tobytes()).hexdigest()
+out["numba"] = "numba" in sys.modules  # files decode without it (its memory: IntLM.start)
 print(json.dumps(out))
 """
 
@@ -371,6 +393,7 @@ def test_files_decode_under_other_kernels_and_threads(kernels, portable_files):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     got = json.loads(p.stdout)
+    assert got["numba"] is False
     for path, digest in portable_files.items():
         for threads in (1, 2, 4):
             assert got[f"{path}:{threads}"] == digest, (kernels, path, threads)

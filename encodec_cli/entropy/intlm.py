@@ -67,15 +67,29 @@ class IntLM:
                 Linear(_np(w_1), _np(b_1), 9), Linear(_np(w_2), _np(b_2), 7),
                 LayerNorm(_np(w_n2), _np(b_n2))))
         self.heads = Linear.concat([Linear(_np(w.t()), _np(b[0]), 9) for w, b in zip(lm.head_w, lm.head_b)])
+        self._kernel_weights: tp.Dict[int, tp.Any] = {}
 
     def _check(self, n_q: int) -> None:
         if n_q > self.used:
             raise ValueError(f"this LM serves {self.used} codebooks, not {n_q}")
 
-    def start(self, n_q: int, batch: int, frames: int, first: tp.Optional[np.ndarray] = None) -> "IntLMState":
-        """`batch` fresh streams of at most `frames` frames, stream i at positions first[i]..."""
+    def start(self, n_q: int, batch: int, frames: int, first: tp.Optional[np.ndarray] = None,
+              compiled: bool = False) -> tp.Union["IntLMState", "CompiledState"]:
+        """`batch` fresh streams of at most `frames` frames, stream i at positions first[i]...
+
+        `compiled`: stepped by lmkernel.py's compiled function where numba can run (numpy
+        otherwise), with the same integers. It is 4x as fast for one stream (a live
+        stream), but numba costs about 140 MB of memory and 1 s of start-up a process."""
         self._check(n_q)
-        return IntLMState(self, n_q, batch, frames, first)
+        return (CompiledState if compiled and _have_numba() else IntLMState)(self, n_q, batch, frames, first)
+
+    def kernel_weights(self, n_q: int):
+        """The compiled kernel's arrays for the first `n_q` codebooks (built once)."""
+        from . import lmkernel
+
+        if n_q not in self._kernel_weights:
+            self._kernel_weights[n_q] = lmkernel.weights(self, n_q)
+        return self._kernel_weights[n_q]
 
     def known(self, codes: np.ndarray, first: int = 0, block: int = PASS_BLOCK) -> tp.Iterator[np.ndarray]:
         """The frequencies that stepping would give a stream fed `codes` [frames, n_q] from
@@ -198,6 +212,26 @@ def _per_stream(mant: np.ndarray, exps: np.ndarray) -> tp.Tuple[np.ndarray, np.n
     return mant.transpose(1, 0, 2)[:, :, None], exps.T[:, :, None]
 
 
+class Positions:
+    """Each of `batch` streams' position embedding at each step, stream i from position
+    first[i], from a table of POS_BLOCK steps (memory stays flat however long the streams)."""
+
+    def __init__(self, batch: int, frames: int, first: tp.Optional[np.ndarray] = None):
+        self.batch, self.frames = batch, frames
+        self.first = np.zeros(batch, np.int64) if first is None else np.asarray(first, np.int64)
+        self.table, self.block = np.zeros((batch, 0, DIM), np.int32), -1
+
+    def at(self, offset: int) -> np.ndarray:
+        """[batch, D] int32 at step `offset`."""
+        block, i = divmod(offset, POS_BLOCK)
+        if block != self.block:
+            count = min(POS_BLOCK, self.frames - block * POS_BLOCK)
+            steps = self.first[:, None] + block * POS_BLOCK + np.arange(count)
+            self.table = positions(steps.reshape(-1)).astype(np.int32).reshape(self.batch, count, DIM)
+            self.block = block
+        return self.table[:, i]
+
+
 class IntLMState:
     """`batch` independent streams of at most `frames` frames each, stepped together."""
 
@@ -207,30 +241,18 @@ class IntLMState:
         self.lm, self.n_q, self.batch = lm, n_q, batch
         capacity = min(lm.past_context, frames) + 1 + self.SLACK
         self.offset = 0
-        self._first = np.zeros(batch, np.int64) if first is None else np.asarray(first, np.int64)
-        self._pos, self._pos_block, self._frames = np.zeros((batch, 0, DIM), np.int32), -1, frames
+        self.positions = Positions(batch, frames, first)
         self.prev = np.zeros((batch, n_q), np.int64)
         self._codebooks = np.arange(n_q)[None]
         self.cache = [_KV(layer[0], batch, capacity) for layer in lm.layers]
         self._heads = lm.heads.first(n_q * CARD)
         self.window = Window(lm.past_context, capacity)
 
-    def _position(self) -> np.ndarray:
-        """Each stream's position embedding at this step, from a table of POS_BLOCK steps
-        (memory stays flat however long the streams)."""
-        block, i = divmod(self.offset, POS_BLOCK)
-        if block != self._pos_block:
-            count = min(POS_BLOCK, self._frames - block * POS_BLOCK)
-            steps = self._first[:, None] + block * POS_BLOCK + np.arange(count)
-            self._pos = positions(steps.reshape(-1)).astype(np.int32).reshape(self.batch, count, DIM)
-            self._pos_block = block
-        return self._pos[:, i]
-
     def step(self) -> np.ndarray:
         """Integer frequencies [batch, n_q, 1024] of the next frame (rows sum to 2**24 - 1024)."""
         lm = self.lm
         x = _sum(lm.emb[self._codebooks, self.prev], axis=1, dtype=np.int64)
-        x = lm.norm_in(x) + self._position()
+        x = lm.norm_in(x) + self.positions.at(self.offset)
         pos = self.window.slot(self._move)
         rows = slice(self.window.start, pos + 1)
         for (qkv, out, norm1, lin1, lin2, norm2), kv in zip(lm.layers, self.cache):
@@ -249,3 +271,46 @@ class IntLMState:
     def _move(self, start: int, stop: int) -> None:
         for kv in self.cache:
             kv.move(start, stop)
+
+
+def _have_numba() -> bool:
+    """Whether the compiled kernel can run here (numba installed, and a cache it can write:
+    numba refuses to define cached functions otherwise); numpy steps where it cannot."""
+    try:
+        from . import lmkernel  # noqa: F401
+    except (ImportError, RuntimeError):
+        return False
+    return True
+
+
+class CompiledState:
+    """The streams of IntLMState, stepped by lmkernel.py's compiled function: keys and
+    values in a ring of the window's rows (order does not change an exact sum)."""
+
+    def __init__(self, lm: IntLM, n_q: int, batch: int, frames: int, first: tp.Optional[np.ndarray] = None):
+        from . import lmkernel
+
+        self._kernel, self.n_q, self.batch = lmkernel, n_q, batch
+        self.weights = lm.kernel_weights(n_q)
+        self.positions = Positions(batch, frames, first)
+        self.rows = min(lm.past_context, frames) + 1
+        self.kv = lmkernel.cache(len(lm.layers), batch, HEADS, self.rows, HEAD_DIM)
+        for layer, (qkv, *_) in enumerate(lm.layers):  # row 0: the reference's all-zero input
+            (_, k, v), (_, ek, ev) = _split(qkv, np.zeros((1, DIM), np.int64))
+            for buf, part in zip(self.kv, (k, ek, v, ev)):
+                buf[layer, :, :, 0] = part[:, 0]
+        self.written, self.offset = 1, 0
+        self.tokens = np.zeros((batch, n_q), np.int64)
+
+    def step(self) -> np.ndarray:
+        """Integer frequencies [batch, n_q, 1024] of the next frame (rows sum to 2**24 - 1024)."""
+        out = np.empty((self.batch, self.n_q, CARD), np.int64)
+        self._kernel.step(self.weights, self.tokens, np.ascontiguousarray(self.positions.at(self.offset)), self.kv,
+                          self.written % self.rows, min(self.written + 1, self.rows), out)
+        self.written += 1
+        self.offset += 1
+        return out
+
+    def push(self, codes: np.ndarray) -> None:
+        """Feed the codes [batch, n_q] of the frame just coded."""
+        self.tokens = codes.astype(np.int64).reshape(self.batch, self.n_q) + 1

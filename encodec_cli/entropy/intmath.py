@@ -207,7 +207,7 @@ class Linear:
         # exactly, for every partial sum is a multiple of that power of two below 2**24 times it
         self.w = torch.from_numpy(np.ascontiguousarray(np.ldexp(q, shift[:, None]).T, np.float32))  # [in, out]
         self.bias = _rne(bias * (1 << Q)).astype(np.float64)  # integers, added exactly
-        self.in_bits = in_bits
+        self.shift, self.in_bits = shift, in_bits
 
     @staticmethod
     def concat(parts: tp.Sequence["Linear"]) -> "Linear":
@@ -215,6 +215,7 @@ class Linear:
         whole = object.__new__(Linear)
         whole.w = torch.cat([p.w for p in parts], dim=1)
         whole.bias = np.concatenate([p.bias for p in parts])
+        whole.shift = np.concatenate([p.shift for p in parts])
         whole.in_bits = parts[0].in_bits
         return whole
 
@@ -222,8 +223,13 @@ class Linear:
         """The same layer restricted to its first `rows` outputs."""
         part = object.__new__(Linear)
         part.w = self.w[:, :rows].contiguous()
-        part.bias, part.in_bits = self.bias[:rows], self.in_bits
+        part.bias, part.shift, part.in_bits = self.bias[:rows], self.shift[:rows], self.in_bits
         return part
+
+    def integers(self) -> tp.Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """q (int8 [out, in]), s_r and the bias (int64 [out])."""
+        q = np.ldexp(self.w.numpy().T.astype(np.float64), -self.shift[:, None])
+        return np.ascontiguousarray(q, np.int8), self.shift.copy(), self.bias.astype(np.int64)
 
     def rounded(self, x: np.ndarray) -> np.ndarray:
         """Q10 [rows, in] -> Q10 [rows, out] as float64 holding the integers exactly.

@@ -170,13 +170,13 @@ class LiveModel:
 
     def __init__(self, lm: IntLM, fingerprint: bytes, spec: ModelSpec, n_q: int):
         self.lm, self.fingerprint, self.n_q, self.positions = lm, fingerprint, n_q, spec.causal
-        self.start(0, 1)  # a first step builds the exact tables (~0.1 s): before the stream, not in it
+        self.start(0, 1)  # a first step builds the tables and loads the kernel: before the stream, not in it
         self.cumulative()
         self.state = None
 
     def start(self, position: int, frames: int) -> None:
         first = np.array([position if self.positions else 0], np.int64)
-        self.state = self.lm.start(self.n_q, 1, frames, first)
+        self.state = self.lm.start(self.n_q, 1, frames, first, compiled=True)  # latency: see IntLM.start
 
     def cumulative(self) -> np.ndarray:
         return cumulative(self.state.step()[0])
