@@ -22,6 +22,7 @@ from ..codec.lm import CARD, DIM, HEADS, LanguageModel
 from .intmath import (
     ACT_LIMIT,
     ATT_BITS,
+    POS_BITS,
     POS_BLOCK,
     LayerNorm,
     Linear,
@@ -285,14 +286,17 @@ def _have_numba() -> bool:
 
 class CompiledState:
     """The streams of IntLMState, stepped by lmkernel.py's compiled function: keys and
-    values in a ring of the window's rows (order does not change an exact sum)."""
+    values in a ring of the window's rows (order does not change an exact sum), each
+    step's position embeddings computed in the step (no table: no pause every POS_BLOCK)."""
 
     def __init__(self, lm: IntLM, n_q: int, batch: int, frames: int, first: tp.Optional[np.ndarray] = None):
         from . import lmkernel
 
         self._kernel, self.n_q, self.batch = lmkernel, n_q, batch
         self.weights = lm.kernel_weights(n_q)
-        self.positions = Positions(batch, frames, first)
+        self.first = np.zeros(batch, np.int64) if first is None else np.asarray(first, np.int64)
+        if len(self.first) and (self.first.min() < 0 or self.first.max() + frames > 1 << POS_BITS):
+            raise ValueError("position out of range")
         self.rows = min(lm.past_context, frames) + 1
         self.kv = lmkernel.cache(len(lm.layers), batch, HEADS, self.rows, HEAD_DIM)
         for layer, (qkv, *_) in enumerate(lm.layers):  # row 0: the reference's all-zero input
@@ -305,7 +309,7 @@ class CompiledState:
     def step(self) -> np.ndarray:
         """Integer frequencies [batch, n_q, 1024] of the next frame (rows sum to 2**24 - 1024)."""
         out = np.empty((self.batch, self.n_q, CARD), np.int64)
-        self._kernel.step(self.weights, self.tokens, np.ascontiguousarray(self.positions.at(self.offset)), self.kv,
+        self._kernel.step(self.weights, self.tokens, self.first + self.offset, self.kv,
                           self.written % self.rows, min(self.written + 1, self.rows), out)
         self.written += 1
         self.offset += 1

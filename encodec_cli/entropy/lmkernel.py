@@ -30,6 +30,7 @@ from .intmath import (
     Q,
     exp_table,
     gelu_table,
+    rotation_table,
 )
 
 _jit = nb.njit(cache=True, nogil=True)
@@ -212,13 +213,27 @@ def _frequencies(logits, table, out):
 
 
 @_jit
-def _step(tokens, pos, emb, norm_in, layers, heads, tables, cache, slot, n, out):
-    """One step of `batch` streams. tokens [B, n_q] (code + 1 of the previous frame), pos
-    [B, D] (Q10 position embeddings); the new keys and values go to ring row `slot`, and
-    attention covers rows 0 .. n - 1; out [B, n_q * 1024] gets the frequencies."""
+def _add_position(p, rot, x):
+    """x += intmath.positions([p]): rotate (2**30, 0) by R[j] for each set bit j of p."""
+    half = rot.shape[1]
+    for i in range(half):
+        c, s = np.int64(1 << 30), np.int64(0)
+        for j in range(rot.shape[0]):
+            if (p >> j) & 1:
+                rc, rs = rot[j, i, 0], rot[j, i, 1]
+                c, s = (c * rc - s * rs + (1 << 29)) >> 30, (s * rc + c * rs + (1 << 29)) >> 30
+        x[i] += (c + (1 << 19)) >> 20
+        x[half + i] += (s + (1 << 19)) >> 20
+
+
+@_jit
+def _step(tokens, positions, emb, norm_in, layers, heads, tables, cache, slot, n, out):
+    """One step of `batch` streams. tokens [B, n_q] (code + 1 of the previous frame),
+    positions [B]; the new keys and values go to ring row `slot`, and attention covers rows
+    0 .. n - 1; out [B, n_q * 1024] gets the frequencies."""
     (w_qkv, s_qkv, b_qkv, w_out, s_out, b_out, w_1, s_1, b_1, w_2, s_2, b_2, norms) = layers
     keys, key_exps, values, value_exps = cache
-    exp, gelu = tables
+    exp, gelu, rot = tables
     batch, n_q = tokens.shape
     dim, heads_n, width = emb.shape[2], keys.shape[2], keys.shape[4]
     x = np.zeros((batch, dim), np.int64)
@@ -227,7 +242,8 @@ def _step(tokens, pos, emb, norm_in, layers, heads, tables, cache, slot, n, out)
             for i in range(dim):
                 x[b, i] += emb[c, tokens[b, c], i]
     _layer_norm(x, norm_in[0], norm_in[1], x)
-    x += pos
+    for b in range(batch):
+        _add_position(positions[b], rot, x[b])
     qkv = np.empty((batch, 3 * dim), np.int64)
     att = np.empty((batch, dim), np.int64)
     y = np.empty((batch, dim), np.int64)
@@ -276,7 +292,7 @@ def weights(lm, n_q: int) -> Weights:
     heads = lm.heads.first(n_q * 1024).integers()
     return Weights(lm.emb, np.stack([lm.norm_in.gamma, lm.norm_in.beta]).astype(np.int64),
                    stack(0) + stack(1) + stack(3) + stack(4) + (norms,), heads,
-                   (exp_table(), gelu_table()))
+                   (exp_table(), gelu_table(), rotation_table()))
 
 
 def cache(layers: int, batch: int, heads: int, rows: int, width: int) -> tp.Tuple[np.ndarray, ...]:
@@ -285,6 +301,6 @@ def cache(layers: int, batch: int, heads: int, rows: int, width: int) -> tp.Tupl
             np.zeros((layers, batch, heads, rows, width), np.int16), np.zeros((layers, batch, heads, rows), np.int64))
 
 
-def step(w: Weights, tokens: np.ndarray, pos: np.ndarray, kv: tp.Tuple[np.ndarray, ...], slot: int, n: int,
+def step(w: Weights, tokens: np.ndarray, positions: np.ndarray, kv: tp.Tuple[np.ndarray, ...], slot: int, n: int,
          out: np.ndarray) -> None:
-    _step(tokens, pos, w.emb, w.norm_in, w.layers, w.heads, w.tables, kv, slot, n, out)
+    _step(tokens, positions, w.emb, w.norm_in, w.layers, w.heads, w.tables, kv, slot, n, out)
