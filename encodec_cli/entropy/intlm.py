@@ -24,6 +24,7 @@ from .intmath import (
     ATT_BITS,
     POS_BITS,
     POS_BLOCK,
+    QKV_BITS,
     LayerNorm,
     Linear,
     Q,
@@ -40,7 +41,7 @@ from .intmath import (
 
 HEAD_DIM = DIM // HEADS
 PASS_BLOCK = 75  # frames per block of the one-pass model: scores of [8, 75, 75 + 263]
-_QKV_BITS = np.array([9, 10, 10])  # mantissa bits of queries, keys and values per head
+_QKV_BITS = np.array(QKV_BITS)
 _MASKED = -(1 << 62)  # the score of a key outside a query's window: its weight is exactly 0
 
 

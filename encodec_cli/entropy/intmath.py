@@ -36,6 +36,7 @@ GELU_EDGE = 6 << Q         # beyond +-6: gelu(x) = x, or 0
 POS_BITS = 32              # positions 0 .. 2**32 - 1 (at 75 frames/s: 1.8 years)
 POS_BLOCK = 1024           # position embeddings computed this many steps at a time
 ACT_LIMIT = 1 << 20        # q, k, v saturate at +-2**20 (1024.0)
+QKV_BITS = (9, 10, 10)     # then per head, mantissa bits of queries, keys and values
 ATT_BITS = 13              # attention weights in Q13
 LN_INPUT_BITS = 17         # LayerNorm input is shifted down to below 2**17
 LN_EPS = 80 << 20          # eps 1e-5 in the integer LayerNorm's units: 1e-5 * 200**3 * 2**20

@@ -8,7 +8,8 @@ mantissas in a ring of the window's rows (attention is a sum of exact integers, 
 order of the rows does not matter). tests/test_lm.py checks it against the numpy step.
 
 Compiled once per machine and cached (numba's cache: next to this file, or the user's
-cache folder); `import numba` is paid only by the LM coder.
+cache folder). Only live streams use it (IntLM.start, compiled=True): numba costs a
+process about 140 MB of memory and 1 s of start-up.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from .intmath import (
     GELU_STEP,
     LN_EPS,
     LN_INPUT_BITS,
+    QKV_BITS,
     Q,
     exp_table,
     gelu_table,
@@ -34,7 +36,6 @@ from .intmath import (
 )
 
 _jit = nb.njit(cache=True, nogil=True)
-_QKV_BITS = (9, 10, 10)  # as intlm._QKV_BITS: mantissa bits of queries, keys, values
 
 
 @_jit
@@ -227,10 +228,11 @@ def _add_position(p, rot, x):
 
 
 @_jit
-def _step(tokens, positions, emb, norm_in, layers, heads, tables, cache, slot, n, out):
+def _step(tokens, positions, emb, norm_in, layers, heads, bits, tables, cache, slot, n, out):
     """One step of `batch` streams. tokens [B, n_q] (code + 1 of the previous frame),
     positions [B]; the new keys and values go to ring row `slot`, and attention covers rows
-    0 .. n - 1; out [B, n_q * 1024] gets the frequencies."""
+    0 .. n - 1; out [B, n_q, 1024] gets the frequencies. bits: the input bits of the
+    layers' products (qkv, out, lin1, lin2, heads)."""
     (w_qkv, s_qkv, b_qkv, w_out, s_out, b_out, w_1, s_1, b_1, w_2, s_2, b_2, norms) = layers
     keys, key_exps, values, value_exps = cache
     exp, gelu, rot = tables
@@ -251,24 +253,24 @@ def _step(tokens, positions, emb, norm_in, layers, heads, tables, cache, slot, n
     q = np.empty((heads_n, width), np.int16)
     eq = np.empty(heads_n, np.int64)
     for layer in range(w_qkv.shape[0]):
-        _linear(x, w_qkv[layer], s_qkv[layer], b_qkv[layer], 9, qkv)
+        _linear(x, w_qkv[layer], s_qkv[layer], b_qkv[layer], bits[0], qkv)
         for b in range(batch):
-            _split(qkv[b, :dim], q, eq, _QKV_BITS[0])
-            _split(qkv[b, dim:2 * dim], keys[layer, b, :, slot], key_exps[layer, b, :, slot], _QKV_BITS[1])
-            _split(qkv[b, 2 * dim:], values[layer, b, :, slot], value_exps[layer, b, :, slot], _QKV_BITS[2])
+            _split(qkv[b, :dim], q, eq, QKV_BITS[0])
+            _split(qkv[b, dim:2 * dim], keys[layer, b, :, slot], key_exps[layer, b, :, slot], QKV_BITS[1])
+            _split(qkv[b, 2 * dim:], values[layer, b, :, slot], value_exps[layer, b, :, slot], QKV_BITS[2])
             _attend(q, eq, keys[layer, b], key_exps[layer, b], values[layer, b], value_exps[layer, b],
                     n, exp, att[b])
-        _linear(att, w_out[layer], s_out[layer], b_out[layer], 9, y)
+        _linear(att, w_out[layer], s_out[layer], b_out[layer], bits[1], y)
         x += y
         _layer_norm(x, norms[layer, 0], norms[layer, 1], x)
-        _linear(x, w_1[layer], s_1[layer], b_1[layer], 9, hidden)
+        _linear(x, w_1[layer], s_1[layer], b_1[layer], bits[2], hidden)
         _gelu(hidden, gelu)
-        _linear(hidden, w_2[layer], s_2[layer], b_2[layer], 7, y)
+        _linear(hidden, w_2[layer], s_2[layer], b_2[layer], bits[3], y)
         x += y
         _layer_norm(x, norms[layer, 2], norms[layer, 3], x)
     w_h, s_h, b_h = heads
     logits = np.empty((batch, w_h.shape[0]), np.int64)
-    _linear(x, w_h, s_h, b_h, 9, logits)
+    _linear(x, w_h, s_h, b_h, bits[4], logits)
     _frequencies(logits.reshape(-1, out.shape[-1]), exp, out.reshape(-1, out.shape[-1]))
 
 
@@ -278,6 +280,7 @@ class Weights(tp.NamedTuple):
     norm_in: np.ndarray
     layers: tuple
     heads: tuple
+    bits: tp.Tuple[int, ...]
     tables: tuple
 
 
@@ -290,8 +293,9 @@ def weights(lm, n_q: int) -> Weights:
     norms = np.stack([np.stack([layer[2].gamma, layer[2].beta, layer[5].gamma, layer[5].beta])
                       for layer in lm.layers]).astype(np.int64)
     heads = lm.heads.first(n_q * 1024).integers()
+    bits = tuple(lm.layers[0][i].in_bits for i in (0, 1, 3, 4)) + (lm.heads.in_bits,)
     return Weights(lm.emb, np.stack([lm.norm_in.gamma, lm.norm_in.beta]).astype(np.int64),
-                   stack(0) + stack(1) + stack(3) + stack(4) + (norms,), heads,
+                   stack(0) + stack(1) + stack(3) + stack(4) + (norms,), heads, bits,
                    (exp_table(), gelu_table(), rotation_table()))
 
 
@@ -303,4 +307,4 @@ def cache(layers: int, batch: int, heads: int, rows: int, width: int) -> tp.Tupl
 
 def step(w: Weights, tokens: np.ndarray, positions: np.ndarray, kv: tp.Tuple[np.ndarray, ...], slot: int, n: int,
          out: np.ndarray) -> None:
-    _step(tokens, positions, w.emb, w.norm_in, w.layers, w.heads, w.tables, kv, slot, n, out)
+    _step(tokens, positions, w.emb, w.norm_in, w.layers, w.heads, w.bits, w.tables, kv, slot, n, out)
