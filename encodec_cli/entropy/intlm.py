@@ -13,6 +13,7 @@ They agree because every layer works row by row and every sum is an integer that
 """
 from __future__ import annotations
 
+import functools
 import typing as tp
 
 import numpy as np
@@ -275,6 +276,7 @@ class IntLMState:
             kv.move(start, stop)
 
 
+@functools.lru_cache(maxsize=None)  # once a process: a failed import is not remembered
 def _have_numba() -> bool:
     """Whether the compiled kernel can run here (numba installed, and a cache it can write:
     numba refuses to define cached functions otherwise); numpy steps where it cannot."""

@@ -48,6 +48,14 @@ def _excess(m, bits):
 
 
 @_jit
+def _max_abs(v):
+    m = np.int64(0)
+    for i in range(v.shape[0]):
+        m = max(m, abs(v[i]))
+    return m
+
+
+@_jit
 def _round_scaled(acc, k):
     """floor(acc * 2**k + 1/2) for |acc| < 2**40."""
     if k >= 0:
@@ -73,10 +81,7 @@ def _linear(x, w, s, b, in_bits, out):
     xq = np.empty((rows, width), np.int16)
     es = np.empty(rows, np.int64)
     for r in range(rows):
-        m = np.int64(0)
-        for i in range(width):
-            m = max(m, abs(x[r, i]))
-        e = _excess(m, in_bits)
+        e = _excess(_max_abs(x[r]), in_bits)
         half = (np.int64(1) << e) >> 1
         for i in range(width):
             xq[r, i] = (x[r, i] + half) >> e
@@ -116,10 +121,7 @@ def _layer_norm(x, gamma, beta, out):
     rows, dim = x.shape
     c = np.empty(dim, np.int64)
     for r in range(rows):
-        m = np.int64(0)
-        for i in range(dim):
-            m = max(m, abs(x[r, i]))
-        e = _excess(m, LN_INPUT_BITS)
+        e = _excess(_max_abs(x[r]), LN_INPUT_BITS)
         total = np.int64(0)
         for i in range(dim):
             total += x[r, i] >> e
