@@ -122,3 +122,63 @@ def test_tiny_inputs_match_whole_file_rule(codecs, length):
         ref = codec.model.quantizer.encode(codec.model.encoder(torch.from_numpy(wav)[None]),
                                            codec.spec.n_q)[0].T.numpy()
     np.testing.assert_array_equal(codes, ref)
+
+
+def test_few_column_products_match_blas():
+    """fewkernel's products (live steps of 1-3 frames) equal BLAS's to float32 rounding;
+    wider inputs are left to BLAS."""
+    from encodec_cli.codec import products
+
+    fk = products._fewkernel()
+    if fk is None:
+        pytest.skip("numba cannot run here")
+    rng = np.random.default_rng(5)
+    for m, n in [(2048, 512), (512, 4096), (7, 3)]:
+        w = torch.from_numpy(rng.standard_normal((m, n), dtype=np.float32))
+        b = torch.from_numpy(rng.standard_normal(m, dtype=np.float32))
+        for t in (1, 2, 3):
+            x = torch.from_numpy(rng.standard_normal((t, n), dtype=np.float32))
+            exact = x.double() @ w.double().t() + b.double()
+            out = np.zeros((t, m), np.float32)
+            fk.affine(w.numpy(), x.numpy(), b.numpy(), out)
+            assert (torch.from_numpy(out).double() - exact).abs().max() <= 1e-6 * n ** 0.5 * exact.abs().max()
+            assert torch.equal(products.rows(w, b, x), torch.from_numpy(out))
+            assert torch.equal(products.rows(w, None, x), products.rows(w, torch.zeros(m), x))
+    x = torch.from_numpy(rng.standard_normal((4, n), dtype=np.float32))
+    assert torch.equal(products.rows(w, b, x), torch.addmm(b, x, w.t()))  # BLAS's own
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["fewkernel", "blas"])
+def test_live_steps_give_the_golden_codes_and_audio(codecs, kernel, monkeypatch):
+    """Live steps (20 ms blocks in; one or two frames at a time out) give the reference's
+    codes and its audio within 1e-4, with fewkernel's products and without numba."""
+    from encodec_cli.codec import products
+
+    frames = 225  # 3 s: the causal networks' first frames do not depend on what follows
+    calls = []
+    if kernel:
+        fk = products._fewkernel()
+        if fk is None:
+            pytest.skip("numba cannot run here")
+        affine = fk.affine
+        monkeypatch.setattr(fk, "affine", lambda *a: (calls.append(len(a[1])), affine(*a)))
+    else:
+        monkeypatch.setattr(products, "_fewkernel", lambda: None)
+    gold = np.load(GOLDEN / "encodec_24khz.npz")
+    codec = codecs["encodec_24khz"]
+    wav = sf.read(shared_audio(RECORDINGS["encodec_24khz"]), dtype="float32", always_2d=True)[0].T
+    wav = np.ascontiguousarray(wav[:, :frames * 320])
+    packets = [p for p, _ in C.encode_live(codec, [wav[:, i:i + 480] for i in range(0, wav.shape[1], 480)],
+                                           codec.spec.n_q)]
+    assert {len(p.codes) for p in packets[1:-1]} == {1, 2}  # the first waits for its padding
+    codes = np.concatenate([p.codes for p in packets])[:frames - 2]
+    assert (codes == gold["codes"][:frames - 2]).mean() >= 0.999
+    stride, n = int(gold["stride"]), (frames - 1) * 320
+    for bw in (1.5, 24.0):
+        n_q = codec.spec.codebooks_for(bw)
+        live = [C.CodePacket(gold["codes"][j:k, :n_q])  # frames 1 then 2 at a time, as live
+                for s in range(0, frames, 3) for j, k in ((s, s + 1), (s + 1, s + 3))]
+        audio = np.concatenate(list(C.decode(codec, live, live=True)), -1)
+        err = np.abs(audio[:, :n:stride] - gold[f"audio_{bw:g}"][:, :-(-n // stride)]).max()
+        assert err <= 1e-4, f"{bw} kbps: max error {err}"
+    assert not kernel or {1, 2} <= set(calls)

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..specs import SPECS, ModelSpec
+from .products import columns, rows
 
 # ---------------------------------------------------------------- padding rules
 
@@ -80,14 +81,6 @@ class _NormConv(nn.Module):
         return self._modules[self._pname]
 
 
-def _product(w: torch.Tensor, x: torch.Tensor, live: bool) -> torch.Tensor:
-    """w [m, n] @ x [B, n, t]. Live, with a few columns, as (x^T w^T)^T: CPU BLAS takes
-    5-15x longer for w @ x with 2-8 columns than for one (measured with MKL, one thread)."""
-    if live and 1 < x.shape[-1] <= 8:
-        return torch.matmul(x.transpose(1, 2), w.t()).transpose(1, 2)
-    return torch.matmul(w, x)
-
-
 class SConv1d(nn.Module):
     """Conv1d with the reference's padding rules; streams when causal."""
 
@@ -116,9 +109,9 @@ class SConv1d(nn.Module):
             # ~10x faster than the conv kernel
             cols = x.unfold(-1, k, self.stride)  # [B, cin, T, k]
             cols = cols.permute(0, 1, 3, 2).reshape(x.shape[0], cin * k, -1)
-            y = _product(p.weight.view(cout, cin * k), cols, self.live).add_(p.bias[:, None])
+            y = columns(p.weight.view(cout, cin * k), p.bias, cols, self.live)
         elif self.live and k == 1 and self.stride == 1:
-            y = _product(p.weight[:, :, 0], x, True).add_(p.bias[:, None])
+            y = columns(p.weight.view(cout, cin), p.bias, x, True)
         else:
             y = F.conv1d(x, p.weight, p.bias, self.stride, 0, self.dilation)
         if self.conv.norm is not None:
@@ -146,6 +139,8 @@ class SConv1d(nn.Module):
 
     def step(self, x: torch.Tensor, final: bool) -> torch.Tensor:
         assert self.causal
+        if self.k_eff == 1 and self.stride == 1:  # no state: the same as forward
+            return self._conv(x) if x.shape[-1] else self._nothing(x)
         pt = self.padding_total
         self._total += x.shape[-1]
         buf = x if self._buf is None else torch.cat([self._buf, x], -1)
@@ -180,6 +175,7 @@ class SConvTranspose1d(nn.Module):
         super().__init__()
         self.convtr = _NormConv((cin, cout, kernel_size), cout, norm, transposed=True)
         self.kernel_size, self.stride, self.causal = kernel_size, stride, causal
+        self._w_rows: tp.Optional[torch.Tensor] = None
         self.reset()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -217,7 +213,9 @@ class SConvTranspose1d(nn.Module):
         t, s = x.shape[-1], self.stride
         if k % s:
             return F.conv_transpose1d(x, w, None, s)
-        taps = torch.matmul(x[0].t(), w.reshape(cin, cout * k)).reshape(t, cout, k)  # [t, cout, k]
+        if self._w_rows is None:  # [cout * k, cin]: a row per output tap, for fewkernel
+            self._w_rows = w.reshape(cin, cout * k).t().contiguous()
+        taps = rows(self._w_rows, None, x[0].t()).reshape(t, cout, k)  # [t, cout, k]
         y = x.new_zeros(1, cout, (t - 1) * s + k)
         for j in range(0, k, s):  # tap block j of input i lands at i*s + j
             y[0, :, j:j + t * s] += taps[:, :, j:j + s].permute(1, 0, 2).reshape(cout, t * s)
@@ -263,12 +261,12 @@ class SLSTM(nn.Module):
         hs, cs = [], []
         for i in range(layers):
             h, c = self._state[0][i], self._state[1][i]
-            gates_x = torch.addmm(getattr(lstm, f"bias_ih_l{i}") + getattr(lstm, f"bias_hh_l{i}"),
-                                  x.reshape(-1, x.shape[-1]), getattr(lstm, f"weight_ih_l{i}").t())
-            w_hh = getattr(lstm, f"weight_hh_l{i}").t()
+            w_ih, w_hh = getattr(lstm, f"weight_ih_l{i}"), getattr(lstm, f"weight_hh_l{i}")
+            bias = getattr(lstm, f"bias_ih_l{i}") + getattr(lstm, f"bias_hh_l{i}")
+            gates_x = rows(w_ih, bias, x.reshape(-1, x.shape[-1]))
             out = []
             for t in range(x.shape[0]):
-                gi, gf, gg, go = torch.addmm(gates_x[t:t + 1], h, w_hh).chunk(4, 1)
+                gi, gf, gg, go = rows(w_hh, gates_x[t], h).chunk(4, 1)
                 c = torch.sigmoid(gf) * c + torch.sigmoid(gi) * torch.tanh(gg)
                 h = torch.sigmoid(go) * torch.tanh(c)
                 out.append(h)
