@@ -148,6 +148,23 @@ def test_few_column_products_match_blas():
     assert torch.equal(products.rows(w, b, x), torch.addmm(b, x, w.t()))  # BLAS's own
 
 
+def test_live_quantizer_gives_the_codes_of_file_mode(codecs, monkeypatch):
+    """fewkernel's nearest codewords (a live step's quantizer) are the reference rule's."""
+    from encodec_cli.codec import products
+
+    q = codecs["encodec_24khz"].model.quantizer
+    emb = torch.from_numpy(np.random.default_rng(6).standard_normal((1, 128, 40), dtype=np.float32))
+    calls: list = []  # without numba: the torch rule itself
+    with torch.inference_mode():
+        ref = q.encode(emb, 32)[0].t().numpy()
+        for n_q in (32, 8, 2):
+            if products._fewkernel() is not None:
+                assert np.array_equal(q.encode_few(emb, n_q), ref[:, :n_q])
+            assert q.encode_few(emb[..., :0], n_q).shape == (0, n_q)
+        monkeypatch.setattr(products, "_fewkernel", lambda: calls.append(1))
+        assert np.array_equal(q.encode_few(emb, 8), ref[:, :8]) and calls == [1]
+
+
 @pytest.mark.parametrize("kernel", [True, False], ids=["fewkernel", "blas"])
 def test_live_steps_give_the_golden_codes_and_audio(codecs, kernel, monkeypatch):
     """Live steps (20 ms blocks in; one or two frames at a time out) give the reference's

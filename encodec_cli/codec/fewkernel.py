@@ -48,3 +48,30 @@ def affine(w, x, b, out):
             out[1, i] = a1 + b[i]
         if t > 2:
             out[2, i] = a2 + b[i]
+
+
+@_jit
+def nearest(embed, embed_sq, x, codes):
+    """Residual vector quantization of rows x [t, d] by codebooks embed [n_q, bins, d]
+    (embed_sq [n_q, bins]: their squared norms): codes [t, n_q], each the first codeword
+    of least (|r|^2 - 2 r.e) + |e|^2 for the residual r left by the codebooks before it."""
+    t, d = x.shape
+    n_q, bins = embed_sq.shape
+    r = np.empty(d, np.float32)
+    for row in range(t):
+        r[:] = x[row]
+        for q in range(n_q):
+            rr = np.float32(0)
+            for j in range(d):
+                rr += r[j] * r[j]
+            best, arg = np.float32(np.inf), 0
+            for c in range(bins):
+                dot = np.float32(0)
+                for j in range(d):
+                    dot += r[j] * embed[q, c, j]
+                dist = (np.float32(-2) * dot + rr) + embed_sq[q, c]
+                if dist < best:
+                    best, arg = dist, c
+            codes[row, q] = arg
+            for j in range(d):
+                r[j] -= embed[q, arg, j]

@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 from ..specs import SPECS, ModelSpec
 from .products import columns, rows
+from .quantizer import ResidualVectorQuantizer, _Codebook
 
 # ---------------------------------------------------------------- padding rules
 
@@ -361,65 +362,6 @@ class SEANetDecoder(_Streamable):
             mult //= 2
         layers += [nn.ELU(), SConv1d(n, spec.channels, 7, causal=c, norm=norm)]
         self.model = nn.Sequential(*layers)
-
-
-class _Codebook(nn.Module):
-    def __init__(self, dim: int, bins: int):
-        super().__init__()
-        self.register_buffer("inited", torch.ones(1))
-        self.register_buffer("cluster_size", torch.zeros(bins))
-        self.register_buffer("embed", torch.zeros(bins, dim))
-        self.register_buffer("embed_avg", torch.zeros(bins, dim))
-
-    def fold(self) -> None:
-        # training statistics are not needed for coding
-        del self.inited, self.cluster_size, self.embed_avg
-        self.embed_t = self.embed.t().contiguous()
-        self.embed_sq = self.embed_t.pow(2).sum(0, keepdim=True)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        # The reference takes argmax of -(|x|^2 - 2 x.e + |e|^2). The same operations in
-        # the same order, in place: (-2 x.e) + |x|^2 equals |x|^2 - 2 x.e exactly, and
-        # argmin of d equals argmax of -d, first index on ties for both.
-        d = torch.mm(x, self.embed_t).mul_(-2).add_(x.pow(2).sum(1, keepdim=True))
-        return d.add_(self.embed_sq).min(dim=-1).indices
-
-
-class _VQ(nn.Module):
-    def __init__(self, dim: int, bins: int):
-        super().__init__()
-        self._codebook = _Codebook(dim, bins)
-
-
-class _RVQ(nn.Module):
-    def __init__(self, dim: int, bins: int, n_q: int):
-        super().__init__()
-        self.layers = nn.ModuleList([_VQ(dim, bins) for _ in range(n_q)])
-
-
-class ResidualVectorQuantizer(nn.Module):
-    def __init__(self, spec: ModelSpec):
-        super().__init__()
-        self.vq = _RVQ(spec.dimension, spec.bins, spec.n_q)
-
-    def encode(self, emb: torch.Tensor, n_q: int) -> torch.Tensor:
-        """[B, D, T] embeddings -> [B, K, T] codes."""
-        B, D, T = emb.shape
-        residual = emb.transpose(1, 2).reshape(B * T, D)
-        codes = []
-        for layer in self.vq.layers[:n_q]:
-            cb = layer._codebook
-            idx = cb.encode(residual)
-            residual = residual - F.embedding(idx, cb.embed)
-            codes.append(idx)
-        return torch.stack(codes).view(n_q, B, T).transpose(0, 1)
-
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """[B, K, T] codes -> [B, D, T] embeddings."""
-        out = torch.tensor(0.0)
-        for k in range(codes.shape[1]):
-            out = out + F.embedding(codes[:, k], self.vq.layers[k]._codebook.embed)
-        return out.transpose(1, 2)
 
 
 class EncodecModel(nn.Module):

@@ -120,14 +120,15 @@ def encode_live(codec: Codec, blocks: tp.Iterable[np.ndarray], n_q: int
         return
     enc = model.encoder
     with live_steps(codec):
-        enc.step(torch.zeros(1, spec.channels, 4 * spec.hop_length), final=False)  # first-call costs, now
+        model.quantizer.encode_few(enc.step(torch.zeros(1, spec.channels, 8 * spec.hop_length), final=False),
+                                   n_q)  # first-call costs, now
         enc.reset()
         for block in blocks:
             emb = enc.step(torch.from_numpy(np.ascontiguousarray(block))[None], final=False)
             if emb.shape[-1]:
-                yield CodePacket(_codes(model, emb, n_q)), False
+                yield CodePacket(model.quantizer.encode_few(emb, n_q).astype(np.uint16)), False
         emb = enc.step(torch.zeros(1, spec.channels, 0), final=True)
-    yield CodePacket(_codes(model, emb, n_q) if emb.shape[-1] else np.zeros((0, n_q), np.uint16)), True
+    yield CodePacket(model.quantizer.encode_few(emb, n_q).astype(np.uint16)), True
 
 
 def _encode_segments(model, blocks, n_q, batch_size: int = SEGMENT_BATCH) -> tp.Iterator[CodePacket]:

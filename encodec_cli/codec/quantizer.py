@@ -1,0 +1,86 @@
+"""EnCodec's residual vector quantizer, named as in the checkpoints."""
+from __future__ import annotations
+
+import typing as tp
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..specs import ModelSpec
+from . import products
+
+
+class _Codebook(nn.Module):
+    def __init__(self, dim: int, bins: int):
+        super().__init__()
+        self.register_buffer("inited", torch.ones(1))
+        self.register_buffer("cluster_size", torch.zeros(bins))
+        self.register_buffer("embed", torch.zeros(bins, dim))
+        self.register_buffer("embed_avg", torch.zeros(bins, dim))
+
+    def fold(self) -> None:
+        # training statistics are not needed for coding
+        del self.inited, self.cluster_size, self.embed_avg
+        self.embed_t = self.embed.t().contiguous()
+        self.embed_sq = self.embed_t.pow(2).sum(0, keepdim=True)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        # The reference takes argmax of -(|x|^2 - 2 x.e + |e|^2). The same operations in
+        # the same order, in place: (-2 x.e) + |x|^2 equals |x|^2 - 2 x.e exactly, and
+        # argmin of d equals argmax of -d, first index on ties for both.
+        d = torch.mm(x, self.embed_t).mul_(-2).add_(x.pow(2).sum(1, keepdim=True))
+        return d.add_(self.embed_sq).min(dim=-1).indices
+
+
+class _VQ(nn.Module):
+    def __init__(self, dim: int, bins: int):
+        super().__init__()
+        self._codebook = _Codebook(dim, bins)
+
+
+class _RVQ(nn.Module):
+    def __init__(self, dim: int, bins: int, n_q: int):
+        super().__init__()
+        self.layers = nn.ModuleList([_VQ(dim, bins) for _ in range(n_q)])
+
+
+class ResidualVectorQuantizer(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.vq = _RVQ(spec.dimension, spec.bins, spec.n_q)
+        self._stacked: tp.Dict[int, tp.Tuple[np.ndarray, np.ndarray]] = {}  # encode_few's codebooks
+
+    def encode(self, emb: torch.Tensor, n_q: int) -> torch.Tensor:
+        """[B, D, T] embeddings -> [B, K, T] codes."""
+        B, D, T = emb.shape
+        residual = emb.transpose(1, 2).reshape(B * T, D)
+        codes = []
+        for layer in self.vq.layers[:n_q]:
+            cb = layer._codebook
+            idx = cb.encode(residual)
+            residual = residual - F.embedding(idx, cb.embed)
+            codes.append(idx)
+        return torch.stack(codes).view(n_q, B, T).transpose(0, 1)
+
+    def encode_few(self, emb: torch.Tensor, n_q: int) -> np.ndarray:
+        """A live step's [1, D, T] embeddings -> codes [T, n_q] (int64): by fewkernel where
+        numba runs (its sums reassociated: the last bits differ, as between BLAS builds)."""
+        kernel = products._fewkernel()
+        if kernel is None:
+            return self.encode(emb, n_q)[0].t().numpy()
+        if n_q not in self._stacked:  # [n_q, bins, D] and [n_q, bins], once
+            cbs = [layer._codebook for layer in self.vq.layers[:n_q]]
+            self._stacked[n_q] = (torch.stack([cb.embed for cb in cbs]).numpy(),
+                                  torch.cat([cb.embed_sq for cb in cbs]).numpy())
+        codes = np.empty((emb.shape[-1], n_q), np.int64)
+        kernel.nearest(*self._stacked[n_q], np.ascontiguousarray(emb[0].t().numpy()), codes)
+        return codes
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """[B, K, T] codes -> [B, D, T] embeddings."""
+        out = torch.tensor(0.0)
+        for k in range(codes.shape[1]):
+            out = out + F.embedding(codes[:, k], self.vq.layers[k]._codebook.embed)
+        return out.transpose(1, 2)
