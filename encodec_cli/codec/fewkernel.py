@@ -75,3 +75,29 @@ def nearest(embed, embed_sq, x, codes):
             codes[row, q] = arg
             for j in range(d):
                 r[j] -= embed[q, arg, j]
+
+
+@_jit
+def _sigmoid(v):
+    return np.float32(1) / (np.float32(1) + np.exp(-v))
+
+
+@_jit
+def lstm(w_ih, w_hh, bias, x, h, c, out):
+    """A stacked LSTM over frames x [t, d] of one stream, in torch's gate order (i, f, g, o):
+    per layer w_ih, w_hh [4d, d] and bias [4d] (b_ih + b_hh), tuples over the layers; the
+    state h, c [layers, d] is updated in place; out [t, d] gets the last layer's outputs."""
+    t, d = x.shape
+    out[:] = x
+    gx = np.empty((t, 4 * d), np.float32)
+    g = np.empty((1, 4 * d), np.float32)
+    for layer in range(len(w_ih)):
+        for s in range(0, t, FEW):
+            e = min(t, s + FEW)
+            affine(w_ih[layer], out[s:e], bias[layer], gx[s:e])
+        for j in range(t):
+            affine(w_hh[layer], h[layer:layer + 1], gx[j], g)
+            for i in range(d):
+                c[layer, i] = _sigmoid(g[0, d + i]) * c[layer, i] + _sigmoid(g[0, i]) * np.tanh(g[0, 2 * d + i])
+                h[layer, i] = _sigmoid(g[0, 3 * d + i]) * np.tanh(c[layer, i])
+            out[j] = h[layer]

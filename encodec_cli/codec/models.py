@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..specs import SPECS, ModelSpec
+from . import products
 from .products import columns, rows
 from .quantizer import ResidualVectorQuantizer, _Codebook
 
@@ -216,7 +217,7 @@ class SConvTranspose1d(nn.Module):
             return F.conv_transpose1d(x, w, None, s)
         if self._w_rows is None:  # [cout * k, cin]: a row per output tap, for fewkernel
             self._w_rows = w.reshape(cin, cout * k).t().contiguous()
-        taps = rows(self._w_rows, None, x[0].t()).reshape(t, cout, k)  # [t, cout, k]
+        taps = rows(self._w_rows, None, x[0].t(), w.reshape(cin, cout * k)).reshape(t, cout, k)  # [t, cout, k]
         y = x.new_zeros(1, cout, (t - 1) * s + k)
         for j in range(0, k, s):  # tap block j of input i lands at i*s + j
             y[0, :, j:j + t * s] += taps[:, :, j:j + s].permute(1, 0, 2).reshape(cout, t * s)
@@ -232,6 +233,7 @@ class SLSTM(nn.Module):
     def __init__(self, dim: int, num_layers: int = 2):
         super().__init__()
         self.lstm = nn.LSTM(dim, dim, num_layers)
+        self._weights: tp.Optional[tuple] = None  # fewkernel's arrays, made at the first live step
         self.reset()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -259,6 +261,17 @@ class SLSTM(nn.Module):
         if self._state is None:
             zero = x.new_zeros(layers, 1, lstm.hidden_size)
             self._state = (zero, zero.clone())
+        kernel = products._fewkernel()
+        if kernel is not None:  # the whole recurrence in one compiled call, state updated in place
+            if self._weights is None:
+                self._weights = tuple(tuple(getattr(lstm, f"{name}_l{i}").numpy() for i in range(layers))
+                                      for name in ("weight_ih", "weight_hh"))
+                self._weights += (tuple((getattr(lstm, f"bias_ih_l{i}") + getattr(lstm, f"bias_hh_l{i}")).numpy()
+                                        for i in range(layers)),)
+            out = torch.empty(x.shape[0], lstm.hidden_size)
+            kernel.lstm(*self._weights, x.reshape(x.shape[0], -1).contiguous().numpy(),
+                        *(part.view(layers, -1).numpy() for part in self._state), out.numpy())
+            return out[:, None]
         hs, cs = [], []
         for i in range(layers):
             h, c = self._state[0][i], self._state[1][i]

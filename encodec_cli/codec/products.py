@@ -23,11 +23,14 @@ def _fewkernel() -> tp.Any:
     return fewkernel
 
 
-def rows(w: torch.Tensor, b: tp.Optional[torch.Tensor], xt: torch.Tensor) -> torch.Tensor:
-    """xt [t, n] @ w [m, n]^T (+ b) as [t, m]: fewkernel up to its FEW rows, else BLAS."""
+def rows(w: torch.Tensor, b: tp.Optional[torch.Tensor], xt: torch.Tensor,
+         w_t: tp.Optional[torch.Tensor] = None) -> torch.Tensor:
+    """xt [t, n] @ w [m, n]^T (+ b) as [t, m]: fewkernel up to its FEW rows, else BLAS
+    (with `w_t`, w^T in its own layout, where given)."""
     kernel = _fewkernel()
     if kernel is None or not 0 < xt.shape[0] <= kernel.FEW:
-        return torch.mm(xt, w.t()) if b is None else torch.addmm(b, xt, w.t())
+        w_t = w.t() if w_t is None else w_t
+        return torch.mm(xt, w_t) if b is None else torch.addmm(b, xt, w_t)
     out = torch.empty(xt.shape[0], w.shape[0])
     bias = torch.zeros(w.shape[0]) if b is None else b
     kernel.affine(w.contiguous().numpy(), xt.contiguous().numpy(), bias.contiguous().numpy(), out.numpy())
