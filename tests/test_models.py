@@ -1,6 +1,8 @@
 """Our EnCodec against the reference: strict loading and golden vectors."""
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -213,8 +215,11 @@ def test_live_steps_give_the_golden_codes_and_audio(codecs, kernel, monkeypatch)
     codec = codecs["encodec_24khz"]
     wav = sf.read(shared_audio(RECORDINGS["encodec_24khz"]), dtype="float32", always_2d=True)[0].T
     wav = np.ascontiguousarray(wav[:, :frames * 320])
-    packets = [p for p, _ in C.encode_live(codec, [wav[:, i:i + 480] for i in range(0, wav.shape[1], 480)],
-                                           codec.spec.n_q)]
+    stream = C.encode_live(codec, [wav[:, i:i + 480] for i in range(0, wav.shape[1], 480)], codec.spec.n_q)
+    packets = [next(stream)[0]]
+    assert gc.get_freeze_count() > 10_000  # what came before the stream is out of the collector's view
+    packets += [p for p, _ in stream]
+    assert gc.get_freeze_count() == 0
     assert {len(p.codes) for p in packets[1:-1]} == {1, 2}  # the first waits for its padding
     codes = np.concatenate([p.codes for p in packets])[:frames - 2]
     assert (codes == gold["codes"][:frames - 2]).mean() >= 0.999
