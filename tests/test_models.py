@@ -151,7 +151,8 @@ def test_few_column_products_match_blas():
 
 
 def test_live_quantizer_gives_the_codes_of_file_mode(codecs, monkeypatch):
-    """fewkernel's nearest codewords (a live step's quantizer) are the reference rule's."""
+    """A live step's quantizer: fewkernel's nearest codewords are the reference rule's, and
+    decode_few's embeddings are decode's, bit for bit."""
     from encodec_cli.codec import products
 
     q = codecs["encodec_24khz"].model.quantizer
@@ -165,6 +166,8 @@ def test_live_quantizer_gives_the_codes_of_file_mode(codecs, monkeypatch):
             assert q.encode_few(emb[..., :0], n_q).shape == (0, n_q)
         monkeypatch.setattr(products, "_fewkernel", lambda: calls.append(1))
         assert np.array_equal(q.encode_few(emb, 8), ref[:, :8]) and calls == [1]
+        for n_q in (32, 8, 1):  # and back: decode's sum, bit for bit
+            assert torch.equal(q.decode_few(ref[:, :n_q]), q.decode(torch.from_numpy(ref[:, :n_q].T)[None]))
 
 
 def test_live_lstm_kernel_carries_torch_lstm_state(codecs):

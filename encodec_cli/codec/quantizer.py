@@ -50,7 +50,7 @@ class ResidualVectorQuantizer(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.vq = _RVQ(spec.dimension, spec.bins, spec.n_q)
-        self._stacked: tp.Dict[int, tp.Tuple[np.ndarray, np.ndarray]] = {}  # encode_few's codebooks
+        self._codebooks: tp.Dict[int, tp.Tuple[np.ndarray, np.ndarray]] = {}  # the live steps' arrays
 
     def encode(self, emb: torch.Tensor, n_q: int) -> torch.Tensor:
         """[B, D, T] embeddings -> [B, K, T] codes."""
@@ -70,13 +70,26 @@ class ResidualVectorQuantizer(nn.Module):
         kernel = products._fewkernel()
         if kernel is None:
             return self.encode(emb, n_q)[0].t().numpy()
-        if n_q not in self._stacked:  # [n_q, bins, D] and [n_q, bins], once
-            cbs = [layer._codebook for layer in self.vq.layers[:n_q]]
-            self._stacked[n_q] = (torch.stack([cb.embed for cb in cbs]).numpy(),
-                                  torch.cat([cb.embed_sq for cb in cbs]).numpy())
         codes = np.empty((emb.shape[-1], n_q), np.int64)
-        kernel.nearest(*self._stacked[n_q], np.ascontiguousarray(emb[0].t().numpy()), codes)
+        kernel.nearest(*self._stacked(n_q), np.ascontiguousarray(emb[0].t().numpy()), codes)
         return codes
+
+    def decode_few(self, codes: np.ndarray) -> torch.Tensor:
+        """A live step's codes [T, K] -> embeddings [1, D, T]: `decode`'s sum in the same
+        order, from one numpy gather (torch's small operations took 0.4 ms a step)."""
+        rows = self._stacked(codes.shape[1])[0][np.arange(codes.shape[1]), codes.astype(np.intp)]  # [T, K, D]
+        out = rows[:, 0].copy()
+        for k in range(1, codes.shape[1]):
+            out += rows[:, k]
+        return torch.from_numpy(np.ascontiguousarray(out.T))[None]
+
+    def _stacked(self, n_q: int) -> tp.Tuple[np.ndarray, np.ndarray]:
+        """The first n_q codebooks [n_q, bins, D] and their squared norms [n_q, bins] (once)."""
+        if n_q not in self._codebooks:
+            cbs = [layer._codebook for layer in self.vq.layers[:n_q]]
+            self._codebooks[n_q] = (torch.stack([cb.embed for cb in cbs]).numpy(),
+                                    torch.cat([cb.embed_sq for cb in cbs]).numpy())
+        return self._codebooks[n_q]
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """[B, K, T] codes -> [B, D, T] embeddings."""

@@ -181,7 +181,7 @@ def decode(codec: Codec, packets: tp.Iterable[CodePacket], weight_length: tp.Opt
         with live_steps(codec):
             codec.model.decoder.step(torch.zeros(1, codec.spec.dimension, 2), final=False)  # first-call costs
             with _frozen():
-                yield from _decode_stream(codec.model, packets, 1)
+                yield from _decode_stream(codec.model, packets, 1, codec.model.quantizer.decode_few)
     elif codec.spec.causal:
         yield from _decode_stream(codec.model, packets, DECODE_FRAMES)
     else:
@@ -192,7 +192,8 @@ def _embed(model, codes: np.ndarray) -> torch.Tensor:
     return model.quantizer.decode(torch.from_numpy(codes.astype(np.int64).T)[None])
 
 
-def _decode_stream(model, packets, step: int = DECODE_FRAMES) -> tp.Iterator[np.ndarray]:
+def _decode_stream(model, packets, step: int = DECODE_FRAMES, embed=None) -> tp.Iterator[np.ndarray]:
+    embed = embed or (lambda codes: _embed(model, codes))
     dec = model.decoder
     dec.reset()
     pending = np.zeros((0, 0), np.uint16)
@@ -200,11 +201,11 @@ def _decode_stream(model, packets, step: int = DECODE_FRAMES) -> tp.Iterator[np.
         pending = np.concatenate([pending, packet.codes]) if len(pending) else packet.codes
         while len(pending) >= step:  # fixed steps: flat memory, cache-sized work
             n = len(pending) if step == 1 else step
-            y = dec.step(_embed(model, pending[:n]), final=False)
+            y = dec.step(embed(pending[:n]), final=False)
             pending = pending[n:]
             if y.shape[-1]:
                 yield y[0].numpy()
-    emb = _embed(model, pending) if len(pending) else torch.zeros(1, model.spec.dimension, 0)
+    emb = embed(pending) if len(pending) else torch.zeros(1, model.spec.dimension, 0)
     y = dec.step(emb, final=True)
     if y.shape[-1]:
         yield y[0].numpy()
