@@ -100,6 +100,7 @@ def _compress(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions, progress
 
     if opts.live:
         writer = live.Writer(fo, live.live_header(header), model)
+        C.warm_live(codec, n_q, encoder=True)  # while the decoder loads: not in the stream's first frames
         first = next(blocks, None)
         _compress_live(C, codec, writer, model_blocks(), first is None, counts, coded)
         return Result(seconds=counts["source"] / source.sample_rate, notes=notes())
@@ -231,6 +232,8 @@ def _decompress(inp: Input, h: Header, open_sink: SinkFactory, opts: DecompressO
             f"the file was compressed with other weights (fingerprint {h.weights_fingerprint.hex()}, "
             f"loaded {codec.fingerprint.hex()}); pass the same {'--weights FILE' if cli else 'weights='}"))
     span = span_for(codec.spec, rate, start, end)
+    if live_stream:
+        C.warm_live(codec, h.n_codebooks, encoder=False)  # before the first frame comes, not when it does
     if opts.salvage:
         if h.version != v1.VERSION or start or end is not None:
             raise OptionError("salvage reads whole version-1 files: version 0 has no checksums, a live stream "

@@ -164,7 +164,8 @@ def run_pipeline(enc_cmd, dec_cmd, rate: int, channels: int, seconds: float, war
     return {"first": (times[0] - start) if len(times) else float("nan"),
             "median": float(np.median(lat)), "p95": float(np.percentile(lat, 95)),
             "max": float(lat.max()), "wire": wire["bytes"], "samples": int(counts[-1]) if len(counts) else 0,
-            "enc_cpu": (c1[0] - c0[0]) / audio, "dec_cpu": (c1[1] - c0[1]) / audio}
+            "enc_cpu": (c1[0] - c0[0]) / audio, "dec_cpu": (c1[1] - c0[1]) / audio,
+            "trace": (out_samples[ok] / out_rate, lat)}
 
 
 def latency_rows(weights: dict, a) -> list:

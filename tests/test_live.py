@@ -15,14 +15,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from encodec_cli.audio.arrays import ArraySource
+from encodec_cli.audio.arrays import ArraySink, ArraySource
 from encodec_cli.entropy.lmcoder import LiveModel
 from encodec_cli.errors import CorruptError, EcdcError, FormatError, TruncatedError
 from encodec_cli.formats import arith, live, v1
 from encodec_cli.formats.reader import describe, read_header
 from encodec_cli.formats.records import Header, Input
 from encodec_cli.options import CompressOptions, DecompressOptions
-from encodec_cli.pipeline import compress_stream, read_packets
+from encodec_cli.pipeline import compress_stream, decompress_stream, read_packets
 from encodec_cli.specs import SPECS
 from encodec_cli.testing import random_int_lm
 
@@ -368,3 +368,52 @@ def test_a_decoder_that_falls_behind_says_so_once(monkeypatch, caplog):
     with caplog.at_level("WARNING", logger="ecdc"):
         pace.check(3.0)
     assert not caplog.records
+
+
+_WARM = """
+import json, sys
+from encodec_cli.codec import fewkernel, streaming as C
+codec = C.load_codec("encodec_24khz", sys.argv[1])
+kernels = (fewkernel.affine, fewkernel.lstm, fewkernel.nearest)
+before = [len(k.signatures) for k in kernels]
+C.warm_live(codec, 8, encoder=sys.argv[2] == "encoder")
+print(json.dumps([before, [len(k.signatures) for k in kernels]]))
+"""
+
+
+@pytest.mark.parametrize("side, ready", [("encoder", [1, 1, 1]), ("decoder", [1, 1, 0])])
+def test_warm_live_readies_every_kernel_a_live_step_takes(checkpoints, side, ready):
+    """In a fresh process, warming a live 24 kHz encoder (decoder) compiles or loads each
+    fewkernel function its steps call, a block's one or two frames included; before it,
+    the first block of a stream paid that (seconds, on a machine's first run)."""
+    p = subprocess.run([sys.executable, "-c", _WARM, str(checkpoints["encodec_24khz"]), side],
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout) == [[0, 0, 0], ready]
+
+
+def test_live_pipeline_warms_its_kernels_before_the_audio(checkpoints, monkeypatch):
+    """compress warms its encoder before it reads the first block; decompress warms its
+    decoder before it decodes the first frame."""
+    from encodec_cli.codec import streaming as C
+
+    events = []
+    monkeypatch.setattr(C, "warm_live", lambda codec, n_q, encoder: events.append(("warm", encoder)))
+    decode = C.decode
+    monkeypatch.setattr(C, "decode", lambda *a, **k: (events.append(("decode", None)), decode(*a, **k))[1])
+
+    class Source(ArraySource):
+        def blocks(self):
+            for block in super().blocks():
+                events.append(("block", None))
+                yield block
+
+    fo = io.BytesIO()
+    compress_stream(Source(tone(0.5, 24000), 24000), fo,
+                    CompressOptions(bandwidth=6.0, live=True, **_opts(checkpoints, "encodec_24khz")))
+    assert events[:2] == [("warm", True), ("block", None)]
+    events.clear()
+    fo.seek(0)
+    sink = ArraySink(1)
+    decompress_stream(fo, lambda *a: sink, DecompressOptions(**_opts(checkpoints, "encodec_24khz")))
+    assert events == [("warm", False), ("decode", None)] and len(sink.samples()) == 12000

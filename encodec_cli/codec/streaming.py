@@ -122,6 +122,25 @@ def live_steps(codec: Codec) -> tp.Iterator[None]:
 
 
 @torch.inference_mode()
+def warm_live(codec: Codec, n_q: int, encoder: bool) -> None:
+    """Pay a live 24 kHz stream's first-call costs now, before its audio comes: numba
+    compiling the codec's kernels (seconds, on a machine's first run) or loading them from
+    its cache, and the quantizer's tables of `n_q` codebooks. The encoder's steps, or the
+    decoder's: each path that a live step takes, for the first frames and a block's one or two."""
+    model, spec = codec.model, codec.spec
+    if not spec.causal:
+        return
+    with live_steps(codec):
+        for frames in (8, 1, 2):  # the first output waits for 7 frames (the reflection padding)
+            if encoder:
+                model.quantizer.encode_few(
+                    model.encoder.step(torch.zeros(1, spec.channels, frames * spec.hop_length), final=False), n_q)
+            else:
+                model.decoder.step(model.quantizer.decode_few(np.zeros((frames, n_q), np.int64)), final=False)
+        (model.encoder if encoder else model.decoder).reset()
+
+
+@torch.inference_mode()
 def encode_live(codec: Codec, blocks: tp.Iterable[np.ndarray], n_q: int
                 ) -> tp.Iterator[tp.Tuple[CodePacket, bool]]:
     """As `encode`, each block's codes as soon as they exist: (packet, final). 24 kHz: the
@@ -133,10 +152,8 @@ def encode_live(codec: Codec, blocks: tp.Iterable[np.ndarray], n_q: int
             yield packet, False
         return
     enc = model.encoder
+    enc.reset()
     with live_steps(codec):
-        model.quantizer.encode_few(enc.step(torch.zeros(1, spec.channels, 8 * spec.hop_length), final=False),
-                                   n_q)  # first-call costs, now
-        enc.reset()
         with _frozen():
             for block in blocks:
                 emb = enc.step(torch.from_numpy(np.ascontiguousarray(block))[None], final=False)
@@ -179,7 +196,6 @@ def decode(codec: Codec, packets: tp.Iterable[CodePacket], weight_length: tp.Opt
     audio as soon as it is decoded, not in steps sized for speed."""
     if codec.spec.causal and live:
         with live_steps(codec):
-            codec.model.decoder.step(torch.zeros(1, codec.spec.dimension, 2), final=False)  # first-call costs
             with _frozen():
                 yield from _decode_stream(codec.model, packets, 1, codec.model.quantizer.decode_few)
     elif codec.spec.causal:
