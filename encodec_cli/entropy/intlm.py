@@ -120,7 +120,10 @@ class IntLM:
 def _split(proj: Linear, x: np.ndarray) -> tp.Tuple[tp.Tuple[np.ndarray, ...], tp.Tuple[np.ndarray, ...]]:
     """Project rows x [R, D]: queries, keys and values as per-head mantissas [H, R, 25] of
     at most 2**9, 2**10, 2**10, and their exponents [H, R]."""
-    parts = np.minimum(np.maximum(proj(x), -ACT_LIMIT), ACT_LIMIT).reshape(len(x), 3, HEADS, HEAD_DIM)
+    parts = proj(x)
+    np.maximum(parts, -ACT_LIMIT, out=parts)
+    np.minimum(parts, ACT_LIMIT, out=parts)
+    parts = parts.reshape(len(x), 3, HEADS, HEAD_DIM)
     e = excess(_max(np.abs(parts), axis=3) << (10 - _QKV_BITS)[:, None], 10)   # [R, 3, H]
     mant = rshift_round(parts, e[..., None]).transpose(1, 2, 0, 3)              # [3, H, R, 25]
     return tuple(mant), tuple(e.transpose(1, 2, 0))
@@ -138,13 +141,14 @@ def _small_mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class _KV:
     """Keys and values of one layer (input projection `proj`) for `batch` streams: keys
     times their power of two, transposed [B, H, 25, rows], and values as mantissas
-    [B, H, rows, 25] (float32, exact) with their exponents [B, H, rows]. Row 0 holds the
-    reference's initial past, one all-zero input."""
+    [B, H, rows, 25] (float32, exact) with their exponents [B, H, rows] and those powers
+    of two (float32). Row 0 holds the reference's initial past, one all-zero input."""
 
     def __init__(self, proj: Linear, batch: int, rows: int):
         self.k = np.zeros((batch, HEADS, HEAD_DIM, rows), np.float32)
         self.v = np.zeros((batch, HEADS, rows, HEAD_DIM), np.float32)
         self.ev = np.zeros((batch, HEADS, rows), np.int64)
+        self.pv = np.ones((batch, HEADS, rows), np.float32)
         (_, k, v), (_, ek, ev) = _split(proj, np.zeros((1, DIM), np.int64))
         self.put(slice(0, 1), k, ek, v, ev)  # the same for every stream
 
@@ -153,11 +157,12 @@ class _KV:
         self.k[..., rows] = np.ldexp(k.astype(np.float32), ek[..., None].astype(np.int32)).swapaxes(-1, -2)
         self.v[:, :, rows] = v
         self.ev[:, :, rows] = ev
+        self.pv[:, :, rows] = np.ldexp(np.float32(1), ev.astype(np.int32))
 
     def move(self, start: int, stop: int) -> None:
         """Copy rows start .. stop - 1 to the front."""
         self.k[..., :stop - start] = self.k[..., start:stop].copy()
-        for buf in (self.v, self.ev):
+        for buf in (self.v, self.ev, self.pv):
             buf[:, :, :stop - start] = buf[:, :, start:stop].copy()
 
     def attend(self, q: np.ndarray, eq: np.ndarray, rows: slice, sees: tp.Optional[np.ndarray] = None
@@ -166,17 +171,22 @@ class _KV:
         over the keys at `rows`; `sees` [R, L]: whether each query sees each key (None: all)."""
         # scaled so that the product is dots * 2**(eq + ek - 10), exactly: then round to Q10
         qs = np.ldexp(q.astype(np.float32), (eq - Q)[..., None].astype(np.int32))
-        scores = _small_mm(qs, self.k[..., rows]).astype(np.float64)
-        scores += 0.5
+        scores = np.add(_small_mm(qs, self.k[..., rows]), 0.5, dtype=np.float64)
         np.floor(scores, out=scores)                                         # exact integers
         ev = self.ev[:, :, None, rows]
-        if sees is not None:
+        if sees is None:
+            top = _max(ev, axis=-1, keepdims=True)
+        else:
             scores += np.where(sees, 0.0, -np.inf)                          # -inf: weight 0
-            ev = ev * sees
+            top = _max(ev * sees, axis=-1, keepdims=True)
         w = softmax_weights(scores, axis=-1)                                 # Q13
-        top = _max(ev, axis=-1, keepdims=True)
-        w = rshift_round(w, top - ev).astype(np.float32)                    # sums < 2**13 + L
-        acc = _small_mm(w, self.v[:, :, rows]).astype(np.int64)             # exact
+        # rounded to 2**(ev - top) of themselves: float32 holds w * 2**(ev - top) and its
+        # rounding exactly (w < 2**14; beyond a shift of 24 the result is 0 either way)
+        ws = np.multiply(w, self.pv[:, :, None, rows], out=np.empty(w.shape, np.float32), casting="same_kind")
+        ws *= np.ldexp(np.float32(1), -top.astype(np.int32))
+        ws += np.float32(0.5)
+        np.floor(ws, out=ws)                                                 # sums < 2**13 + L
+        acc = _small_mm(ws, self.v[:, :, rows]).astype(np.int64)            # exact
         out = rshift_round(acc << top, ATT_BITS)                            # [B, H, R, 25]
         return out.transpose(0, 2, 1, 3).reshape(out.shape[0], out.shape[2], DIM)
 
