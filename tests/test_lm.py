@@ -174,6 +174,44 @@ def test_integer_square_root_is_exact():
         assert [int(r) for r in intmath.isqrt(batch)] == [math.isqrt(int(v)) for v in batch]
 
 
+def test_float_shortcuts_give_the_specified_integers():
+    """The numpy model's float and masked shortcuts against the specification's integer
+    formulas written out in Python integers (formats/ecdc-v1.md), on edge cases the golden
+    vectors may not reach: shifts up to 40, the GELU table's ends, masked keys, weights
+    that round to 0, rows of a lone key."""
+    rng = np.random.default_rng(5)
+    a, k = rng.integers(-(1 << 40), 1 << 40, 20000), rng.integers(0, 41, 20000)
+    assert [int(v) for v in intmath.round_to_multiple(a, k)] == \
+        [((int(x) + (1 << int(s) >> 1)) >> int(s)) << int(s) for x, s in zip(a, k)]
+    g, edge = intmath.gelu_table(), intmath.GELU_EDGE
+    h = np.concatenate([rng.integers(-2 * edge, 2 * edge, 20000), np.arange(-edge - 40, -edge + 40),
+                        np.arange(edge - 40, edge + 40)])
+    want = []
+    for x in map(int, h):
+        u = min(max(x, -edge), edge) + edge
+        i, f = u >> 5, u & 31
+        want.append(x if x > edge else (int(g[i]) * (32 - f) + int(g[i + 1]) * f + (1 << 14)) >> 15)
+    assert [int(v) for v in intmath.gelu(h)] == want
+    w, shift = rng.integers(0, 1 << 14, 20000), rng.integers(0, 41, 20000)
+    ev = rng.integers(0, 20, 20000)
+    up, down = np.ldexp(np.float32(1), ev), np.ldexp(np.float32(1), ev + shift)
+    got = intmath.rescaled(w.astype(np.float64), up, down)
+    assert got.dtype == np.float32
+    assert [int(v) for v in got] == [(int(x) + (1 << int(s) >> 1)) >> int(s) for x, s in zip(w, shift)]
+    exp = [int(v) for v in intmath.exp_table()]
+    for width in (1, 7, 300):
+        scores = rng.integers(-(1 << 40), 1 << 40, (40, 1)) + rng.integers(-30000, 200, (40, width))
+        visible = rng.random((40, width)) < 0.8
+        visible[np.arange(40), rng.integers(0, width, 40)] = True
+        masked = np.where(visible, scores.astype(np.float64), -np.inf)
+        got = intmath.softmax_weights(masked, axis=-1)
+        for row, (s, v) in enumerate(zip(scores.tolist(), visible.tolist())):
+            top = max(x for x, seen in zip(s, v) if seen)
+            e = [exp[min(top - x, intmath.EXP_SIZE - 1)] if seen else 0 for x, seen in zip(s, v)]
+            inv = (1 << 43) // sum(e)
+            assert [int(x) for x in got[row]] == [(x * inv + (1 << 29)) >> 30 for x in e]
+
+
 def test_frequencies_sum_exactly_and_every_symbol_gets_one():
     g = intmath.frequencies(np.array([[0] * 1024, [5 << 10] + [-(40 << 10)] * 1023, list(range(1024))]))
     assert (g.sum(-1) == intmath.FREQ_TOTAL).all() and (g >= 0).all()

@@ -36,6 +36,7 @@ from .intmath import (
     frequencies,
     gelu,
     positions,
+    rescaled,
     rshift_round,
     softmax_weights,
 )
@@ -180,13 +181,8 @@ class _KV:
             scores += np.where(sees, 0.0, -np.inf)                          # -inf: weight 0
             top = _max(ev * sees, axis=-1, keepdims=True)
         w = softmax_weights(scores, axis=-1)                                 # Q13
-        # rounded to 2**(ev - top) of themselves: float32 holds w * 2**(ev - top) and its
-        # rounding exactly (w < 2**14; beyond a shift of 24 the result is 0 either way)
-        ws = np.multiply(w, self.pv[:, :, None, rows], out=np.empty(w.shape, np.float32), casting="same_kind")
-        ws *= np.ldexp(np.float32(1), -top.astype(np.int32))
-        ws += np.float32(0.5)
-        np.floor(ws, out=ws)                                                 # sums < 2**13 + L
-        acc = _small_mm(ws, self.v[:, :, rows]).astype(np.int64)            # exact
+        ws = rescaled(w, self.pv[:, :, None, rows], np.ldexp(np.float32(1), top.astype(np.int32)))
+        acc = _small_mm(ws, self.v[:, :, rows]).astype(np.int64)            # exact: sums < 2**13 + L
         out = rshift_round(acc << top, ATT_BITS)                            # [B, H, R, 25]
         return out.transpose(0, 2, 1, 3).reshape(out.shape[0], out.shape[2], DIM)
 

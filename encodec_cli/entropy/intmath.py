@@ -327,6 +327,20 @@ def softmax_weights(scores: np.ndarray, axis: int) -> np.ndarray:
     return np.floor(w, out=w)
 
 
+def rescaled(w: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
+    """rshift_round(w, k) as float32, for integers 0 <= w < 2**14 held in float64, and
+    float32 powers of two `up` and `down` that broadcast with w, k = log2(down / up) >= 0.
+
+    Exact: float32 holds w * up (14 significant bits) and its quotient by a power of two;
+    for k <= 24 also w / 2**k + 1/2 = (w + 2**(k-1)) / 2**k (a numerator below 2**24); for
+    larger k, w / 2**k < 2**-11 and the floor is 0 either way."""
+    out = np.multiply(w, up, out=np.empty(np.broadcast_shapes(w.shape, up.shape), np.float32),
+                      casting="same_kind")
+    out /= down
+    out += np.float32(0.5)
+    return np.floor(out, out=out)
+
+
 def frequencies(logits: np.ndarray) -> np.ndarray:
     """Q10 logits [..., 1024] (int64, or float64 holding integers) -> integer frequencies
     summing to 2**24 - 1024 exactly.
