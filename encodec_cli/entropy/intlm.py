@@ -23,6 +23,7 @@ from ..codec.lm import CARD, DIM, HEADS, LanguageModel
 from .intmath import (
     ACT_LIMIT,
     ATT_BITS,
+    FREQ_ROWS,
     POS_BITS,
     POS_BLOCK,
     QKV_BITS,
@@ -115,7 +116,11 @@ class IntLM:
                 kv.put(slice(s + 1, e + 1), k, ek, v, ev)
                 x = norm1(x + out(kv.attend(q[None], eq[None], slice(lo, e + 1), sees)[0]))
                 x = norm2(x + lin2(gelu(lin1(x))))
-            yield frequencies(heads.rounded(x).reshape(e - s, n_q, CARD))
+            y, out = heads.products(x), np.empty((e - s, n_q, CARD), np.int64)
+            step = max(1, FREQ_ROWS // n_q)  # frames at a time: rounded and turned into frequencies in cache
+            for lo in range(0, e - s, step):
+                out[lo:lo + step] = frequencies(heads.round(y[lo:lo + step]).reshape(-1, n_q, CARD))
+            yield out
 
 
 def _split(proj: Linear, x: np.ndarray) -> tp.Tuple[tp.Tuple[np.ndarray, ...], tp.Tuple[np.ndarray, ...]]:
@@ -172,14 +177,11 @@ class _KV:
         over the keys at `rows`; `sees` [R, L]: whether each query sees each key (None: all)."""
         # scaled so that the product is dots * 2**(eq + ek - 10), exactly: then round to Q10
         qs = np.ldexp(q.astype(np.float32), (eq - Q)[..., None].astype(np.int32))
-        scores = np.add(_small_mm(qs, self.k[..., rows]), 0.5, dtype=np.float64)
+        half = 0.5 if sees is None else np.where(sees, 0.5, -np.inf)       # -inf: weight 0
+        scores = np.add(_small_mm(qs, self.k[..., rows]), half, dtype=np.float64)
         np.floor(scores, out=scores)                                         # exact integers
         ev = self.ev[:, :, None, rows]
-        if sees is None:
-            top = _max(ev, axis=-1, keepdims=True)
-        else:
-            scores += np.where(sees, 0.0, -np.inf)                          # -inf: weight 0
-            top = _max(ev * sees, axis=-1, keepdims=True)
+        top = _max(ev if sees is None else ev * sees, axis=-1, keepdims=True)
         w = softmax_weights(scores, axis=-1)                                 # Q13
         ws = rescaled(w, self.pv[:, :, None, rows], np.ldexp(np.float32(1), top.astype(np.int32)))
         acc = _small_mm(ws, self.v[:, :, rows]).astype(np.int64)            # exact: sums < 2**13 + L

@@ -38,6 +38,7 @@ POS_BLOCK = 1024           # position embeddings computed this many steps at a t
 ACT_LIMIT = 1 << 20        # q, k, v saturate at +-2**20 (1024.0)
 QKV_BITS = (9, 10, 10)     # then per head, mantissa bits of queries, keys and values
 ATT_BITS = 13              # attention weights in Q13
+FREQ_ROWS = 64             # rows of 1024 that frequencies() works on at a time (its temporaries stay in cache)
 LN_INPUT_BITS = 17         # LayerNorm input is shifted down to below 2**17
 LN_EPS = 80 << 20          # eps 1e-5 in the integer LayerNorm's units: 1e-5 * 200**3 * 2**20
 SQRT_DIM = 14.142135623730951  # float64 nearest sqrt(200)
@@ -245,18 +246,23 @@ class Linear:
         q = np.ldexp(self.w.numpy().T.astype(np.float64), -self.shift[:, None])
         return np.ascontiguousarray(q, np.int8), self.shift.copy(), self.bias.astype(np.int64)
 
-    def rounded(self, x: np.ndarray) -> np.ndarray:
-        """Q10 [rows, in] -> Q10 [rows, out] as float64 holding the integers exactly.
-
-        The product is acc * 2**(e + s_r) exactly, a multiple of 2**k below 2**(24 + k) in
-        magnitude: adding 1/2 rounds at most half an ulp, too little to cross an integer, so
-        the floor is exact.
-        """
+    def products(self, x: np.ndarray) -> np.ndarray:
+        """The float32 products [rows, out] of Q10 rows x [rows, in]: acc * 2**(e + s_r), exactly."""
         e = excess(_max(np.abs(x), axis=1), self.in_bits)[:, None]
-        y = np.add(_mm(round_to_multiple(x, e).astype(np.float32), self.w), 0.5, dtype=np.float64)
-        np.floor(y, out=y)
-        y += self.bias
-        return y
+        return _mm(round_to_multiple(x, e).astype(np.float32), self.w)
+
+    def round(self, y: np.ndarray) -> np.ndarray:
+        """Products (`products`, any of their rows) -> Q10 as float64 holding the integers
+        exactly. A product is a multiple of 2**k below 2**(24 + k) in magnitude: adding 1/2
+        rounds at most half an ulp, too little to cross an integer, so the floor is exact."""
+        out = np.add(y, 0.5, dtype=np.float64)
+        np.floor(out, out=out)
+        out += self.bias
+        return out
+
+    def rounded(self, x: np.ndarray) -> np.ndarray:
+        """Q10 [rows, in] -> Q10 [rows, out] as float64 holding the integers exactly."""
+        return self.round(self.products(x))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Q10 [rows, in] -> Q10 [rows, out] (int64)."""
@@ -351,9 +357,9 @@ def frequencies(logits: np.ndarray) -> np.ndarray:
     shape = logits.shape
     logits = logits.reshape(-1, CARD)
     out = np.empty(logits.shape, np.int64)
-    t = np.empty((min(len(logits), _FREQ_ROWS), CARD), np.intp)
-    for lo in range(0, len(logits), _FREQ_ROWS):  # rows at a time: the temporaries stay in cache
-        z, g = logits[lo:lo + _FREQ_ROWS], out[lo:lo + _FREQ_ROWS]
+    t = np.empty((min(len(logits), FREQ_ROWS), CARD), np.intp)
+    for lo in range(0, len(logits), FREQ_ROWS):  # rows at a time: the temporaries stay in cache
+        z, g = logits[lo:lo + FREQ_ROWS], out[lo:lo + FREQ_ROWS]
         rows, index = np.arange(len(z)), t[:len(z)]
         top = z.argmax(axis=1)
         np.subtract(z[rows, top][:, None], z, out=index, casting="unsafe")
@@ -364,5 +370,3 @@ def frequencies(logits: np.ndarray) -> np.ndarray:
         g[rows, top] += FREQ_TOTAL - _sum(g, axis=1)
     return out.reshape(shape)
 
-
-_FREQ_ROWS = 64
