@@ -9,6 +9,10 @@ decoded sample comes out. A sample's latency is when it leaves the decoder minus
 block went into the encoder; the statistics skip the first --warmup seconds. opus-tools run
 in the same harness as the reference row (`opusenc --max-delay 20 - - | opusdec - -`).
 
+Stalls: the stretches of a 24 kHz row's output whose latency passed 200 ms are named on
+stderr (seconds into the stream, and the worst), so that a pause is found, not only seen in
+the max.
+
 CPU: each process's user + system time, read from /proc between the warm-up's end and the
 input's end, per second of audio (start-up and model loading excluded: the clock starts
 once both processes have loaded and sit idle). Each process is pinned to its own core.
@@ -165,7 +169,16 @@ def run_pipeline(enc_cmd, dec_cmd, rate: int, channels: int, seconds: float, war
             "median": float(np.median(lat)), "p95": float(np.percentile(lat, 95)),
             "max": float(lat.max()), "wire": wire["bytes"], "samples": int(counts[-1]) if len(counts) else 0,
             "enc_cpu": (c1[0] - c0[0]) / audio, "dec_cpu": (c1[1] - c0[1]) / audio,
-            "trace": (out_samples[ok] / out_rate, lat)}
+            "late": late_spans(out_samples[ok] / out_rate, lat)}
+
+
+def late_spans(t: np.ndarray, lat: np.ndarray, limit_ms: float = 200.0) -> list:
+    """The stretches of output (seconds into the stream) whose latency passed limit_ms, with
+    their worst: a stall (a compile, a collection) shows up here, not only in the max."""
+    spans, late = [], np.flatnonzero(lat > limit_ms)
+    for run in np.split(late, np.flatnonzero(np.diff(late) > 1) + 1) if len(late) else []:
+        spans.append((float(t[run[0]]), float(t[run[-1]]), float(lat[run].max())))
+    return spans
 
 
 def latency_rows(weights: dict, a) -> list:
@@ -184,6 +197,9 @@ def latency_rows(weights: dict, a) -> list:
         rows.append((f"ecdc {model} {bw:g} kbps, {'LM' if lm else '--raw'}", r))
         print(f"| {rows[-1][0]} | {r['median']:.0f} ms | {r['p95']:.0f} ms | {r['max']:.0f} ms | "
               f"{r['enc_cpu']:.2f} | {r['dec_cpu']:.2f} | {8 * r['wire'] / a.seconds / 1000:.2f} |", flush=True)
+        if model == "24khz" and r["late"]:
+            spans = ", ".join(f"{a:.1f}-{b:.1f} s (worst {w:.0f} ms)" for a, b, w in r["late"])
+            print(f"  late (over 200 ms): {spans}", file=sys.stderr, flush=True)
     if shutil.which("opusenc") and shutil.which("opusdec"):
         enc = ["opusenc", "--quiet", "--max-delay", "20", "--bitrate", "6", "-", "-"]
         dec = ["opusdec", "--quiet", "--rate", "24000", "-", "-"]
