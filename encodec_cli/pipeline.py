@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import itertools
 import logging
 import struct
+import threading
 import time
 import typing as tp
 
@@ -30,6 +32,26 @@ from .options import CompressOptions, ConvertOptions, DecompressOptions, Progres
 from .specs import SPECS
 
 SinkFactory = tp.Callable[[int, int, tp.Optional[int], Header], B.Sink]  # rate, channels, frames, header
+SLOW_START = 2.0  # seconds a live stream's preparation may take before the user is told why
+
+
+@functools.lru_cache(maxsize=None)  # once a process
+def _tell_slow_start() -> None:
+    logging.getLogger("ecdc").warning("preparing the live stream's kernels: numba compiles them on this "
+                                      "machine's first run (10-20 s); later runs load them")
+
+
+@contextlib.contextmanager
+def _told_if_slow() -> tp.Iterator[None]:
+    """Says why a live stream has not started if this part of its preparation (loading a
+    model, compiling or loading its kernels) takes over SLOW_START seconds."""
+    timer = threading.Timer(SLOW_START, _tell_slow_start)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 # ---------------------------------------------------------------- compress
@@ -54,7 +76,8 @@ def _compress(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions, progress
     spec = codec.spec
     n_q = spec.codebooks_for(opts.bandwidth)
     if opts.live:
-        model = live_model(spec, n_q, lm=opts.lm, lm_weights=opts.lm_weights, download_bars=opts.download_bars)
+        with _told_if_slow():
+            model = live_model(spec, n_q, lm=opts.lm, lm_weights=opts.lm_weights, download_bars=opts.download_bars)
         lm_fingerprint = model.fingerprint
     else:
         coder = make_encoder(spec, n_q, lm=opts.lm, lm_weights=opts.lm_weights, raw_fallback=opts.raw_fallback,
@@ -100,7 +123,8 @@ def _compress(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions, progress
 
     if opts.live:
         writer = live.Writer(fo, live.live_header(header), model)
-        C.warm_live(codec, n_q, encoder=True)  # while the decoder loads: not in the stream's first frames
+        with _told_if_slow():  # while the decoder loads: not in the stream's first frames
+            C.warm_live(codec, n_q, encoder=True)
         first = next(blocks, None)
         _compress_live(C, codec, writer, model_blocks(), first is None, counts, coded)
         return Result(seconds=counts["source"] / source.sample_rate, notes=notes())
@@ -146,8 +170,9 @@ def reader_for(inp: Input, header: Header, opts: DecompressOptions, frames: Fram
     stream, its frequency model (coder 'lm': the integer LM)."""
     if header.version == v1.LIVE_VERSION:
         spec = SPECS[header.model]
-        model = live_model(spec, header.n_codebooks, lm=header.coder == "lm", lm_weights=opts.lm_weights,
-                           header=header, download_bars=opts.download_bars)
+        with _told_if_slow():
+            model = live_model(spec, header.n_codebooks, lm=header.coder == "lm", lm_weights=opts.lm_weights,
+                               header=header, download_bars=opts.download_bars)
         return live.Reader(inp, header, model, frames)
     if header.version != 0 or header.coder != "lm":
         return open_reader(inp, header, frames=frames)
@@ -233,7 +258,8 @@ def _decompress(inp: Input, h: Header, open_sink: SinkFactory, opts: DecompressO
             f"loaded {codec.fingerprint.hex()}); pass the same {'--weights FILE' if cli else 'weights='}"))
     span = span_for(codec.spec, rate, start, end)
     if live_stream:
-        C.warm_live(codec, h.n_codebooks, encoder=False)  # before the first frame comes, not when it does
+        with _told_if_slow():  # before the first frame comes, not when it does
+            C.warm_live(codec, h.n_codebooks, encoder=False)
     if opts.salvage:
         if h.version != v1.VERSION or start or end is not None:
             raise OptionError("salvage reads whole version-1 files: version 0 has no checksums, a live stream "

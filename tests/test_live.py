@@ -417,3 +417,26 @@ def test_live_pipeline_warms_its_kernels_before_the_audio(checkpoints, monkeypat
     sink = ArraySink(1)
     decompress_stream(fo, lambda *a: sink, DecompressOptions(**_opts(checkpoints, "encodec_24khz")))
     assert events == [("warm", False), ("decode", None)] and len(sink.samples()) == 12000
+
+
+def test_a_slow_live_start_says_why_once(checkpoints, monkeypatch, caplog):
+    """A machine's first run compiles the live kernels for seconds before any audio: past
+    SLOW_START the user is told why, once a process however many parts are slow; a quick
+    start says nothing."""
+    from encodec_cli import pipeline
+    from encodec_cli.codec import streaming as C
+
+    warm = C.warm_live
+    monkeypatch.setattr(C, "warm_live", lambda *a, **k: (time.sleep(0.3), warm(*a, **k))[1])
+    for slow_start, said in ((60.0, 0), (0.05, 1)):
+        pipeline._tell_slow_start.cache_clear()
+        monkeypatch.setattr(pipeline, "SLOW_START", slow_start)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="ecdc"):
+            fo = io.BytesIO()
+            compress_stream(ArraySource(tone(0.3, 24000), 24000), fo,
+                            CompressOptions(bandwidth=6.0, live=True, **_opts(checkpoints, "encodec_24khz")))
+            fo.seek(0)
+            decompress_stream(fo, lambda *a: ArraySink(1), DecompressOptions(**_opts(checkpoints, "encodec_24khz")))
+        told = [r.getMessage() for r in caplog.records if "first run" in r.getMessage()]
+        assert len(told) == said and all("numba compiles" in m for m in told)
