@@ -257,9 +257,6 @@ def _decompress(inp: Input, h: Header, open_sink: SinkFactory, opts: DecompressO
             f"the file was compressed with other weights (fingerprint {h.weights_fingerprint.hex()}, "
             f"loaded {codec.fingerprint.hex()}); pass the same {'--weights FILE' if cli else 'weights='}"))
     span = span_for(codec.spec, rate, start, end)
-    if live_stream:
-        with _told_if_slow():  # before the first frame comes, not when it does
-            C.warm_live(codec, h.n_codebooks, encoder=False)
     if opts.salvage:
         if h.version != v1.VERSION or start or end is not None:
             raise OptionError("salvage reads whole version-1 files: version 0 has no checksums, a live stream "
@@ -270,6 +267,9 @@ def _decompress(inp: Input, h: Header, open_sink: SinkFactory, opts: DecompressO
         reader = Salvage(codec, inp, h, opts)
         decoded: tp.Iterator[np.ndarray] = reader.blocks()
     else:
+        if live_stream:
+            with _told_if_slow():  # before the first frame comes, not when it does
+                C.warm_live(codec, h.n_codebooks, encoder=False)
         reader = reader_for(inp, h, opts, span.frames)
         decoded = _decoded_audio(C, codec, reader, opts, span, ramp=not v1.seekable(inp.fo), live=live_stream)
 
