@@ -37,8 +37,8 @@ SLOW_START = 2.0  # seconds a live stream's preparation may take before the user
 
 @functools.lru_cache(maxsize=None)  # once a process
 def _tell_slow_start() -> None:
-    logging.getLogger("ecdc").warning("preparing the live stream's kernels: numba compiles them on this "
-                                      "machine's first run (10-20 s); later runs load them")
+    logging.getLogger("ecdc").warning("preparing the live stream: loading its models, and on this machine's "
+                                      "first run numba compiles its kernels (10-20 s; later runs load them)")
 
 
 @contextlib.contextmanager

@@ -369,4 +369,3 @@ def frequencies(logits: np.ndarray) -> np.ndarray:
         g >>= 32
         g[rows, top] += FREQ_TOTAL - _sum(g, axis=1)
     return out.reshape(shape)
-
