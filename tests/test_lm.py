@@ -22,7 +22,7 @@ from encodec_cli import testing as random_weights
 from encodec_cli.codec.lm import DIM, MAX_PERIOD, build_lm
 from encodec_cli.codec.models import SPECS
 from encodec_cli.codec.weights import REGISTRY
-from encodec_cli.entropy import intlm, intmath
+from encodec_cli.entropy import intlm, intmath, lmcoder
 from encodec_cli.entropy.lmcoder import LMDecoder, LMEncoder, load_lm
 from encodec_cli.errors import CorruptError
 from encodec_cli.formats import v1 as F
@@ -114,8 +114,8 @@ def test_integer_lm_follows_the_float_lm(name):
     assert np.mean(kl) < 1e-3, np.mean(kl)
 
 
-def _stepped(lm, codes, first, compiled=None):
-    state, out = lm.start(codes.shape[1], 1, len(codes), np.array([first]), compiled=compiled), []
+def _stepped(lm, codes, first, compiled=False, fused=False):
+    state, out = lm.start(codes.shape[1], 1, len(codes), np.array([first]), compiled=compiled, fused=fused), []
     for frame in codes:
         out.append(state.step()[0])
         state.push(frame[None])
@@ -131,35 +131,41 @@ def _stepped(lm, codes, first, compiled=None):
 ])
 def test_one_pass_equals_stepping(name, n_q, frames, first):
     """The encoder's one causal pass over known codes (IntLM.known) gives exactly the
-    frequencies that stepping gives a decoder, in blocks of any size; and the compiled
-    step (lmkernel.py) gives exactly numpy's."""
+    frequencies that stepping gives a decoder, in blocks of any size, in numpy and with
+    lmfused.py's loops; and the compiled step (lmkernel.py) and the fused one give exactly
+    numpy's step."""
     lm = int_lm(name)
     rng = np.random.default_rng(n_q)
     codes = rng.integers(0, 1024, (frames, n_q))
     if n_q == 8:  # codes the model finds likely (sharp distributions), then noise
         codes[:200] = likely_codes(lm, n_q, 200, first=list(range(n_q)))
-    stepped = _stepped(lm, codes, first, compiled=False)
+    stepped = _stepped(lm, codes, first)
     assert isinstance(lm.start(n_q, 1, 1, compiled=True), intlm.CompiledState)  # numba is installed
+    assert isinstance(lm.start(n_q, 1, 1, fused=True), intlm.FusedState)
     np.testing.assert_array_equal(_stepped(lm, codes, first, compiled=True), stepped)
+    np.testing.assert_array_equal(_stepped(lm, codes, first, fused=True), stepped)
     for block in (intlm.PASS_BLOCK, 64, frames):
-        blocks = list(lm.known(codes, first, block))
-        assert [len(b) for b in blocks[:-1]] == [block] * (len(blocks) - 1)
-        np.testing.assert_array_equal(np.concatenate(blocks), stepped)
+        for fused in (False, True):
+            blocks = list(lm.known(codes, first, block, fused=fused))
+            assert [len(b) for b in blocks[:-1]] == [block] * (len(blocks) - 1)
+            np.testing.assert_array_equal(np.concatenate(blocks), stepped)
 
 
 def test_compiled_batches_equal_numpy_batches():
     """Streams stepped together by the compiled kernel (4 rows at a time in its products,
-    then the rest) each get what numpy's step gives them, each from its own position;
-    its key/value ring wraps past the window, and short streams get a short ring."""
+    then the rest) or the fused step each get what numpy's step gives them, each from its
+    own position; the compiled key/value ring wraps past the window, the fused window
+    moves back to its buffer's front, and short streams get a short ring."""
     lm = int_lm("encodec_24khz")
     rng = np.random.default_rng(5)
     for batch, frames in ((7, 300), (2, 20)):
         first = rng.integers(0, 1 << 30, batch)
-        states = [lm.start(4, batch, frames, first, compiled=c) for c in (False, True)]
+        states = [lm.start(4, batch, frames, first, compiled=c, fused=f) for c, f in ((0, 0), (1, 0), (0, 1))]
         assert states[1].rows == min(frames, lm.past_context) + 1
         for t in range(frames):
-            a, b = (s.step() for s in states)
-            np.testing.assert_array_equal(a, b, err_msg=str(t))
+            a, *others = (s.step() for s in states)
+            for b in others:
+                np.testing.assert_array_equal(a, b, err_msg=str(t))
             codes = a.argmax(-1) if t % 3 else rng.integers(0, 1024, (batch, 4))
             for s in states:
                 s.push(codes)
@@ -300,8 +306,43 @@ def test_unpredictable_packet_falls_back_to_raw_and_costs_no_lm_work(lm24, monke
     packets = code_packets(LMEncoder(lm24, bytes(8), spec, 4), [likely, noise])
     assert [p.flags for p in packets] == [0, F.FLAG_RAW]
     assert len(packets[1].payload) == len(F.pack_codes(noise))
-    monkeypatch.setattr(intlm.IntLMState, "step", lambda self: pytest.fail("LM stepped for a raw packet"))
+    for kind in (intlm.IntLMState, intlm.FusedState):
+        monkeypatch.setattr(kind, "step", lambda self: pytest.fail("LM stepped for a raw packet"))
     np.testing.assert_array_equal(LMDecoder(lm24, spec, 4).decode(packets[1]), noise)
+
+
+def test_long_inputs_code_with_the_fused_loops_and_the_same_bytes(lm24, monkeypatch):
+    """Numba's start-up is paid only for inputs long enough to repay it, or once it has
+    been paid; either way the bytes and codes are the same."""
+    fused = "encodec_cli.entropy.lmfused"
+    monkeypatch.delitem(sys.modules, fused, raising=False)
+    assert not lmcoder._fused(10.0, 8.0)     # a 10 s input, from its first packet
+    assert lmcoder._fused(60.0, 8.0)         # a minute
+    assert not lmcoder._fused(None, 16.0)    # of unknown length: once 25 s have come
+    assert lmcoder._fused(None, 32.0)
+    monkeypatch.setitem(sys.modules, fused, intlm)
+    assert lmcoder._fused(1.0, 1.0)          # started: whatever the length
+    monkeypatch.undo()
+
+    spec = SPECS["encodec_24khz"]
+    parts = [likely_codes(lm24, 4, n, first=[n, 1, 2, 3]) for n in (30, 21)]
+    calls = []
+    known = intlm.IntLM.known
+    monkeypatch.setattr(intlm.IntLM, "known", lambda self, *a, fused=False: calls.append(fused) or known(
+        self, *a, fused=fused))
+    monkeypatch.delitem(sys.modules, fused, raising=False)  # as in a fresh process
+    short = code_packets(LMEncoder(lm24, bytes(8), spec, 4, seconds=0.5), parts)
+    long = code_packets(LMEncoder(lm24, bytes(8), spec, 4, seconds=3600), parts)
+    assert calls == [False, False, True, True]
+    assert [p.payload for p in short] == [p.payload for p in long]
+    for seconds, kind in ((0.5, intlm.IntLMState), (3600, intlm.FusedState)):
+        monkeypatch.delitem(sys.modules, fused, raising=False)
+        calls.clear()
+        monkeypatch.setattr(kind, "push", lambda self, c, push=kind.push: calls.append(kind) or push(self, c))
+        decoded = LMDecoder(lm24, spec, 4, seconds=seconds).decode_many(long)
+        assert set(calls) == {kind}
+        for got, part in zip(decoded, parts):
+            np.testing.assert_array_equal(got, part)
 
 
 def test_48khz_segments_are_streams_in_lockstep():
@@ -370,6 +411,9 @@ KERNELS = {
     "mkl-sse42": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
     "all-three": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
                   "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
+    # numba's loops built for a generic x86-64 (no AVX), numpy's without AVX-512 or AVX2
+    "numba-numpy-generic": {"NUMBA_CPU_NAME": "generic",
+                            "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR X86_V3"},
 }
 
 _DECODE = """
@@ -389,7 +433,14 @@ for path in sys.argv[1:]:
         dec = LMDecoder(lm, SPECS[model], k)
         codes = np.concatenate(dec.decode_many(list(reader)))
         out[f"{path}:{threads}"] = hashlib.sha256(codes.astype(">u2").tobytes()).hexdigest()
-out["numba"] = "numba" in sys.modules  # files decode without it (its memory: IntLM.start)
+out["numba"] = "numba" in sys.modules  # short files decode without it (its start-up: lmcoder._fused)
+for path in sys.argv[1:]:  # and as a long file's packets: lmfused.py's loops
+    reader = F.Reader.open(io.BytesIO(open(path, "rb").read()))
+    model, k = reader.header.model, reader.header.n_codebooks
+    lm, _ = load_lm(model, path[:-len(".ecdc")] + ".th", k, download_bars=False)
+    codes = np.concatenate(LMDecoder(lm, SPECS[model], k, seconds=3600).decode_many(list(reader)))
+    out[f"{path}:fused"] = hashlib.sha256(codes.astype(">u2").tobytes()).hexdigest()
+out["fused"] = "encodec_cli.entropy.lmfused" in sys.modules
 print(json.dumps(out))
 """
 
@@ -431,9 +482,9 @@ def test_files_decode_under_other_kernels_and_threads(kernels, portable_files):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     got = json.loads(p.stdout)
-    assert got["numba"] is False
+    assert got["numba"] is False and got["fused"] is True
     for path, digest in portable_files.items():
-        for threads in (1, 2, 4):
+        for threads in (1, 2, 4, "fused"):
             assert got[f"{path}:{threads}"] == digest, (kernels, path, threads)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import struct
+import sys
 import typing as tp
 import zlib
 from pathlib import Path
@@ -34,6 +35,16 @@ Step = tp.Optional[tp.Callable[[int], None]]  # told of each step's frames, for 
 # values: 24 kHz packets (a 263-frame window) 2.4 MB each, 48 kHz segments (150 frames) 1.5 MB.
 # 8 keeps a two-hour 24 kHz file within 500 MB.
 BATCH_STREAMS = {True: 8, False: 24}  # by spec.causal
+# lmfused.py's loops save 15-30 ms a second of audio, numba's start-up costs 0.5 s a process
+FUSED_SECONDS = 25.0
+
+
+def _fused(total: tp.Optional[float], so_far: float) -> bool:
+    """Whether to code with lmfused.py: when the input (`total` seconds, None: not known;
+    `so_far` coded, this call's included) is long enough to repay numba's start-up, or
+    this process has paid it already."""
+    started = "encodec_cli.entropy.lmfused" in sys.modules
+    return started or (so_far if total is None else total) >= FUSED_SECONDS
 
 
 def load_lm(codec_name: str, weights: tp.Optional[Path], n_q: int, download_bars: bool = True
@@ -71,7 +82,7 @@ class _Batch:
     """
 
     def __init__(self, lm: IntLM, n_q: int, packets: tp.Sequence[tp.Sequence[Segment]],
-                 offsets: tp.Optional[tp.Sequence[int]]):
+                 offsets: tp.Optional[tp.Sequence[int]], fused: bool = False):
         self.lengths = np.array([n for segs in packets for n, _ in segs], np.int64)
         self.base = np.cumsum(self.lengths) - self.lengths
         counts = np.cumsum([len(segs) for segs in packets])
@@ -80,7 +91,7 @@ class _Batch:
         if offsets is not None:
             first = np.repeat(np.asarray(offsets, np.int64), [len(segs) for segs in packets])
         self.steps = int(self.lengths.max()) if len(self.lengths) else 0
-        self.state = lm.start(n_q, len(self.lengths), self.steps, first) if self.steps else None
+        self.state = lm.start(n_q, len(self.lengths), self.steps, first, fused=fused) if self.steps else None
 
     def rows(self, t: int) -> np.ndarray:
         """Per stream, the row it codes at step t (a finished stream: its last row, unused)."""
@@ -98,16 +109,19 @@ class LMEncoder:
     name = "lm"
     batch_streams = 1  # each packet is coded on its own, in one pass
 
-    def __init__(self, lm: IntLM, fingerprint: bytes, spec: ModelSpec, n_q: int, raw_fallback: bool = True):
+    def __init__(self, lm: IntLM, fingerprint: bytes, spec: ModelSpec, n_q: int, raw_fallback: bool = True,
+                 seconds: tp.Optional[float] = None):
         self.lm, self.fingerprint, self.n_q, self.raw_fallback = lm, fingerprint, n_q, raw_fallback
         self.positions = spec.causal  # 24 kHz: streams start at their packet's frame offset
         self.frames = 0               # frames of the packets coded so far
+        self.frame_rate = spec.frame_rate
+        self.seconds = seconds        # the input's length, where known
 
     @classmethod
     def load(cls, spec: ModelSpec, n_q: int, weights: tp.Optional[Path], download_bars: bool = True,
-             raw_fallback: bool = True) -> "LMEncoder":
+             raw_fallback: bool = True, seconds: tp.Optional[float] = None) -> "LMEncoder":
         lm, fp = load_lm(spec.name, weights, n_q, download_bars)
-        return cls(lm, fp, spec, n_q, raw_fallback)
+        return cls(lm, fp, spec, n_q, raw_fallback, seconds)
 
     def encode_lm(self, packets: tp.Sequence[CodedPacket], step: Step = None) -> tp.List[bytes]:
         """Each packet's LM-coded data: codes checksum, then the range coder's words.
@@ -118,10 +132,11 @@ class LMEncoder:
         for codes, segments in packets:
             first = self.frames if self.positions else 0  # 24 kHz: the packet's first frame
             self.frames += len(codes)
+            fused = _fused(self.seconds, self.frames / self.frame_rate)
             bounds = np.cumsum([0] + [n for n, _ in segments])
             streams = [codes[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
             coder = constriction.stream.queue.RangeEncoder()
-            passes = [self.lm.known(stream, first) for stream in streams]
+            passes = [self.lm.known(stream, first, fused=fused) for stream in streams]
             for row, blocks in enumerate(itertools.zip_longest(*passes)):
                 # the same block of every segment's pass, its codes in the stepped order
                 live = [(j, g) for j, g in enumerate(blocks) if g is not None]
@@ -190,14 +205,17 @@ class LiveModel:
 
 
 class LMDecoder:
-    def __init__(self, lm: IntLM, spec: ModelSpec, n_q: int):
+    def __init__(self, lm: IntLM, spec: ModelSpec, n_q: int, seconds: tp.Optional[float] = None):
         self.lm, self.n_q = lm, n_q
-        self.positions = spec.causal
+        self.positions, self.frame_rate = spec.causal, spec.frame_rate
         self.batch_streams = BATCH_STREAMS[spec.causal]
+        self.seconds = seconds  # the file's length, where known
+        self.frames = 0         # frames of the LM-coded packets decoded so far
 
     @classmethod
-    def load(cls, spec: ModelSpec, header: Header, weights: tp.Optional[Path], download_bars: bool = True):
-        return cls(checked_lm(spec, header, weights, download_bars), spec, header.n_codebooks)
+    def load(cls, spec: ModelSpec, header: Header, weights: tp.Optional[Path], download_bars: bool = True,
+             seconds: tp.Optional[float] = None):
+        return cls(checked_lm(spec, header, weights, download_bars), spec, header.n_codebooks, seconds)
 
     def decode(self, packet: Packet) -> np.ndarray:
         return self.decode_many([packet])[0]
@@ -224,7 +242,9 @@ class LMDecoder:
             crcs.append(struct.unpack_from(">I", data)[0])
             words = np.frombuffer(data, ">u4", offset=4).astype(np.uint32)
             coders.append(constriction.stream.queue.RangeDecoder(words))
-        batch = _Batch(self.lm, self.n_q, [p.segments for p in packets], offsets)
+        self.frames += sum(p.frames for p in packets)
+        batch = _Batch(self.lm, self.n_q, [p.segments for p in packets], offsets,
+                       fused=_fused(self.seconds, self.frames / self.frame_rate))
         decoded = np.zeros((sum(p.frames for p in packets), self.n_q), np.uint16)
         for t in range(batch.steps):
             probs = batch.probabilities(self.n_q)

@@ -1,0 +1,243 @@
+"""The elementwise work of coder 3's LM in compiled loops, around float32 matrix products.
+
+intlm.py's numpy layers make some 15 passes over each attention score and each logit
+(rounding, maximum, table lookup, sums, scaling), and at the sizes a file has (blocks of
+75 frames, or a decoder's 8 streams) those passes, not the products, take most of the
+time. Here each of them is one compiled loop that reads a row once and keeps it in cache;
+the matrix products stay in torch and numpy (BLAS), exactly as intlm.py computes them.
+The integers are intlm.py's, bit for bit (tests/test_lm.py compares the two on every path).
+
+Compiled once per machine and cached by numba, like lmkernel.py. A process that uses these
+pays numba's start-up (about 0.4 s and 100 MB), so the coders use them only for inputs long
+enough to repay it (LMEncoder, LMDecoder); intlm.py's numpy layers do the rest.
+"""
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from .intmath import ACT_LIMIT, ATT_BITS, EXP_BITS, EXP_SIZE, FREQ_TOTAL, GELU_EDGE, GELU_STEP, LN_EPS, \
+    LN_INPUT_BITS, QKV_BITS, Q
+from .lmkernel import _excess, _isqrt
+
+_jit = nb.njit(cache=True, nogil=True, error_model="numpy")
+# Loops index with unsigned integers: numba must wrap a signed index that may be negative
+# (a[-1]), and that check keeps LLVM from vectorizing the loop (3x slower here). Unsigned
+# values serve only as indices, since numba turns uint64 mixed with int64 into float64.
+_u = np.uint64
+
+
+@nb.njit(inline="always")
+def _rounded(y, bias):
+    """Linear.round of one product: floor(y + 1/2) + bias, as int64."""
+    return np.int64(np.floor(np.float64(y) + 0.5) + bias)
+
+
+@nb.njit(inline="always")
+def _to_input(row, bits, out):
+    """Linear.products' input: a row of Q10 integers rounded to a multiple of 2**e (e the
+    smallest that brings it within 2**bits), as float32."""
+    m = np.int64(0)
+    for i in range(_u(row.shape[0])):
+        m = max(m, abs(row[i]))
+    e = _excess(m, bits)
+    half, mask = (np.int64(1) << e) >> 1, -(np.int64(1) << e)
+    for i in range(_u(row.shape[0])):
+        out[i] = np.float32((row[i] + half) & mask)
+
+
+@_jit
+def inputs(x, bits, out):
+    """x [R, In] int64 -> out [R, In] float32: each row as Linear.products' input."""
+    for r in range(x.shape[0]):
+        _to_input(x[r], bits, out[r])
+
+
+@nb.njit(inline="always")
+def _norm_row(x, gamma2, beta, c):
+    """intmath.LayerNorm of one row, in place. The quotient comes from float64 division,
+    corrected by one where it overshot: numerator and divisor are integers below 2**53,
+    so the rounded quotient is never below the true floor."""
+    dim = x.shape[0]
+    m = np.int64(0)
+    for i in range(_u(dim)):
+        m = max(m, abs(x[i]))
+    e = _excess(m, LN_INPUT_BITS)
+    total = np.int64(0)
+    for i in range(_u(dim)):
+        total += x[i] >> e
+    sq = np.int64(0)
+    for i in range(_u(dim)):
+        c[i] = dim * (x[i] >> e) - total
+        sq += c[i] * c[i]
+    root = _isqrt(sq + LN_EPS)
+    d = np.float64(2 * root)
+    for i in range(_u(dim)):
+        n = c[i] * gamma2[i] + root
+        q = np.int64(np.floor(np.float64(n) / d))
+        if q * (2 * root) > n:
+            q -= 1
+        x[i] = q + beta[i]
+
+
+@_jit
+def add_norm(x, y, bias, gamma2, beta, bits, out):
+    """x += Linear.round(y) (products y [R, D] float32, bias [D]), then LayerNorm in place;
+    out [R, D] float32: the result as the next product's input (`bits`)."""
+    c = np.empty(x.shape[1], np.int64)
+    for r in range(x.shape[0]):
+        xr, yr = x[r], y[r]
+        for i in range(_u(xr.shape[0])):
+            xr[i] += _rounded(yr[i], bias[i])
+        _norm_row(xr, gamma2, beta, c)
+        _to_input(xr, bits, out[r])
+
+
+@_jit
+def norm(x, gamma2, beta, bits, out):
+    """LayerNorm of x [R, D] in place, and out as in add_norm."""
+    c = np.empty(x.shape[1], np.int64)
+    for r in range(x.shape[0]):
+        _norm_row(x[r], gamma2, beta, c)
+        _to_input(x[r], bits, out[r])
+
+
+@_jit
+def gelu(y, bias, base, slope, bits, out):
+    """intmath.gelu of Linear.round(y) (y [R, H] float32), as the next product's input."""
+    h = np.empty(y.shape[1], np.int64)
+    frac = (1 << GELU_STEP) - 1
+    for r in range(y.shape[0]):
+        yr = y[r]
+        for i in range(_u(y.shape[1])):
+            v = _rounded(yr[i], bias[i])
+            u = max(v, -GELU_EDGE) + GELU_EDGE
+            j = _u(min(u, 2 * GELU_EDGE) >> GELU_STEP)
+            g = (slope[j] * (u & frac) + base[j]) >> (20 + GELU_STEP - Q)
+            h[i] = v if v > GELU_EDGE else g
+        _to_input(h, bits, out[r])
+
+
+@_jit
+def split(p, bias, first, queries, keys, values, exps):
+    """intlm._split and _KV.put of rows p [S, R, 3 * D] (products of S streams' R rows).
+
+    queries [S, H, R, 25] get the scaled mantissas attention multiplies (q * 2**(eq - 10));
+    row r's keys (k * 2**ek) go to keys [S, H, 25, rows] at column first + r, its value
+    mantissas to values [S, H, rows, 25] and their exponents to exps [S, H, rows]."""
+    streams, rows = p.shape[0], p.shape[1]
+    heads, width = queries.shape[1], queries.shape[3]
+    dim = heads * width
+    v = np.empty(width, np.int64)
+    for s in range(streams):
+        for r in range(rows):
+            t = first + r
+            for part in range(3):
+                for h in range(heads):
+                    o = part * dim + h * width
+                    pr, br = p[s, r, o:o + width], bias[o:o + width]
+                    m = np.int64(0)
+                    for d in range(_u(width)):
+                        v[d] = min(max(_rounded(pr[d], br[d]), -ACT_LIMIT), ACT_LIMIT)
+                        m = max(m, abs(v[d]))
+                    e = _excess(m, QKV_BITS[part])
+                    half = (np.int64(1) << e) >> 1
+                    if part == 0:
+                        scale, row = np.float32(2.0 ** (e - Q)), queries[s, h, r]
+                        for d in range(_u(width)):
+                            row[d] = np.float32((v[d] + half) >> e) * scale
+                    elif part == 1:
+                        scale, column = np.float32(2.0 ** e), keys[s, h, :, t]
+                        for d in range(_u(width)):
+                            column[d] = np.float32((v[d] + half) >> e) * scale
+                    else:
+                        row = values[s, h, t]
+                        for d in range(_u(width)):
+                            row[d] = np.float32((v[d] + half) >> e)
+                        exps[s, h, t] = e
+
+
+@_jit
+def softmax(scores, lo, hi, exps, table, weights, tops):
+    """Attention weights of scores [G, R, L] (float32 products q.k; G = streams * heads),
+    row r seeing columns lo[r] .. hi[r] - 1 (0 elsewhere): intlm._KV.attend's rounding,
+    softmax_weights and `rescaled` in one pass a row. exps [G, L]: the values' exponents;
+    weights [G, R, L] float32 (exact: below 2**14) and tops [G, R] (the largest exponent
+    seen) are written."""
+    groups, rows, cols = scores.shape
+    s = np.empty(cols, np.int64)
+    buf = np.empty(cols, np.int64)
+    half = np.int64(1) << (EXP_BITS - 1)
+    last = np.int64(EXP_SIZE - 1)
+    for g in range(groups):
+        ex = exps[g]
+        for r in range(rows):
+            a, b = _u(lo[r]), _u(hi[r])
+            sr = scores[g, r]
+            best = np.int64(-(1 << 62))
+            top = np.int64(0)
+            for j in range(a, b):
+                v = np.int64(np.floor(np.float64(sr[j]) + 0.5))
+                s[j] = v
+                best = max(best, v)
+                top = max(top, ex[j])
+            total = np.int64(0)
+            for j in range(a, b):
+                w = table[_u(min(best - s[j], last))]
+                buf[j] = w
+                total += w
+            inv = (np.int64(1) << (EXP_BITS + ATT_BITS)) // total
+            out = weights[g, r]
+            out[:a] = 0
+            for j in range(a, b):
+                w = (buf[j] * inv + half) >> EXP_BITS
+                k = top - ex[j]
+                out[j] = np.float32((w + ((np.int64(1) << k) >> 1)) >> k)
+            out[b:] = 0
+            tops[g, r] = top
+
+
+@_jit
+def attention(acc, tops, bits, out):
+    """Attention outputs from acc [S, H, R, 25] (float32 sums of weights times value
+    mantissas, exact) and tops [S, H, R]: Q10 rows [S * R, D], as the output product's
+    input (`bits`), into out [S * R, D] float32."""
+    streams, heads, rows, width = acc.shape
+    a = np.empty(heads * width, np.int64)
+    for s in range(streams):
+        for r in range(rows):
+            for h in range(heads):
+                t, part, ar = tops[s, h, r], a[h * width:(h + 1) * width], acc[s, h, r]
+                for d in range(_u(width)):
+                    part[d] = ((np.int64(ar[d]) << t) + (1 << (ATT_BITS - 1))) >> ATT_BITS
+            _to_input(a, bits, out[s * rows + r])
+
+
+@_jit
+def frequencies(y, bias, table, out):
+    """intmath.frequencies of Linear.round(y) (head products y [R, n_q * 1024] float32),
+    into out [R * n_q, 1024] int64."""
+    card = out.shape[1]
+    n_q = y.shape[1] // card
+    z = np.empty(card, np.int64)
+    last = np.int64(EXP_SIZE - 1)
+    for r in range(y.shape[0]):
+        for c in range(n_q):
+            yr, br, g = y[r, c * card:(c + 1) * card], bias[c * card:(c + 1) * card], out[r * n_q + c]
+            best = np.int64(-(1 << 62))
+            for i in range(_u(card)):
+                z[i] = _rounded(yr[i], br[i])
+                best = max(best, z[i])
+            top = 0
+            while z[top] != best:  # the first most likely symbol
+                top += 1
+            total = np.int64(0)
+            for i in range(_u(card)):
+                g[i] = table[_u(min(best - z[i], last))]
+                total += g[i]
+            scale = (np.int64(FREQ_TOTAL) << 32) // total
+            total = 0
+            for i in range(_u(card)):
+                g[i] = (g[i] * scale) >> 32
+                total += g[i]
+            g[top] += FREQ_TOTAL - total
