@@ -16,8 +16,19 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from .intmath import ACT_LIMIT, ATT_BITS, EXP_BITS, EXP_SIZE, FREQ_TOTAL, GELU_EDGE, GELU_STEP, LN_EPS, \
-    LN_INPUT_BITS, QKV_BITS, Q
+from .intmath import (
+    ACT_LIMIT,
+    ATT_BITS,
+    EXP_BITS,
+    EXP_SIZE,
+    FREQ_TOTAL,
+    GELU_EDGE,
+    GELU_STEP,
+    LN_EPS,
+    LN_INPUT_BITS,
+    QKV_BITS,
+    Q,
+)
 from .lmkernel import _excess, _isqrt
 
 _jit = nb.njit(cache=True, nogil=True, error_model="numpy")
