@@ -379,19 +379,12 @@ class FusedState:
         xin = np.empty(x.shape, np.float32)
         K.inputs(x, lm.layers[0][0].in_bits, xin)
         pos = self.window.slot(self._move)
-        rows = slice(self.window.start, pos + 1)
-        see_lo, see_hi = np.zeros(1, np.int64), np.array([pos + 1 - self.window.start])
-        q, tops, att = self._queries, np.empty((B * HEADS, 1), np.int64), np.empty((B, DIM), np.float32)
+        q, att = self._queries, np.empty((B, DIM), np.float32)
         for i, (qkv, out, norm1, lin1, lin2, norm2) in enumerate(lm.layers):
             K.split(_mm(xin, qkv.w).reshape(B, 1, 3 * DIM), qkv.bias, pos, q, self.keys[i], self.values[i],
                     self.exps[i])
-            scores = np.matmul(q, self.keys[i][..., rows])                     # [B, H, 1, L]
-            w = np.empty(scores.shape, np.float32)
-            exps = self.exps[i][:, :, rows]
-            K.softmax(scores.reshape(B * HEADS, 1, -1), see_lo, see_hi, exps.reshape(B * HEADS, -1), table,
-                      w.reshape(B * HEADS, 1, -1), tops)
-            acc = np.matmul(w, self.values[i][:, :, rows])                    # [B, H, 1, 25]
-            K.attention(acc, tops.reshape(B, HEADS, 1), out.in_bits, att)
+            K.attend(q[:, :, 0], self.keys[i], self.values[i], self.exps[i], self.window.start, pos + 1, table,
+                     out.in_bits, att)
             K.add_norm(x, _mm(att, out.w), out.bias, norm1._gamma2, norm1.beta, lin1.in_bits, xin)
             hidden = np.empty((B, lin1.bias.shape[0]), np.float32)
             K.gelu(_mm(xin, lin1.w), lin1.bias, base, slope, lin2.in_bits, hidden)

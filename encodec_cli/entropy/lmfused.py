@@ -168,44 +168,77 @@ def split(p, bias, first, queries, keys, values, exps):
                         exps[s, h, t] = e
 
 
+@nb.njit(inline="always")
+def _weights(scores, a, b, exps, table, s, buf, out):
+    """One query's attention weights (intlm._KV.attend's rounding, softmax_weights and
+    `rescaled`) over its keys a .. b - 1, into out (0 elsewhere); returns the largest
+    exponent seen. scores: float32 products q.k; exps: the values' exponents (at most 11,
+    so shifts stay below 64); s and buf: scratch of the row's length."""
+    half = np.int64(1) << (EXP_BITS - 1)
+    last = np.int64(EXP_SIZE - 1)
+    best = np.int64(-(1 << 62))
+    top = np.int64(0)
+    for j in range(a, b):
+        v = np.int64(np.floor(np.float64(scores[j]) + 0.5))
+        s[j] = v
+        best = max(best, v)
+        top = max(top, exps[j])
+    total = np.int64(0)
+    for j in range(a, b):
+        w = table[_u(min(best - s[j], last))]
+        buf[j] = w
+        total += w
+    inv = (np.int64(1) << (EXP_BITS + ATT_BITS)) // total
+    out[:a] = 0
+    for j in range(a, b):
+        w = (buf[j] * inv + half) >> EXP_BITS
+        k = top - exps[j]
+        out[j] = np.float32((w + ((np.int64(1) << k) >> 1)) >> k)
+    out[b:] = 0
+    return top
+
+
 @_jit
 def softmax(scores, lo, hi, exps, table, weights, tops):
     """Attention weights of scores [G, R, L] (float32 products q.k; G = streams * heads),
-    row r seeing columns lo[r] .. hi[r] - 1 (0 elsewhere): intlm._KV.attend's rounding,
-    softmax_weights and `rescaled` in one pass a row. exps [G, L]: the values' exponents;
-    weights [G, R, L] float32 (exact: below 2**14) and tops [G, R] (the largest exponent
-    seen) are written."""
+    row r seeing columns lo[r] .. hi[r] - 1 (0 elsewhere), as _weights gives them: weights
+    [G, R, L] float32 (exact: below 2**14) and tops [G, R]. exps [G, L]."""
     groups, rows, cols = scores.shape
-    s = np.empty(cols, np.int64)
-    buf = np.empty(cols, np.int64)
-    half = np.int64(1) << (EXP_BITS - 1)
-    last = np.int64(EXP_SIZE - 1)
+    s, buf = np.empty(cols, np.int64), np.empty(cols, np.int64)
     for g in range(groups):
-        ex = exps[g]
         for r in range(rows):
-            a, b = _u(lo[r]), _u(hi[r])
-            sr = scores[g, r]
-            best = np.int64(-(1 << 62))
-            top = np.int64(0)
-            for j in range(a, b):
-                v = np.int64(np.floor(np.float64(sr[j]) + 0.5))
-                s[j] = v
-                best = max(best, v)
-                top = max(top, ex[j])
-            total = np.int64(0)
-            for j in range(a, b):
-                w = table[_u(min(best - s[j], last))]
-                buf[j] = w
-                total += w
-            inv = (np.int64(1) << (EXP_BITS + ATT_BITS)) // total
-            out = weights[g, r]
-            out[:a] = 0
-            for j in range(a, b):
-                w = (buf[j] * inv + half) >> EXP_BITS
-                k = top - ex[j]
-                out[j] = np.float32((w + ((np.int64(1) << k) >> 1)) >> k)
-            out[b:] = 0
-            tops[g, r] = top
+            tops[g, r] = _weights(scores[g, r], _u(lo[r]), _u(hi[r]), exps[g], table, s, buf, weights[g, r])
+
+
+@_jit
+def attend(queries, keys, values, exps, start, stop, table, bits, out):
+    """A decoder step's attention for each stream: its query (queries [B, H, 25], scaled
+    as `split` gives them) over the keys and values at rows start .. stop - 1, the products
+    in float32 (exact in any order, intmath's rules), into out [B, D] as the output
+    product's input (`bits`)."""
+    streams, heads, width = queries.shape
+    cap = keys.shape[3]
+    scores, w = np.empty(cap, np.float32), np.empty(cap, np.float32)
+    s, buf = np.empty(cap, np.int64), np.empty(cap, np.int64)
+    acc, a = np.empty(width, np.float32), np.empty(heads * width, np.int64)
+    lo, hi = _u(start), _u(stop)
+    for b in range(streams):
+        for h in range(heads):
+            q, k, v = queries[b, h], keys[b, h], values[b, h]  # C-contiguous: loops vectorize
+            scores[lo:hi] = 0
+            for d in range(width):
+                kd, qd = k[d], q[d]
+                for j in range(lo, hi):
+                    scores[j] += qd * kd[j]
+            top = _weights(scores, lo, hi, exps[b, h], table, s, buf, w)
+            acc[:] = 0
+            for j in range(lo, hi):
+                vj, wj = v[j], w[j]
+                for d in range(_u(width)):
+                    acc[d] += wj * vj[d]
+            for d in range(width):
+                a[h * width + d] = ((np.int64(acc[d]) << top) + (1 << (ATT_BITS - 1))) >> ATT_BITS
+        _to_input(a, bits, out[b])
 
 
 @_jit
