@@ -22,7 +22,7 @@ from encodec_cli import testing as random_weights
 from encodec_cli.codec.lm import DIM, MAX_PERIOD, build_lm
 from encodec_cli.codec.models import SPECS
 from encodec_cli.codec.weights import REGISTRY
-from encodec_cli.entropy import intlm, intmath, lmcoder
+from encodec_cli.entropy import intlm, intmath, lmcoder, lmfused
 from encodec_cli.entropy.lmcoder import LMDecoder, LMEncoder, load_lm
 from encodec_cli.errors import CorruptError
 from encodec_cli.formats import v1 as F
@@ -141,7 +141,7 @@ def test_one_pass_equals_stepping(name, n_q, frames, first):
         codes[:200] = likely_codes(lm, n_q, 200, first=list(range(n_q)))
     stepped = _stepped(lm, codes, first)
     assert isinstance(lm.start(n_q, 1, 1, compiled=True), intlm.CompiledState)  # numba is installed
-    assert isinstance(lm.start(n_q, 1, 1, fused=True), intlm.FusedState)
+    assert isinstance(lm.start(n_q, 1, 1, fused=True), lmfused.FusedState)
     np.testing.assert_array_equal(_stepped(lm, codes, first, compiled=True), stepped)
     np.testing.assert_array_equal(_stepped(lm, codes, first, fused=True), stepped)
     for block in (intlm.PASS_BLOCK, 64, frames):
@@ -306,7 +306,7 @@ def test_unpredictable_packet_falls_back_to_raw_and_costs_no_lm_work(lm24, monke
     packets = code_packets(LMEncoder(lm24, bytes(8), spec, 4), [likely, noise])
     assert [p.flags for p in packets] == [0, F.FLAG_RAW]
     assert len(packets[1].payload) == len(F.pack_codes(noise))
-    for kind in (intlm.IntLMState, intlm.FusedState):
+    for kind in (intlm.IntLMState, lmfused.FusedState):
         monkeypatch.setattr(kind, "step", lambda self: pytest.fail("LM stepped for a raw packet"))
     np.testing.assert_array_equal(LMDecoder(lm24, spec, 4).decode(packets[1]), noise)
 
@@ -335,7 +335,7 @@ def test_long_inputs_code_with_the_fused_loops_and_the_same_bytes(lm24, monkeypa
     long = code_packets(LMEncoder(lm24, bytes(8), spec, 4, seconds=3600), parts)
     assert calls == [False, False, True, True]
     assert [p.payload for p in short] == [p.payload for p in long]
-    for seconds, kind in ((0.5, intlm.IntLMState), (3600, intlm.FusedState)):
+    for seconds, kind in ((0.5, intlm.IntLMState), (3600, lmfused.FusedState)):
         monkeypatch.delitem(sys.modules, fused, raising=False)
         calls.clear()
         monkeypatch.setattr(kind, "push", lambda self, c, push=kind.push: calls.append(kind) or push(self, c))

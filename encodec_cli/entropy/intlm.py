@@ -30,13 +30,10 @@ from .intmath import (
     LayerNorm,
     Linear,
     Q,
-    _gelu_tables,
     _max,
-    _mm,
     _rne,
     _sum,
     excess,
-    exp_table,
     frequencies,
     gelu,
     positions,
@@ -82,7 +79,7 @@ class IntLM:
             raise ValueError(f"this LM serves {self.used} codebooks, not {n_q}")
 
     def start(self, n_q: int, batch: int, frames: int, first: tp.Optional[np.ndarray] = None,
-              compiled: bool = False, fused: bool = False) -> tp.Union["IntLMState", "FusedState", "CompiledState"]:
+              compiled: bool = False, fused: bool = False) -> tp.Union["IntLMState", "CompiledState", tp.Any]:
         """`batch` fresh streams of at most `frames` frames, stream i at positions first[i]...
 
         Where numba can run (numpy steps otherwise), with the same integers:
@@ -92,10 +89,11 @@ class IntLM:
           numpy for a decoder's 8 streams.
         Either costs a process numba's start-up (about 0.5 s and 100 MB, once)."""
         self._check(n_q)
-        kind = IntLMState
         if (compiled or fused) and _have_numba():
-            kind = CompiledState if compiled else FusedState
-        return kind(self, n_q, batch, frames, first)
+            from . import lmfused
+
+            return (CompiledState if compiled else lmfused.FusedState)(self, n_q, batch, frames, first)
+        return IntLMState(self, n_q, batch, frames, first)
 
     def kernel_weights(self, n_q: int):
         """The compiled kernel's arrays for the first `n_q` codebooks (built once)."""
@@ -115,7 +113,9 @@ class IntLM:
         frames, n_q = codes.shape
         self._check(n_q)
         if fused and _have_numba():
-            return self._known_fused(codes, first, block)
+            from . import lmfused
+
+            return lmfused.known(self, codes, first, block)
         return self._known(codes, first, block)
 
     def _known(self, codes: np.ndarray, first: int, block: int) -> tp.Iterator[np.ndarray]:
@@ -140,46 +140,6 @@ class IntLM:
             for lo in range(0, e - s, step):
                 out[lo:lo + step] = frequencies(heads.round(y[lo:lo + step]).reshape(-1, n_q, CARD))
             yield out
-
-    def _known_fused(self, codes: np.ndarray, first: int, block: int) -> tp.Iterator[np.ndarray]:
-        from . import lmfused as K
-
-        frames, n_q = codes.shape
-        heads, table, (base, slope) = self.heads.first(n_q * CARD), exp_table(), _gelu_tables()
-        # keys times 2**ek [1, H, 25, rows], value mantissas [1, H, rows, 25], exponents [1, H, rows]
-        keys = np.zeros((len(self.layers), 1, HEADS, HEAD_DIM, frames + 1), np.float32)
-        values = np.zeros((len(self.layers), 1, HEADS, frames + 1, HEAD_DIM), np.float32)
-        exps = np.zeros((len(self.layers), 1, HEADS, frames + 1), np.int64)
-        for i, layer in enumerate(self.layers):  # row 0: the reference's all-zero input
-            K.split(np.zeros((1, 1, 3 * DIM), np.float32), layer[0].bias, 0,
-                    np.empty((1, HEADS, 1, HEAD_DIM), np.float32), keys[i], values[i], exps[i])
-        tokens = np.concatenate([np.full((1, n_q), -1), codes.astype(np.int64)[:-1]]) + 1
-        for s in range(0, frames, block):
-            e = min(frames, s + block)
-            x = _sum(self.emb[np.arange(n_q)[None], tokens[s:e]], axis=1, dtype=np.int64)
-            x = self.norm_in(x) + positions(first + np.arange(s, e))
-            xin = np.empty(x.shape, np.float32)
-            K.inputs(x, self.layers[0][0].in_bits, xin)
-            lo = max(0, s + 1 - self.past_context)      # the oldest row any frame here sees
-            rows = np.arange(s + 1, e + 1)                # frame t's input is row t + 1
-            see_lo, see_hi = np.maximum(rows - self.past_context, lo) - lo, rows + 1 - lo
-            for i, (qkv, out, norm1, lin1, lin2, norm2) in enumerate(self.layers):
-                q = np.empty((1, HEADS, e - s, HEAD_DIM), np.float32)
-                K.split(_mm(xin, qkv.w)[None], qkv.bias, s + 1, q, keys[i], values[i], exps[i])
-                scores = _mm(q[0], torch.from_numpy(keys[i, 0, :, :, lo:e + 1]))
-                w, tops = np.empty(scores.shape, np.float32), np.empty(scores.shape[:2], np.int64)
-                K.softmax(scores, see_lo, see_hi, exps[i, 0, :, lo:e + 1], table, w, tops)
-                acc = _mm(w, torch.from_numpy(values[i, 0, :, lo:e + 1]))
-                att = np.empty(x.shape, np.float32)
-                K.attention(acc[None], tops[None], out.in_bits, att)
-                K.add_norm(x, _mm(att, out.w), out.bias, norm1._gamma2, norm1.beta, lin1.in_bits, xin)
-                hidden = np.empty((e - s, lin1.bias.shape[0]), np.float32)
-                K.gelu(_mm(xin, lin1.w), lin1.bias, base, slope, lin2.in_bits, hidden)
-                after = self.layers[i + 1][0] if i + 1 < len(self.layers) else heads
-                K.add_norm(x, _mm(hidden, lin2.w), lin2.bias, norm2._gamma2, norm2.beta, after.in_bits, xin)
-            freqs = np.empty(((e - s) * n_q, CARD), np.int64)
-            K.frequencies(_mm(xin, heads.w), heads.bias, table, freqs)
-            yield freqs.reshape(e - s, n_q, CARD)
 
 
 def _split(proj: Linear, x: np.ndarray) -> tp.Tuple[tp.Tuple[np.ndarray, ...], tp.Tuple[np.ndarray, ...]]:
@@ -341,70 +301,6 @@ class IntLMState:
     def _move(self, start: int, stop: int) -> None:
         for kv in self.cache:
             kv.move(start, stop)
-
-
-class FusedState:
-    """The streams of IntLMState, stepped with lmfused.py's loops around the same products.
-
-    Keys (times 2**ek) [B, H, 25, rows], value mantissas [B, H, rows, 25] and their
-    exponents, per layer, in a window that slides along its buffer as IntLMState's does."""
-
-    def __init__(self, lm: IntLM, n_q: int, batch: int, frames: int, first: tp.Optional[np.ndarray] = None):
-        from . import lmfused
-
-        self.lm, self.n_q, self.batch, self._kernels = lm, n_q, batch, lmfused
-        capacity = min(lm.past_context, frames) + 1 + IntLMState.SLACK
-        self.offset = 0
-        self.positions = Positions(batch, frames, first)
-        self.prev = np.zeros((batch, n_q), np.int64)
-        self._codebooks = np.arange(n_q)[None]
-        layers = len(lm.layers)
-        self.keys = np.zeros((layers, batch, HEADS, HEAD_DIM, capacity), np.float32)
-        self.values = np.zeros((layers, batch, HEADS, capacity, HEAD_DIM), np.float32)
-        self.exps = np.zeros((layers, batch, HEADS, capacity), np.int64)
-        self._queries = np.empty((batch, HEADS, 1, HEAD_DIM), np.float32)
-        for i, layer in enumerate(lm.layers):  # row 0: the reference's all-zero input
-            lmfused.split(np.zeros((batch, 1, 3 * DIM), np.float32), layer[0].bias, 0, self._queries,
-                          self.keys[i], self.values[i], self.exps[i])
-        self._heads = lm.heads.first(n_q * CARD)
-        self._tables = exp_table(), _gelu_tables()
-        self.window = Window(lm.past_context, capacity)
-
-    def step(self) -> np.ndarray:
-        """Integer frequencies [batch, n_q, 1024] of the next frame (rows sum to 2**24 - 1024)."""
-        lm, K, B = self.lm, self._kernels, self.batch
-        table, (base, slope) = self._tables
-        x = _sum(lm.emb[self._codebooks, self.prev], axis=1, dtype=np.int64)
-        x = lm.norm_in(x) + self.positions.at(self.offset)
-        xin = np.empty(x.shape, np.float32)
-        K.inputs(x, lm.layers[0][0].in_bits, xin)
-        pos = self.window.slot(self._move)
-        q, att = self._queries, np.empty((B, DIM), np.float32)
-        for i, (qkv, out, norm1, lin1, lin2, norm2) in enumerate(lm.layers):
-            K.split(_mm(xin, qkv.w).reshape(B, 1, 3 * DIM), qkv.bias, pos, q, self.keys[i], self.values[i],
-                    self.exps[i])
-            K.attend(q[:, :, 0], self.keys[i], self.values[i], self.exps[i], self.window.start, pos + 1, table,
-                     out.in_bits, att)
-            K.add_norm(x, _mm(att, out.w), out.bias, norm1._gamma2, norm1.beta, lin1.in_bits, xin)
-            hidden = np.empty((B, lin1.bias.shape[0]), np.float32)
-            K.gelu(_mm(xin, lin1.w), lin1.bias, base, slope, lin2.in_bits, hidden)
-            after = lm.layers[i + 1][0] if i + 1 < len(lm.layers) else self._heads
-            K.add_norm(x, _mm(hidden, lin2.w), lin2.bias, norm2._gamma2, norm2.beta, after.in_bits, xin)
-        self.window.advance()
-        self.offset += 1
-        freqs = np.empty((B * self.n_q, CARD), np.int64)
-        K.frequencies(_mm(xin, self._heads.w), self._heads.bias, table, freqs)
-        return freqs.reshape(B, self.n_q, CARD)
-
-    def push(self, codes: np.ndarray) -> None:
-        """Feed the codes [batch, n_q] of the frame just coded."""
-        self.prev = codes.astype(np.int64).reshape(self.batch, self.n_q) + 1
-
-    def _move(self, start: int, stop: int) -> None:
-        n = stop - start
-        self.keys[..., :n] = self.keys[..., start:stop].copy()
-        self.values[..., :n, :] = self.values[..., start:stop, :].copy()
-        self.exps[..., :n] = self.exps[..., start:stop].copy()
 
 
 @functools.lru_cache(maxsize=None)  # once a process: a failed import is not remembered

@@ -13,9 +13,14 @@ enough to repay it (LMEncoder, LMDecoder); intlm.py's numpy layers do the rest.
 """
 from __future__ import annotations
 
+import typing as tp
+
 import numba as nb
 import numpy as np
+import torch
 
+from ..codec.lm import CARD, DIM, HEADS
+from .intlm import HEAD_DIM, IntLM, IntLMState, Positions, Window
 from .intmath import (
     ACT_LIMIT,
     ATT_BITS,
@@ -28,6 +33,11 @@ from .intmath import (
     LN_INPUT_BITS,
     QKV_BITS,
     Q,
+    _gelu_tables,
+    _mm,
+    _sum,
+    exp_table,
+    positions,
 )
 from .lmkernel import _excess, _isqrt
 
@@ -285,3 +295,107 @@ def frequencies(y, bias, table, out):
                 g[i] = (g[i] * scale) >> 32
                 total += g[i]
             g[top] += FREQ_TOTAL - total
+
+
+# ---------------------------------------------------------------- the LM with these loops
+
+def known(lm: IntLM, codes: np.ndarray, first: int, block: int) -> tp.Iterator[np.ndarray]:
+    """IntLM.known with these loops between the products."""
+    frames, n_q = codes.shape
+    heads, table, (base, slope) = lm.heads.first(n_q * CARD), exp_table(), _gelu_tables()
+    # keys times 2**ek [1, H, 25, rows], value mantissas [1, H, rows, 25], exponents [1, H, rows]
+    keys = np.zeros((len(lm.layers), 1, HEADS, HEAD_DIM, frames + 1), np.float32)
+    values = np.zeros((len(lm.layers), 1, HEADS, frames + 1, HEAD_DIM), np.float32)
+    exps = np.zeros((len(lm.layers), 1, HEADS, frames + 1), np.int64)
+    for i, layer in enumerate(lm.layers):  # row 0: the reference's all-zero input
+        split(np.zeros((1, 1, 3 * DIM), np.float32), layer[0].bias, 0,
+              np.empty((1, HEADS, 1, HEAD_DIM), np.float32), keys[i], values[i], exps[i])
+    tokens = np.concatenate([np.full((1, n_q), -1), codes.astype(np.int64)[:-1]]) + 1
+    for s in range(0, frames, block):
+        e = min(frames, s + block)
+        x = _sum(lm.emb[np.arange(n_q)[None], tokens[s:e]], axis=1, dtype=np.int64)
+        x = lm.norm_in(x) + positions(first + np.arange(s, e))
+        xin = np.empty(x.shape, np.float32)
+        inputs(x, lm.layers[0][0].in_bits, xin)
+        lo = max(0, s + 1 - lm.past_context)  # the oldest row any frame here sees
+        rows = np.arange(s + 1, e + 1)            # frame t's input is row t + 1
+        see_lo, see_hi = np.maximum(rows - lm.past_context, lo) - lo, rows + 1 - lo
+        for i, (qkv, out, norm1, lin1, lin2, norm2) in enumerate(lm.layers):
+            q = np.empty((1, HEADS, e - s, HEAD_DIM), np.float32)
+            split(_mm(xin, qkv.w)[None], qkv.bias, s + 1, q, keys[i], values[i], exps[i])
+            scores = _mm(q[0], torch.from_numpy(keys[i, 0, :, :, lo:e + 1]))
+            w, tops = np.empty(scores.shape, np.float32), np.empty(scores.shape[:2], np.int64)
+            softmax(scores, see_lo, see_hi, exps[i, 0, :, lo:e + 1], table, w, tops)
+            acc = _mm(w, torch.from_numpy(values[i, 0, :, lo:e + 1]))
+            att = np.empty(x.shape, np.float32)
+            attention(acc[None], tops[None], out.in_bits, att)
+            add_norm(x, _mm(att, out.w), out.bias, norm1._gamma2, norm1.beta, lin1.in_bits, xin)
+            hidden = np.empty((e - s, lin1.bias.shape[0]), np.float32)
+            gelu(_mm(xin, lin1.w), lin1.bias, base, slope, lin2.in_bits, hidden)
+            after = lm.layers[i + 1][0] if i + 1 < len(lm.layers) else heads
+            add_norm(x, _mm(hidden, lin2.w), lin2.bias, norm2._gamma2, norm2.beta, after.in_bits, xin)
+        freqs = np.empty(((e - s) * n_q, CARD), np.int64)
+        frequencies(_mm(xin, heads.w), heads.bias, table, freqs)
+        yield freqs.reshape(e - s, n_q, CARD)
+
+
+class FusedState:
+    """The streams of IntLMState, stepped with these loops around the same products.
+
+    Keys (times 2**ek) [B, H, 25, rows], value mantissas [B, H, rows, 25] and their
+    exponents, per layer, in a window that slides along its buffer as IntLMState's does."""
+
+    def __init__(self, lm: IntLM, n_q: int, batch: int, frames: int, first: tp.Optional[np.ndarray] = None):
+        self.lm, self.n_q, self.batch = lm, n_q, batch
+        capacity = min(lm.past_context, frames) + 1 + IntLMState.SLACK
+        self.offset = 0
+        self.positions = Positions(batch, frames, first)
+        self.prev = np.zeros((batch, n_q), np.int64)
+        self._codebooks = np.arange(n_q)[None]
+        layers = len(lm.layers)
+        self.keys = np.zeros((layers, batch, HEADS, HEAD_DIM, capacity), np.float32)
+        self.values = np.zeros((layers, batch, HEADS, capacity, HEAD_DIM), np.float32)
+        self.exps = np.zeros((layers, batch, HEADS, capacity), np.int64)
+        self._queries = np.empty((batch, HEADS, 1, HEAD_DIM), np.float32)
+        for i, layer in enumerate(lm.layers):  # row 0: the reference's all-zero input
+            split(np.zeros((batch, 1, 3 * DIM), np.float32), layer[0].bias, 0, self._queries,
+                  self.keys[i], self.values[i], self.exps[i])
+        self._heads = lm.heads.first(n_q * CARD)
+        self._tables = exp_table(), _gelu_tables()
+        self.window = Window(lm.past_context, capacity)
+
+    def step(self) -> np.ndarray:
+        """Integer frequencies [batch, n_q, 1024] of the next frame (rows sum to 2**24 - 1024)."""
+        lm, B = self.lm, self.batch
+        table, (base, slope) = self._tables
+        x = _sum(lm.emb[self._codebooks, self.prev], axis=1, dtype=np.int64)
+        x = lm.norm_in(x) + self.positions.at(self.offset)
+        xin = np.empty(x.shape, np.float32)
+        inputs(x, lm.layers[0][0].in_bits, xin)
+        pos = self.window.slot(self._move)
+        q, att = self._queries, np.empty((B, DIM), np.float32)
+        for i, (qkv, out, norm1, lin1, lin2, norm2) in enumerate(lm.layers):
+            split(_mm(xin, qkv.w).reshape(B, 1, 3 * DIM), qkv.bias, pos, q, self.keys[i], self.values[i],
+                  self.exps[i])
+            attend(q[:, :, 0], self.keys[i], self.values[i], self.exps[i], self.window.start, pos + 1, table,
+                   out.in_bits, att)
+            add_norm(x, _mm(att, out.w), out.bias, norm1._gamma2, norm1.beta, lin1.in_bits, xin)
+            hidden = np.empty((B, lin1.bias.shape[0]), np.float32)
+            gelu(_mm(xin, lin1.w), lin1.bias, base, slope, lin2.in_bits, hidden)
+            after = lm.layers[i + 1][0] if i + 1 < len(lm.layers) else self._heads
+            add_norm(x, _mm(hidden, lin2.w), lin2.bias, norm2._gamma2, norm2.beta, after.in_bits, xin)
+        self.window.advance()
+        self.offset += 1
+        freqs = np.empty((B * self.n_q, CARD), np.int64)
+        frequencies(_mm(xin, self._heads.w), self._heads.bias, table, freqs)
+        return freqs.reshape(B, self.n_q, CARD)
+
+    def push(self, codes: np.ndarray) -> None:
+        """Feed the codes [batch, n_q] of the frame just coded."""
+        self.prev = codes.astype(np.int64).reshape(self.batch, self.n_q) + 1
+
+    def _move(self, start: int, stop: int) -> None:
+        n = stop - start
+        self.keys[..., :n] = self.keys[..., start:stop].copy()
+        self.values[..., :n, :] = self.values[..., start:stop, :].copy()
+        self.exps[..., :n] = self.exps[..., start:stop].copy()
