@@ -115,7 +115,10 @@ def test_integer_lm_follows_the_float_lm(name):
 
 
 def _stepped(lm, codes, first, compiled=False, fused=False):
-    state, out = lm.start(codes.shape[1], 1, len(codes), np.array([first]), compiled=compiled, fused=fused), []
+    n_q, first = codes.shape[1], np.array([first])
+    state = lmfused.FusedState(lm, n_q, 1, len(codes), first) if fused else lm.start(n_q, 1, len(codes), first,
+                                                                                       compiled=compiled)
+    out = []
     for frame in codes:
         out.append(state.step()[0])
         state.push(frame[None])
@@ -141,12 +144,11 @@ def test_one_pass_equals_stepping(name, n_q, frames, first):
         codes[:200] = likely_codes(lm, n_q, 200, first=list(range(n_q)))
     stepped = _stepped(lm, codes, first)
     assert isinstance(lm.start(n_q, 1, 1, compiled=True), intlm.CompiledState)  # numba is installed
-    assert isinstance(lm.start(n_q, 1, 1, fused=True), lmfused.FusedState)
     np.testing.assert_array_equal(_stepped(lm, codes, first, compiled=True), stepped)
     np.testing.assert_array_equal(_stepped(lm, codes, first, fused=True), stepped)
     for block in (intlm.PASS_BLOCK, 64, frames):
-        for fused in (False, True):
-            blocks = list(lm.known(codes, first, block, fused=fused))
+        for known in (lm.known, functools.partial(lmfused.known, lm)):
+            blocks = list(known(codes, first, block))
             assert [len(b) for b in blocks[:-1]] == [block] * (len(blocks) - 1)
             np.testing.assert_array_equal(np.concatenate(blocks), stepped)
 
@@ -160,7 +162,8 @@ def test_compiled_batches_equal_numpy_batches():
     rng = np.random.default_rng(5)
     for batch, frames in ((7, 300), (2, 20)):
         first = rng.integers(0, 1 << 30, batch)
-        states = [lm.start(4, batch, frames, first, compiled=c, fused=f) for c, f in ((0, 0), (1, 0), (0, 1))]
+        states = [lm.start(4, batch, frames, first), lm.start(4, batch, frames, first, compiled=True),
+                  lmfused.FusedState(lm, 4, batch, frames, first)]
         assert states[1].rows == min(frames, lm.past_context) + 1
         for t in range(frames):
             a, *others = (s.step() for s in states)
@@ -314,29 +317,26 @@ def test_unpredictable_packet_falls_back_to_raw_and_costs_no_lm_work(lm24, monke
 def test_long_inputs_code_with_the_fused_loops_and_the_same_bytes(lm24, monkeypatch):
     """Numba's start-up is paid only for inputs long enough to repay it, or once it has
     been paid; either way the bytes and codes are the same."""
-    fused = "encodec_cli.entropy.lmfused"
-    monkeypatch.delitem(sys.modules, fused, raising=False)
+    monkeypatch.setattr(lmcoder, "_numba_started", lambda: False)  # as in a fresh process
     assert not lmcoder._fused(10.0, 8.0)     # a 10 s input, from its first packet
     assert lmcoder._fused(60.0, 8.0)         # a minute
     assert not lmcoder._fused(None, 16.0)    # of unknown length: once 25 s have come
     assert lmcoder._fused(None, 32.0)
-    monkeypatch.setitem(sys.modules, fused, intlm)
+    monkeypatch.setattr(lmcoder, "_numba_started", lambda: True)
     assert lmcoder._fused(1.0, 1.0)          # started: whatever the length
-    monkeypatch.undo()
+    monkeypatch.setattr(lmcoder, "_numba_started", lambda: False)
 
     spec = SPECS["encodec_24khz"]
     parts = [likely_codes(lm24, 4, n, first=[n, 1, 2, 3]) for n in (30, 21)]
     calls = []
-    known = intlm.IntLM.known
-    monkeypatch.setattr(intlm.IntLM, "known", lambda self, *a, fused=False: calls.append(fused) or known(
-        self, *a, fused=fused))
-    monkeypatch.delitem(sys.modules, fused, raising=False)  # as in a fresh process
+    monkeypatch.setattr(intlm.IntLM, "known", lambda self, *a, known=intlm.IntLM.known: calls.append(False)
+                        or known(self, *a))
+    monkeypatch.setattr(lmfused, "known", lambda *a, known=lmfused.known: calls.append(True) or known(*a))
     short = code_packets(LMEncoder(lm24, bytes(8), spec, 4, seconds=0.5), parts)
     long = code_packets(LMEncoder(lm24, bytes(8), spec, 4, seconds=3600), parts)
     assert calls == [False, False, True, True]
     assert [p.payload for p in short] == [p.payload for p in long]
     for seconds, kind in ((0.5, intlm.IntLMState), (3600, lmfused.FusedState)):
-        monkeypatch.delitem(sys.modules, fused, raising=False)
         calls.clear()
         monkeypatch.setattr(kind, "push", lambda self, c, push=kind.push: calls.append(kind) or push(self, c))
         decoded = LMDecoder(lm24, spec, 4, seconds=seconds).decode_many(long)

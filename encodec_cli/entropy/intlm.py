@@ -79,21 +79,15 @@ class IntLM:
             raise ValueError(f"this LM serves {self.used} codebooks, not {n_q}")
 
     def start(self, n_q: int, batch: int, frames: int, first: tp.Optional[np.ndarray] = None,
-              compiled: bool = False, fused: bool = False) -> tp.Union["IntLMState", "CompiledState", tp.Any]:
+              compiled: bool = False) -> tp.Union["IntLMState", "CompiledState"]:
         """`batch` fresh streams of at most `frames` frames, stream i at positions first[i]...
 
-        Where numba can run (numpy steps otherwise), with the same integers:
-        - `compiled`: stepped by lmkernel.py's one compiled function, 4x as fast as numpy
-          for one stream (a live stream);
-        - `fused`: numpy's products, the rest in lmfused.py's loops, twice as fast as
-          numpy for a decoder's 8 streams.
-        Either costs a process numba's start-up (about 0.5 s and 100 MB, once)."""
+        `compiled`: stepped by lmkernel.py's compiled function where numba can run (numpy
+        otherwise), with the same integers. It is 4x as fast for one stream (a live
+        stream), but numba costs a process about 0.5 s and 100 MB of start-up. (For a
+        decoder's batches, lmfused.FusedState is faster.)"""
         self._check(n_q)
-        if (compiled or fused) and _have_numba():
-            from . import lmfused
-
-            return (CompiledState if compiled else lmfused.FusedState)(self, n_q, batch, frames, first)
-        return IntLMState(self, n_q, batch, frames, first)
+        return (CompiledState if compiled and have_numba() else IntLMState)(self, n_q, batch, frames, first)
 
     def kernel_weights(self, n_q: int):
         """The compiled kernel's arrays for the first `n_q` codebooks (built once)."""
@@ -103,23 +97,12 @@ class IntLM:
             self._kernel_weights[n_q] = lmkernel.weights(self, n_q)
         return self._kernel_weights[n_q]
 
-    def known(self, codes: np.ndarray, first: int = 0, block: int = PASS_BLOCK, fused: bool = False
-              ) -> tp.Iterator[np.ndarray]:
+    def known(self, codes: np.ndarray, first: int = 0, block: int = PASS_BLOCK) -> tp.Iterator[np.ndarray]:
         """The frequencies that stepping would give a stream fed `codes` [frames, n_q] from
         position `first`: [rows, n_q, 1024] for up to `block` frames at a time, in order.
-
-        `fused`: the work between products in lmfused.py's loops where numba can run, with
-        the same integers (2.4x as fast, after numba's start-up)."""
+        (lmfused.known gives the same, 2.4x as fast after numba's start-up.)"""
         frames, n_q = codes.shape
         self._check(n_q)
-        if fused and _have_numba():
-            from . import lmfused
-
-            return lmfused.known(self, codes, first, block)
-        return self._known(codes, first, block)
-
-    def _known(self, codes: np.ndarray, first: int, block: int) -> tp.Iterator[np.ndarray]:
-        frames, n_q = codes.shape
         heads = self.heads.first(n_q * CARD)
         cache = [_KV(layer[0], 1, frames + 1) for layer in self.layers]
         tokens = np.concatenate([np.full((1, n_q), -1), codes.astype(np.int64)[:-1]]) + 1
@@ -304,11 +287,11 @@ class IntLMState:
 
 
 @functools.lru_cache(maxsize=None)  # once a process: a failed import is not remembered
-def _have_numba() -> bool:
+def have_numba() -> bool:
     """Whether the compiled kernel can run here (numba installed, and a cache it can write:
     numba refuses to define cached functions otherwise); numpy steps where it cannot."""
     try:
-        from . import lmfused, lmkernel  # noqa: F401
+        from . import lmkernel  # noqa: F401
     except (ImportError, RuntimeError):
         return False
     return True

@@ -10,6 +10,7 @@ stores a CRC-32 of its codes, so a damaged packet stops decoding with an error i
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import struct
 import sys
@@ -27,7 +28,7 @@ from ..formats.live import cumulative
 from ..formats.records import CodedPacket, Header, Packet, Segment
 from ..formats.v1 import FLAG_RAW, pack_codes
 from ..specs import ModelSpec
-from .intlm import PASS_BLOCK, IntLM
+from .intlm import PASS_BLOCK, IntLM, have_numba
 
 _MODEL = constriction.stream.model.Categorical(perfect=False)
 Step = tp.Optional[tp.Callable[[int], None]]  # told of each step's frames, for progress
@@ -43,8 +44,11 @@ def _fused(total: tp.Optional[float], so_far: float) -> bool:
     """Whether to code with lmfused.py: when the input (`total` seconds, None: not known;
     `so_far` coded, this call's included) is long enough to repay numba's start-up, or
     this process has paid it already."""
-    started = "encodec_cli.entropy.lmfused" in sys.modules
-    return started or (so_far if total is None else total) >= FUSED_SECONDS
+    return have_numba() and (_numba_started() or (so_far if total is None else total) >= FUSED_SECONDS)
+
+
+def _numba_started() -> bool:
+    return any(f"encodec_cli.entropy.{m}" in sys.modules for m in ("lmfused", "lmkernel"))
 
 
 def load_lm(codec_name: str, weights: tp.Optional[Path], n_q: int, download_bars: bool = True
@@ -91,7 +95,13 @@ class _Batch:
         if offsets is not None:
             first = np.repeat(np.asarray(offsets, np.int64), [len(segs) for segs in packets])
         self.steps = int(self.lengths.max()) if len(self.lengths) else 0
-        self.state = lm.start(n_q, len(self.lengths), self.steps, first, fused=fused) if self.steps else None
+        self.state = None
+        if self.steps and fused:
+            from .lmfused import FusedState
+
+            self.state = FusedState(lm, n_q, len(self.lengths), self.steps, first)
+        elif self.steps:
+            self.state = lm.start(n_q, len(self.lengths), self.steps, first)
 
     def rows(self, t: int) -> np.ndarray:
         """Per stream, the row it codes at step t (a finished stream: its last row, unused)."""
@@ -132,11 +142,15 @@ class LMEncoder:
         for codes, segments in packets:
             first = self.frames if self.positions else 0  # 24 kHz: the packet's first frame
             self.frames += len(codes)
-            fused = _fused(self.seconds, self.frames / self.frame_rate)
+            known = self.lm.known
+            if _fused(self.seconds, self.frames / self.frame_rate):
+                from . import lmfused
+
+                known = functools.partial(lmfused.known, self.lm)
             bounds = np.cumsum([0] + [n for n, _ in segments])
             streams = [codes[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
             coder = constriction.stream.queue.RangeEncoder()
-            passes = [self.lm.known(stream, first, fused=fused) for stream in streams]
+            passes = [known(stream, first) for stream in streams]
             for row, blocks in enumerate(itertools.zip_longest(*passes)):
                 # the same block of every segment's pass, its codes in the stepped order
                 live = [(j, g) for j, g in enumerate(blocks) if g is not None]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..codec.lm import CARD, DIM, HEADS
-from .intlm import HEAD_DIM, IntLM, IntLMState, Positions, Window
+from .intlm import HEAD_DIM, PASS_BLOCK, IntLM, IntLMState, Positions, Window
 from .intmath import (
     ACT_LIMIT,
     ATT_BITS,
@@ -299,9 +299,10 @@ def frequencies(y, bias, table, out):
 
 # ---------------------------------------------------------------- the LM with these loops
 
-def known(lm: IntLM, codes: np.ndarray, first: int, block: int) -> tp.Iterator[np.ndarray]:
+def known(lm: IntLM, codes: np.ndarray, first: int = 0, block: int = PASS_BLOCK) -> tp.Iterator[np.ndarray]:
     """IntLM.known with these loops between the products."""
     frames, n_q = codes.shape
+    lm._check(n_q)
     heads, table, (base, slope) = lm.heads.first(n_q * CARD), exp_table(), _gelu_tables()
     # keys times 2**ek [1, H, 25, rows], value mantissas [1, H, rows, 25], exponents [1, H, rows]
     keys = np.zeros((len(lm.layers), 1, HEADS, HEAD_DIM, frames + 1), np.float32)
@@ -346,6 +347,7 @@ class FusedState:
     exponents, per layer, in a window that slides along its buffer as IntLMState's does."""
 
     def __init__(self, lm: IntLM, n_q: int, batch: int, frames: int, first: tp.Optional[np.ndarray] = None):
+        lm._check(n_q)
         self.lm, self.n_q, self.batch = lm, n_q, batch
         capacity = min(lm.past_context, frames) + 1 + IntLMState.SLACK
         self.offset = 0
