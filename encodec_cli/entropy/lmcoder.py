@@ -44,7 +44,8 @@ def _fused(total: tp.Optional[float], so_far: float) -> bool:
     """Whether to code with lmfused.py: when the input (`total` seconds, None: not known;
     `so_far` coded, this call's included) is long enough to repay numba's start-up, or
     this process has paid it already."""
-    return have_numba() and (_numba_started() or (so_far if total is None else total) >= FUSED_SECONDS)
+    long = (so_far if total is None else total) >= FUSED_SECONDS
+    return (long or _numba_started()) and have_numba()  # have_numba imports numba
 
 
 def _numba_started() -> bool:
