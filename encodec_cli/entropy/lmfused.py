@@ -8,7 +8,7 @@ the matrix products stay in torch and numpy (BLAS), exactly as intlm.py computes
 The integers are intlm.py's, bit for bit (tests/test_lm.py compares the two on every path).
 
 Compiled once per machine and cached by numba, like lmkernel.py. A process that uses these
-pays numba's start-up (about 0.4 s and 100 MB), so the coders use them only for inputs long
+pays numba's start-up (about 0.5 s and 110-120 MB), so the coders use them only for inputs long
 enough to repay it (LMEncoder, LMDecoder); intlm.py's numpy layers do the rest.
 """
 from __future__ import annotations
@@ -112,15 +112,6 @@ def add_norm(x, y, bias, gamma2, beta, bits, out):
             xr[i] += _rounded(yr[i], bias[i])
         _norm_row(xr, gamma2, beta, c)
         _to_input(xr, bits, out[r])
-
-
-@_jit
-def norm(x, gamma2, beta, bits, out):
-    """LayerNorm of x [R, D] in place, and out as in add_norm."""
-    c = np.empty(x.shape[1], np.int64)
-    for r in range(x.shape[0]):
-        _norm_row(x[r], gamma2, beta, c)
-        _to_input(x[r], bits, out[r])
 
 
 @_jit
@@ -392,9 +383,7 @@ class FusedState:
         frequencies(_mm(xin, self._heads.w), self._heads.bias, table, freqs)
         return freqs.reshape(B, self.n_q, CARD)
 
-    def push(self, codes: np.ndarray) -> None:
-        """Feed the codes [batch, n_q] of the frame just coded."""
-        self.prev = codes.astype(np.int64).reshape(self.batch, self.n_q) + 1
+    push = IntLMState.push  # the same tokens: self.prev
 
     def _move(self, start: int, stop: int) -> None:
         n = stop - start
