@@ -72,9 +72,9 @@ def _compress(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions, progress
     # live: the models load and the header goes out before the audio comes, so that the
     # decoder loads its own while the source starts; otherwise a bad input fails first
     first = None if opts.live else next(blocks, None)
-    codec = C.load_codec(opts.model, opts.weights, opts.download_bars)
-    spec = codec.spec
+    spec = SPECS[opts.model]
     n_q = spec.codebooks_for(opts.bandwidth)
+    codec = C.load_codec(opts.model, opts.weights, opts.download_bars, side="encoder", codebooks=n_q)
     if opts.live:
         with _told_if_slow():
             model = live_model(spec, n_q, lm=opts.lm, lm_weights=opts.lm_weights, download_bars=opts.download_bars)
@@ -254,7 +254,7 @@ def _decompress(inp: Input, h: Header, open_sink: SinkFactory, opts: DecompressO
     live_stream = h.version == v1.LIVE_VERSION
     start, end = _output_range(opts, rate, h.num_samples if opts.model_format else h.source_num_samples)
 
-    codec = C.load_codec(h.model, opts.weights, opts.download_bars)
+    codec = C.load_codec(h.model, opts.weights, opts.download_bars, side="decoder", codebooks=h.n_codebooks)
     if h.version and codec.fingerprint != h.weights_fingerprint:  # version 0 does not record it
         raise weights_error(lambda cli: (
             f"the file was compressed with other weights (fingerprint {h.weights_fingerprint.hex()}, "

@@ -143,6 +143,23 @@ def test_light_corners_import_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
+def test_compiled_loops_load_without_scipy_linalg():
+    """numba's check for scipy's BLAS runs without importing scipy.linalg (0.2 s, 27 MB);
+    the loops still run, and scipy.linalg still imports afterwards."""
+    pytest.importorskip("numba")
+    pytest.importorskip("scipy")
+    code = ("import sys\n"
+            "import numpy as np\n"
+            "from encodec_cli.entropy import lmfused\n"
+            "out = np.empty((1, 200), np.float32)\n"
+            "lmfused.inputs(np.full((1, 200), 3 << 9, np.int64), 8, out)\n"
+            "assert out.max() > 0\n"
+            "assert 'scipy.linalg' not in sys.modules, 'scipy.linalg imported'\n"
+            "import scipy.linalg\n"
+            "assert scipy.linalg.cython_blas is not None\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
 def test_wheel_ships_every_module(tmp_path):
     """Built from the tree as pip builds it: a flat package list would drop the subpackages."""
     src = tmp_path / "src"

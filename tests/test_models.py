@@ -63,9 +63,43 @@ def test_weight_norm_is_folded(codecs):
     assert names and not any("weight_g" in n or "weight_v" in n for n in names)
 
 
+def test_a_side_and_its_codebooks_give_the_whole_models_codes_and_audio(checkpoints):
+    """A compressing process loads the encoder and the codebooks it uses, a decompressing one
+    the decoder: under half the tensors each, and the whole model's codes and audio, bit for
+    bit. A model loaded before serves what it covers."""
+    from encodec_cli.codec import weights as W
+
+    name, path = "encodec_24khz", checkpoints["encodec_24khz"]
+    saved = dict(W._LOADED)
+    W._LOADED.clear()
+    try:
+        enc = C.load_codec(name, path, side="encoder", codebooks=8)
+        dec = C.load_codec(name, path, side="decoder", codebooks=8)
+        assert enc.model.decoder is None and dec.model.encoder is None
+        assert len(enc.model.quantizer.vq.layers) == len(dec.model.quantizer.vq.layers) == 8
+        assert C.load_codec(name, path, side="encoder", codebooks=4) is enc
+        whole = C.load_codec(name, path)
+        assert whole is not enc and C.load_codec(name, path, side="decoder", codebooks=32) is whole
+
+        def size(codec):
+            return sum(t.numel() for t in [*codec.model.parameters(), *codec.model.buffers()])
+
+        assert size(enc) < 0.45 * size(whole) and size(dec) < 0.45 * size(whole)
+        wav = sf.read(shared_audio("test_24k.wav"), dtype="float32", always_2d=True)[0].T[:, :48000].copy()
+        codes = np.concatenate([p.codes for p in C.encode(enc, [wav], 8)])
+        np.testing.assert_array_equal(codes, np.concatenate([p.codes for p in C.encode(whole, [wav], 8)]))
+        audio = np.concatenate(list(C.decode(dec, [C.CodePacket(codes)])), -1)
+        np.testing.assert_array_equal(audio, np.concatenate(list(C.decode(whole, [C.CodePacket(codes)])), -1))
+        with pytest.raises(ValueError, match="holds 8 codebooks, not 16"):
+            list(C.encode(enc, [wav], 16))
+    finally:
+        W._LOADED.clear()
+        W._LOADED.update(saved)
+
+
 def _encode(codec, wav: np.ndarray, whole: bool, monkeypatch) -> list:
     if whole:
-        monkeypatch.setattr(C, "CHUNK_SECONDS", 1e6)
+        monkeypatch.setattr(C, "CHUNK_FRAMES", 10**6)
     blocks = [wav[:, i:i + 10_000] for i in range(0, wav.shape[1], 10_000)]
     return list(C.encode(codec, blocks, codec.spec.n_q))
 

@@ -12,8 +12,9 @@ they keep BLAS's products.
 """
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
+
+from ..jit import nb
 
 FEW = 3  # columns up to which these loops beat BLAS (measured: at 12 BLAS wins)
 

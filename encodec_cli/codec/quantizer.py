@@ -23,15 +23,23 @@ class _Codebook(nn.Module):
     def fold(self) -> None:
         # training statistics are not needed for coding
         del self.inited, self.cluster_size, self.embed_avg
-        self.embed_t = self.embed.t().contiguous()
-        self.embed_sq = self.embed_t.pow(2).sum(0, keepdim=True)
+        self._search: tp.Optional[tp.Tuple[torch.Tensor, torch.Tensor]] = None
+
+    def search(self) -> tp.Tuple[torch.Tensor, torch.Tensor]:
+        """The transposed codebook and its squared norms, made on first use: a decoder, or
+        an encoder at a low bandwidth, never makes those of the codebooks it does not use."""
+        if self._search is None:
+            embed_t = self.embed.t().contiguous()
+            self._search = embed_t, embed_t.pow(2).sum(0, keepdim=True)
+        return self._search
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         # The reference takes argmax of -(|x|^2 - 2 x.e + |e|^2). The same operations in
         # the same order, in place: (-2 x.e) + |x|^2 equals |x|^2 - 2 x.e exactly, and
         # argmin of d equals argmax of -d, first index on ties for both.
-        d = torch.mm(x, self.embed_t).mul_(-2).add_(x.pow(2).sum(1, keepdim=True))
-        return d.add_(self.embed_sq).min(dim=-1).indices
+        embed_t, embed_sq = self.search()
+        d = torch.mm(x, embed_t).mul_(-2).add_(x.pow(2).sum(1, keepdim=True))
+        return d.add_(embed_sq).min(dim=-1).indices
 
 
 class _VQ(nn.Module):
@@ -52,8 +60,17 @@ class ResidualVectorQuantizer(nn.Module):
         self.vq = _RVQ(spec.dimension, spec.bins, spec.n_q)
         self._codebooks: tp.Dict[int, tp.Tuple[np.ndarray, np.ndarray]] = {}  # the live steps' arrays
 
+    def keep(self, n_q: int) -> None:
+        """Drop the codebooks after the first `n_q` (before folding: they are never read)."""
+        del self.vq.layers[n_q:]
+
+    def _held(self, n_q: int) -> None:
+        if n_q > len(self.vq.layers):
+            raise ValueError(f"this quantizer holds {len(self.vq.layers)} codebooks, not {n_q}")
+
     def encode(self, emb: torch.Tensor, n_q: int) -> torch.Tensor:
         """[B, D, T] embeddings -> [B, K, T] codes."""
+        self._held(n_q)
         B, D, T = emb.shape
         residual = emb.transpose(1, 2).reshape(B * T, D)
         codes = []
@@ -85,14 +102,16 @@ class ResidualVectorQuantizer(nn.Module):
 
     def _stacked(self, n_q: int) -> tp.Tuple[np.ndarray, np.ndarray]:
         """The first n_q codebooks [n_q, bins, D] and their squared norms [n_q, bins] (once)."""
+        self._held(n_q)
         if n_q not in self._codebooks:
             cbs = [layer._codebook for layer in self.vq.layers[:n_q]]
             self._codebooks[n_q] = (torch.stack([cb.embed for cb in cbs]).numpy(),
-                                    torch.cat([cb.embed_sq for cb in cbs]).numpy())
+                                    torch.cat([cb.search()[1] for cb in cbs]).numpy())
         return self._codebooks[n_q]
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """[B, K, T] codes -> [B, D, T] embeddings."""
+        self._held(codes.shape[1])
         out = torch.tensor(0.0)
         for k in range(codes.shape[1]):
             out = out + F.embedding(codes[:, k], self.vq.layers[k]._codebook.embed)

@@ -19,8 +19,8 @@ import torch
 from ..codec import weights as W
 from .models import SLSTM, EncodecModel, ModelSpec, SConv1d, SConvTranspose1d, build_model
 
-CHUNK_SECONDS = 2.0      # encoder input per step, 24 kHz model (fastest measured)
-DECODE_FRAMES = 150      # decoder input per step, 24 kHz model
+CHUNK_FRAMES = 100       # encoder input per step, 24 kHz model (it divides a packet's 600)
+DECODE_FRAMES = 100      # decoder input per step, 24 kHz model
 SEGMENT_BATCH = 4        # 48 kHz segments whose LSTM steps run as one batch
 
 
@@ -40,10 +40,27 @@ class Codec:
         return self.model.spec
 
 
-def load_codec(name: str, weights: tp.Optional[Path] = None, download_bars: bool = True) -> Codec:
-    """Resolve, load strictly and fold the weights of model `name` (once per process)."""
-    return W.cached(("codec", name, weights),
-                    lambda: Codec(*W.load_model(name, lambda: build_model(name), weights, download_bars)))
+def load_codec(name: str, weights: tp.Optional[Path] = None, download_bars: bool = True,
+               side: str = "both", codebooks: tp.Optional[int] = None) -> Codec:
+    """Resolve, load strictly and fold the weights of model `name` (once per process).
+
+    A process that only compresses or only decompresses needs part of the model: `side`
+    "encoder" or "decoder" keeps that side and the quantizer, and `codebooks` keeps the
+    quantizer's first codebooks only (a quarter of them at 6 kbps). A model loaded before
+    serves any request that it covers.
+    """
+    for (*_, has_side, has_codebooks), codec in W.loaded(("codec", name, weights)):
+        if has_side in ("both", side) and (has_codebooks is None or has_codebooks >= (codebooks or 1 << 30)):
+            return codec
+
+    def prune(model: EncodecModel) -> None:
+        if side != "both":
+            setattr(model, "decoder" if side == "encoder" else "encoder", None)
+        if codebooks is not None:
+            model.quantizer.keep(codebooks)
+
+    return W.cached(("codec", name, weights, side, codebooks), lambda: Codec(*W.load_model(
+        name, lambda: build_model(name), weights, download_bars, mmap=True, prune=prune, unmap=True)))
 
 
 def _codes(model: EncodecModel, emb: torch.Tensor, n_q: int) -> np.ndarray:
@@ -54,7 +71,7 @@ def _codes(model: EncodecModel, emb: torch.Tensor, n_q: int) -> np.ndarray:
 def encode(codec: Codec, blocks: tp.Iterable[np.ndarray], n_q: int) -> tp.Iterator[CodePacket]:
     model, spec = codec.model, codec.spec
     if spec.causal:
-        yield from _encode_stream(model, blocks, n_q, int(CHUNK_SECONDS * spec.sample_rate))
+        yield from _encode_stream(model, blocks, n_q, CHUNK_FRAMES * spec.hop_length)
     else:
         yield from _encode_segments(model, blocks, n_q)
 

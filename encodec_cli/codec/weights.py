@@ -70,6 +70,11 @@ def cached(key: tp.Tuple[tp.Any, ...], load: tp.Callable[[], T]) -> T:
     return _LOADED[key]
 
 
+def loaded(prefix: tp.Tuple[tp.Any, ...]) -> tp.List[tp.Tuple[tp.Tuple[tp.Any, ...], tp.Any]]:
+    """The (key, value) pairs made so far whose keys start with `prefix`."""
+    return [(k, v) for k, v in _LOADED.items() if k[:len(prefix)] == prefix]
+
+
 def hub_dir() -> Path:
     """torch.hub's checkpoint folder, computed as torch does, without importing torch."""
     torch_home = os.environ.get("TORCH_HOME") or os.path.join(
@@ -173,19 +178,36 @@ def _remove_empty(folders: tp.Sequence[Path]) -> None:
 
 
 def load_model(name: str, build: tp.Callable[[], tp.Any], explicit: tp.Optional[Path] = None,
-               download_bars: bool = True, mmap: bool = False) -> tp.Tuple[tp.Any, bytes]:
+               download_bars: bool = True, mmap: bool = False,
+               prune: tp.Optional[tp.Callable[[tp.Any], None]] = None, unmap: bool = False
+               ) -> tp.Tuple[tp.Any, bytes]:
     """Resolve checkpoint `name`, load it strictly into `build()` and fold it.
 
     The module is built on the meta device and takes the loaded tensors as they are, so
-    the weights are in memory once. Returns (module, weights fingerprint).
+    the weights are in memory once. `prune(module)` drops the parts not needed, once the
+    whole checkpoint is checked and before folding (with `mmap`, their pages are never
+    read). With `unmap`, the tensors still backed by the mapped file after folding are
+    copied, so that the mapping and the pages that folding read are released. Returns
+    (module, weights fingerprint).
     """
     import torch
 
     resolved = resolve(name, explicit, download_bars=download_bars)
     with torch.device("meta"):
         module = build()
-    load_strict(module, load_state_dict(resolved.path, mmap), resolved.path, name)
+    state = load_state_dict(resolved.path, mmap)
+    load_strict(module, state, resolved.path, name)
+    if prune is not None:
+        prune(module)
     module.fold()
+    if mmap and unmap:
+        mapped = {t.data_ptr() for t in state.values()}
+        del state
+        for m in module.modules():
+            for table in (m._parameters, m._buffers):
+                for key, t in table.items():
+                    if t is not None and t.data_ptr() in mapped:
+                        t.data = t.data.clone()
     return module, resolved.fingerprint
 
 

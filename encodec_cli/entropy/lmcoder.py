@@ -74,7 +74,7 @@ def model_probabilities(freqs: np.ndarray) -> np.ndarray:
     They sum to 2**24 - 1024, so constriction's scale is exactly 1 and it codes symbol s
     with probability (g_s + 1) / 2**24 (formats/ecdc-v1.md, coder 3).
     """
-    return freqs.reshape(-1, CARD).astype(np.float32)
+    return freqs.reshape(-1, CARD).astype(np.float32, copy=False)
 
 
 class _Batch:

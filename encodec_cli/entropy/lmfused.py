@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import typing as tp
 
-import numba as nb
 import numpy as np
 import torch
 
 from ..codec.lm import CARD, DIM, HEADS
+from ..jit import nb
 from .intlm import HEAD_DIM, PASS_BLOCK, IntLM, IntLMState, Positions, Window
 from .intmath import (
     ACT_LIMIT,
@@ -261,7 +261,7 @@ def attention(acc, tops, bits, out):
 @_jit
 def frequencies(y, bias, table, out):
     """intmath.frequencies of Linear.round(y) (head products y [R, n_q * 1024] float32),
-    into out [R * n_q, 1024] int64."""
+    into out [R * n_q, 1024] (float32: exact, every frequency is below 2**24)."""
     card = out.shape[1]
     n_q = y.shape[1] // card
     z = np.empty(card, np.int64)
@@ -278,20 +278,22 @@ def frequencies(y, bias, table, out):
                 top += 1
             total = np.int64(0)
             for i in range(_u(card)):
-                g[i] = table[_u(min(best - z[i], last))]
-                total += g[i]
+                z[i] = table[_u(min(best - z[i], last))]
+                total += z[i]
             scale = (np.int64(FREQ_TOTAL) << 32) // total
             total = 0
             for i in range(_u(card)):
-                g[i] = (g[i] * scale) >> 32
-                total += g[i]
-            g[top] += FREQ_TOTAL - total
+                z[i] = (z[i] * scale) >> 32
+                total += z[i]
+            z[top] += FREQ_TOTAL - total
+            for i in range(_u(card)):
+                g[i] = z[i]
 
 
 # ---------------------------------------------------------------- the LM with these loops
 
 def known(lm: IntLM, codes: np.ndarray, first: int = 0, block: int = PASS_BLOCK) -> tp.Iterator[np.ndarray]:
-    """IntLM.known with these loops between the products."""
+    """IntLM.known with these loops between the products (the frequencies as float32)."""
     frames, n_q = codes.shape
     lm._check(n_q)
     heads, table, (base, slope) = lm.heads.first(n_q * CARD), exp_table(), _gelu_tables()
@@ -326,7 +328,7 @@ def known(lm: IntLM, codes: np.ndarray, first: int = 0, block: int = PASS_BLOCK)
             gelu(_mm(xin, lin1.w), lin1.bias, base, slope, lin2.in_bits, hidden)
             after = lm.layers[i + 1][0] if i + 1 < len(lm.layers) else heads
             add_norm(x, _mm(hidden, lin2.w), lin2.bias, norm2._gamma2, norm2.beta, after.in_bits, xin)
-        freqs = np.empty(((e - s) * n_q, CARD), np.int64)
+        freqs = np.empty(((e - s) * n_q, CARD), np.float32)
         frequencies(_mm(xin, heads.w), heads.bias, table, freqs)
         yield freqs.reshape(e - s, n_q, CARD)
 
@@ -358,7 +360,7 @@ class FusedState:
         self.window = Window(lm.past_context, capacity)
 
     def step(self) -> np.ndarray:
-        """Integer frequencies [batch, n_q, 1024] of the next frame (rows sum to 2**24 - 1024)."""
+        """Integer frequencies [batch, n_q, 1024] of the next frame, as float32 (rows sum to 2**24 - 1024)."""
         lm, B = self.lm, self.batch
         table, (base, slope) = self._tables
         x = _sum(lm.emb[self._codebooks, self.prev], axis=1, dtype=np.int64)
@@ -379,7 +381,7 @@ class FusedState:
             add_norm(x, _mm(hidden, lin2.w), lin2.bias, norm2._gamma2, norm2.beta, after.in_bits, xin)
         self.window.advance()
         self.offset += 1
-        freqs = np.empty((B * self.n_q, CARD), np.int64)
+        freqs = np.empty((B * self.n_q, CARD), np.float32)
         frequencies(_mm(xin, self._heads.w), self._heads.bias, table, freqs)
         return freqs.reshape(B, self.n_q, CARD)
 

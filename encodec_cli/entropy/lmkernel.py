@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import typing as tp
 
-import numba as nb
 import numpy as np
 
+from ..jit import nb
 from .intmath import (
     ACT_LIMIT,
     ATT_BITS,

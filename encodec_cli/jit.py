@@ -1,0 +1,23 @@
+"""numba, as ecdc's compiled loops import it (codec/fewkernel.py, entropy/lmkernel.py,
+entropy/lmfused.py).
+
+The first time numba compiles or loads a function, it checks for scipy's BLAS (for np.dot
+and np.linalg in compiled code) by importing scipy.linalg, where scipy is installed: 0.2 s
+and 27 MB a process, measured. ecdc's loops use no linear algebra, so that check runs here
+with scipy.linalg hidden, unless the process has loaded it already. Compiled code that this
+process defines afterwards cannot call np.dot; scipy itself imports as before.
+"""
+from __future__ import annotations
+
+import sys
+
+import numba as nb
+
+if "scipy.linalg" not in sys.modules:
+    sys.modules["scipy.linalg"] = None  # type: ignore[assignment]  # importing it raises ImportError
+    try:
+        import numba.np.arraymath  # noqa: F401  (the check runs on import)
+    finally:
+        del sys.modules["scipy.linalg"]
+
+__all__ = ["nb"]
