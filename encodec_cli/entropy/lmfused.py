@@ -8,7 +8,7 @@ the matrix products stay in torch and numpy (BLAS), exactly as intlm.py computes
 The integers are intlm.py's, bit for bit (tests/test_lm.py compares the two on every path).
 
 Compiled once per machine and cached by numba, like lmkernel.py. A process that uses these
-pays numba's start-up (about 0.5 s and 110-120 MB), so the coders use them only for inputs long
+pays numba's start-up (about 0.5 s and 100 MB), so the coders use them only for inputs long
 enough to repay it (LMEncoder, LMDecoder); intlm.py's numpy layers do the rest.
 """
 from __future__ import annotations
