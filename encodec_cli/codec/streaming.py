@@ -50,7 +50,8 @@ def load_codec(name: str, weights: tp.Optional[Path] = None, download_bars: bool
     serves any request that it covers.
     """
     for (*_, has_side, has_codebooks), codec in W.loaded(("codec", name, weights)):
-        if has_side in ("both", side) and (has_codebooks is None or has_codebooks >= (codebooks or 1 << 30)):
+        all_needed = has_codebooks is None or (codebooks is not None and has_codebooks >= codebooks)
+        if has_side in ("both", side) and all_needed:
             return codec
 
     def prune(model: EncodecModel) -> None:

@@ -205,7 +205,7 @@ def load_model(name: str, build: tp.Callable[[], tp.Any], explicit: tp.Optional[
         del state
         for m in module.modules():
             for table in (m._parameters, m._buffers):
-                for key, t in table.items():
+                for t in table.values():
                     if t is not None and t.data_ptr() in mapped:
                         t.data = t.data.clone()
     return module, resolved.fingerprint
