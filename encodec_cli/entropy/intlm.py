@@ -251,15 +251,19 @@ class IntLMState:
     SLACK = 32  # spare cache rows: the window moves back to the front once per SLACK steps
 
     def __init__(self, lm: IntLM, n_q: int, batch: int, frames: int, first: tp.Optional[np.ndarray] = None):
+        lm._check(n_q)
         self.lm, self.n_q, self.batch = lm, n_q, batch
         capacity = min(lm.past_context, frames) + 1 + self.SLACK
         self.offset = 0
         self.positions = Positions(batch, frames, first)
         self.prev = np.zeros((batch, n_q), np.int64)
         self._codebooks = np.arange(n_q)[None]
-        self.cache = [_KV(layer[0], batch, capacity) for layer in lm.layers]
         self._heads = lm.heads.first(n_q * CARD)
         self.window = Window(lm.past_context, capacity)
+        self._start_cache(capacity)
+
+    def _start_cache(self, capacity: int) -> None:
+        self.cache = [_KV(layer[0], self.batch, capacity) for layer in self.lm.layers]
 
     def step(self) -> np.ndarray:
         """Integer frequencies [batch, n_q, 1024] of the next frame (rows sum to 2**24 - 1024)."""

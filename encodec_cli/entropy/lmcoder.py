@@ -257,10 +257,11 @@ class LMDecoder:
             crcs.append(struct.unpack_from(">I", data)[0])
             words = np.frombuffer(data, ">u4", offset=4).astype(np.uint32)
             coders.append(constriction.stream.queue.RangeDecoder(words))
-        self.frames += sum(p.frames for p in packets)
+        frames = sum(p.frames for p in packets)
+        self.frames += frames
         batch = _Batch(self.lm, self.n_q, [p.segments for p in packets], offsets,
                        fused=_fused(self.seconds, self.frames / self.frame_rate))
-        decoded = np.zeros((sum(p.frames for p in packets), self.n_q), np.uint16)
+        decoded = np.zeros((frames, self.n_q), np.uint16)
         for t in range(batch.steps):
             probs = batch.probabilities(self.n_q)
             live = t < batch.lengths

@@ -20,7 +20,7 @@ import torch
 
 from ..codec.lm import CARD, DIM, HEADS
 from ..jit import nb
-from .intlm import HEAD_DIM, PASS_BLOCK, IntLM, IntLMState, Positions, Window
+from .intlm import HEAD_DIM, PASS_BLOCK, IntLM, IntLMState
 from .intmath import (
     ACT_LIMIT,
     ATT_BITS,
@@ -333,31 +333,22 @@ def known(lm: IntLM, codes: np.ndarray, first: int = 0, block: int = PASS_BLOCK)
         yield freqs.reshape(e - s, n_q, CARD)
 
 
-class FusedState:
+class FusedState(IntLMState):
     """The streams of IntLMState, stepped with these loops around the same products.
 
     Keys (times 2**ek) [B, H, 25, rows], value mantissas [B, H, rows, 25] and their
     exponents, per layer, in a window that slides along its buffer as IntLMState's does."""
 
-    def __init__(self, lm: IntLM, n_q: int, batch: int, frames: int, first: tp.Optional[np.ndarray] = None):
-        lm._check(n_q)
-        self.lm, self.n_q, self.batch = lm, n_q, batch
-        capacity = min(lm.past_context, frames) + 1 + IntLMState.SLACK
-        self.offset = 0
-        self.positions = Positions(batch, frames, first)
-        self.prev = np.zeros((batch, n_q), np.int64)
-        self._codebooks = np.arange(n_q)[None]
-        layers = len(lm.layers)
+    def _start_cache(self, capacity: int) -> None:
+        layers, batch = len(self.lm.layers), self.batch
         self.keys = np.zeros((layers, batch, HEADS, HEAD_DIM, capacity), np.float32)
         self.values = np.zeros((layers, batch, HEADS, capacity, HEAD_DIM), np.float32)
         self.exps = np.zeros((layers, batch, HEADS, capacity), np.int64)
         self._queries = np.empty((batch, HEADS, 1, HEAD_DIM), np.float32)
-        for i, layer in enumerate(lm.layers):  # row 0: the reference's all-zero input
+        for i, layer in enumerate(self.lm.layers):  # row 0: the reference's all-zero input
             split(np.zeros((batch, 1, 3 * DIM), np.float32), layer[0].bias, 0, self._queries,
                   self.keys[i], self.values[i], self.exps[i])
-        self._heads = lm.heads.first(n_q * CARD)
         self._tables = exp_table(), _gelu_tables()
-        self.window = Window(lm.past_context, capacity)
 
     def step(self) -> np.ndarray:
         """Integer frequencies [batch, n_q, 1024] of the next frame, as float32 (rows sum to 2**24 - 1024)."""
@@ -384,8 +375,6 @@ class FusedState:
         freqs = np.empty((B * self.n_q, CARD), np.float32)
         frequencies(_mm(xin, self._heads.w), self._heads.bias, table, freqs)
         return freqs.reshape(B, self.n_q, CARD)
-
-    push = IntLMState.push  # the same tokens: self.prev
 
     def _move(self, start: int, stop: int) -> None:
         n = stop - start
