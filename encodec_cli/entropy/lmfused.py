@@ -13,6 +13,7 @@ enough to repay it (LMEncoder, LMDecoder); intlm.py's numpy layers do the rest.
 """
 from __future__ import annotations
 
+import functools
 import typing as tp
 
 import numpy as np
@@ -67,13 +68,6 @@ def _to_input(row, bits, out):
         out[i] = np.float32((row[i] + half) & mask)
 
 
-@_jit
-def inputs(x, bits, out):
-    """x [R, In] int64 -> out [R, In] float32: each row as Linear.products' input."""
-    for r in range(x.shape[0]):
-        _to_input(x[r], bits, out[r])
-
-
 @nb.njit(inline="always")
 def _norm_row(x, gamma2, beta, c):
     """intmath.LayerNorm of one row, in place. The quotient comes from float64 division,
@@ -115,6 +109,19 @@ def add_norm(x, y, bias, gamma2, beta, bits, out):
 
 
 @_jit
+def norm_add(x, gamma2, beta, y, bits, out):
+    """LayerNorm of x [R, D] in place, then x += y (int [R, D]); out [R, D] float32: the
+    result as the next product's input (`bits`). The LM's input: embeddings, positions."""
+    c = np.empty(x.shape[1], np.int64)
+    for r in range(x.shape[0]):
+        xr, yr = x[r], y[r]
+        _norm_row(xr, gamma2, beta, c)
+        for i in range(_u(xr.shape[0])):
+            xr[i] += yr[i]
+        _to_input(xr, bits, out[r])
+
+
+@_jit
 def gelu(y, bias, base, slope, bits, out):
     """intmath.gelu of Linear.round(y) (y [R, H] float32), as the next product's input."""
     h = np.empty(y.shape[1], np.int64)
@@ -131,12 +138,13 @@ def gelu(y, bias, base, slope, bits, out):
 
 
 @_jit
-def split(p, bias, first, queries, keys, values, exps):
+def split(p, bias, first, queries, keys, scales, values, exps):
     """intlm._split and _KV.put of rows p [S, R, 3 * D] (products of S streams' R rows).
 
     queries [S, H, R, 25] get the scaled mantissas attention multiplies (q * 2**(eq - 10));
-    row r's keys (k * 2**ek) go to keys [S, H, 25, rows] at column first + r, its value
-    mantissas to values [S, H, rows, 25] and their exponents to exps [S, H, rows]."""
+    row r's key and value mantissas go to column first + r of keys and values [S, H, 25,
+    rows] (float32, or int16 for a decoder: they are below 2**10 + 1), the key's 2**ek to
+    scales [S, H, rows] (float32) and the value's exponent to exps [S, H, rows]."""
     streams, rows = p.shape[0], p.shape[1]
     heads, width = queries.shape[1], queries.shape[3]
     dim = heads * width
@@ -158,29 +166,29 @@ def split(p, bias, first, queries, keys, values, exps):
                         scale, row = np.float32(2.0 ** (e - Q)), queries[s, h, r]
                         for d in range(_u(width)):
                             row[d] = np.float32((v[d] + half) >> e) * scale
-                    elif part == 1:
-                        scale, column = np.float32(2.0 ** e), keys[s, h, :, t]
-                        for d in range(_u(width)):
-                            column[d] = np.float32((v[d] + half) >> e) * scale
                     else:
-                        row = values[s, h, t]
+                        column = (keys if part == 1 else values)[s, h, :, t]
                         for d in range(_u(width)):
-                            row[d] = np.float32((v[d] + half) >> e)
-                        exps[s, h, t] = e
+                            column[d] = (v[d] + half) >> e
+                        if part == 1:
+                            scales[s, h, t] = np.float32(2.0 ** e)
+                        else:
+                            exps[s, h, t] = e
 
 
 @nb.njit(inline="always")
-def _weights(scores, a, b, exps, table, s, buf, out):
+def _weights(scores, scales, a, b, exps, table, s, buf, out):
     """One query's attention weights (intlm._KV.attend's rounding, softmax_weights and
     `rescaled`) over its keys a .. b - 1, into out (0 elsewhere); returns the largest
-    exponent seen. scores: float32 products q.k; exps: the values' exponents (at most 11,
-    so shifts stay below 64); s and buf: scratch of the row's length."""
+    exponent seen. scores: float32 products of q and the key mantissas, scales: the keys'
+    2**ek (the product is exact in float64); exps: the values' exponents (at most 11, so
+    shifts stay below 64); s and buf: scratch of the row's length."""
     half = np.int64(1) << (EXP_BITS - 1)
     last = np.int64(EXP_SIZE - 1)
     best = np.int64(-(1 << 62))
     top = np.int64(0)
     for j in range(a, b):
-        v = np.int64(np.floor(np.float64(scores[j]) + 0.5))
+        v = np.int64(np.floor(np.float64(scores[j]) * np.float64(scales[j]) + 0.5))
         s[j] = v
         best = max(best, v)
         top = max(top, exps[j])
@@ -200,28 +208,41 @@ def _weights(scores, a, b, exps, table, s, buf, out):
 
 
 @_jit
-def softmax(scores, lo, hi, exps, table, weights, tops):
-    """Attention weights of scores [G, R, L] (float32 products q.k; G = streams * heads),
-    row r seeing columns lo[r] .. hi[r] - 1 (0 elsewhere), as _weights gives them: weights
-    [G, R, L] float32 (exact: below 2**14) and tops [G, R]. exps [G, L]."""
+def softmax(scores, scales, lo, hi, exps, table, weights, tops):
+    """Attention weights of scores [G, R, L] (float32 products of q and the key mantissas;
+    G = streams * heads; the keys' 2**ek in scales [G, L]), row r seeing columns lo[r] ..
+    hi[r] - 1 (0 elsewhere), as _weights gives them: weights [G, R, L] float32 (exact:
+    below 2**14) and tops [G, R]. exps [G, L]."""
     groups, rows, cols = scores.shape
     s, buf = np.empty(cols, np.int64), np.empty(cols, np.int64)
     for g in range(groups):
         for r in range(rows):
-            tops[g, r] = _weights(scores[g, r], _u(lo[r]), _u(hi[r]), exps[g], table, s, buf, weights[g, r])
+            tops[g, r] = _weights(scores[g, r], scales[g], _u(lo[r]), _u(hi[r]), exps[g], table, s, buf,
+                                  weights[g, r])
+
+
+@nb.njit(nogil=True, error_model="numpy", fastmath={"reassoc"})
+def _dot(w, v, lo, hi):
+    """sum of w[j] * v[j], j = lo .. hi - 1, in float32 in any order (reassoc lets it
+    vectorize): exact, for attention weights and value mantissas keep every partial sum
+    below 2**24 (_KV.attend)."""
+    total = np.float32(0)
+    for j in range(lo, hi):
+        total += w[j] * np.float32(v[j])
+    return total
 
 
 @_jit
-def attend(queries, keys, values, exps, start, stop, table, bits, out):
+def attend(queries, keys, scales, values, exps, start, stop, table, bits, out):
     """A decoder step's attention for each stream: its query (queries [B, H, 25], scaled
-    as `split` gives them) over the keys and values at rows start .. stop - 1, the products
-    in float32 (exact in any order, intmath's rules), into out [B, D] as the output
-    product's input (`bits`)."""
+    as `split` gives them) over the keys and values at rows start .. stop - 1 (as `split`
+    stores them), the products in float32 (exact in any order, intmath's rules), into out
+    [B, D] as the output product's input (`bits`)."""
     streams, heads, width = queries.shape
     cap = keys.shape[3]
     scores, w = np.empty(cap, np.float32), np.empty(cap, np.float32)
     s, buf = np.empty(cap, np.int64), np.empty(cap, np.int64)
-    acc, a = np.empty(width, np.float32), np.empty(heads * width, np.int64)
+    a = np.empty(heads * width, np.int64)
     lo, hi = _u(start), _u(stop)
     for b in range(streams):
         for h in range(heads):
@@ -230,15 +251,11 @@ def attend(queries, keys, values, exps, start, stop, table, bits, out):
             for d in range(width):
                 kd, qd = k[d], q[d]
                 for j in range(lo, hi):
-                    scores[j] += qd * kd[j]
-            top = _weights(scores, lo, hi, exps[b, h], table, s, buf, w)
-            acc[:] = 0
-            for j in range(lo, hi):
-                vj, wj = v[j], w[j]
-                for d in range(_u(width)):
-                    acc[d] += wj * vj[d]
+                    scores[j] += qd * np.float32(kd[j])
+            top = _weights(scores, scales[b, h], lo, hi, exps[b, h], table, s, buf, w)
             for d in range(width):
-                a[h * width + d] = ((np.int64(acc[d]) << top) + (1 << (ATT_BITS - 1))) >> ATT_BITS
+                acc = _dot(w, v[d], lo, hi)
+                a[h * width + d] = ((np.int64(acc) << top) + (1 << (ATT_BITS - 1))) >> ATT_BITS
         _to_input(a, bits, out[b])
 
 
@@ -292,35 +309,42 @@ def frequencies(y, bias, table, out):
 
 # ---------------------------------------------------------------- the LM with these loops
 
+@functools.lru_cache(maxsize=None)
+def _exp32() -> np.ndarray:
+    """intmath.exp_table as int32 (its entries are at most 2**30): half the cache lines per lookup."""
+    return exp_table().astype(np.int32)
+
+
 def known(lm: IntLM, codes: np.ndarray, first: int = 0, block: int = PASS_BLOCK) -> tp.Iterator[np.ndarray]:
     """IntLM.known with these loops between the products (the frequencies as float32)."""
     frames, n_q = codes.shape
     lm._check(n_q)
-    heads, table, (base, slope) = lm.heads.first(n_q * CARD), exp_table(), _gelu_tables()
-    # keys times 2**ek [1, H, 25, rows], value mantissas [1, H, rows, 25], exponents [1, H, rows]
+    heads, table, (base, slope) = lm.heads.first(n_q * CARD), _exp32(), _gelu_tables()
+    # key and value mantissas [1, H, 25, rows], the keys' 2**ek and the values' exponents [1, H, rows]
     keys = np.zeros((len(lm.layers), 1, HEADS, HEAD_DIM, frames + 1), np.float32)
-    values = np.zeros((len(lm.layers), 1, HEADS, frames + 1, HEAD_DIM), np.float32)
+    values = np.zeros((len(lm.layers), 1, HEADS, HEAD_DIM, frames + 1), np.float32)
+    scales = np.zeros((len(lm.layers), 1, HEADS, frames + 1), np.float32)
     exps = np.zeros((len(lm.layers), 1, HEADS, frames + 1), np.int64)
     for i, layer in enumerate(lm.layers):  # row 0: the reference's all-zero input
         split(np.zeros((1, 1, 3 * DIM), np.float32), layer[0].bias, 0,
-              np.empty((1, HEADS, 1, HEAD_DIM), np.float32), keys[i], values[i], exps[i])
+              np.empty((1, HEADS, 1, HEAD_DIM), np.float32), keys[i], scales[i], values[i], exps[i])
     tokens = np.concatenate([np.full((1, n_q), -1), codes.astype(np.int64)[:-1]]) + 1
     for s in range(0, frames, block):
         e = min(frames, s + block)
         x = _sum(lm.emb[np.arange(n_q)[None], tokens[s:e]], axis=1, dtype=np.int64)
-        x = lm.norm_in(x) + positions(first + np.arange(s, e))
         xin = np.empty(x.shape, np.float32)
-        inputs(x, lm.layers[0][0].in_bits, xin)
+        norm_add(x, lm.norm_in._gamma2, lm.norm_in.beta, positions(first + np.arange(s, e)),
+                 lm.layers[0][0].in_bits, xin)
         lo = max(0, s + 1 - lm.past_context)  # the oldest row any frame here sees
         rows = np.arange(s + 1, e + 1)            # frame t's input is row t + 1
         see_lo, see_hi = np.maximum(rows - lm.past_context, lo) - lo, rows + 1 - lo
         for i, (qkv, out, norm1, lin1, lin2, norm2) in enumerate(lm.layers):
             q = np.empty((1, HEADS, e - s, HEAD_DIM), np.float32)
-            split(_mm(xin, qkv.w)[None], qkv.bias, s + 1, q, keys[i], values[i], exps[i])
+            split(_mm(xin, qkv.w)[None], qkv.bias, s + 1, q, keys[i], scales[i], values[i], exps[i])
             scores = _mm(q[0], torch.from_numpy(keys[i, 0, :, :, lo:e + 1]))
             w, tops = np.empty(scores.shape, np.float32), np.empty(scores.shape[:2], np.int64)
-            softmax(scores, see_lo, see_hi, exps[i, 0, :, lo:e + 1], table, w, tops)
-            acc = _mm(w, torch.from_numpy(values[i, 0, :, lo:e + 1]))
+            softmax(scores, scales[i, 0, :, lo:e + 1], see_lo, see_hi, exps[i, 0, :, lo:e + 1], table, w, tops)
+            acc = _mm(w, torch.from_numpy(values[i, 0, :, :, lo:e + 1]).transpose(1, 2))
             att = np.empty(x.shape, np.float32)
             attention(acc[None], tops[None], out.in_bits, att)
             add_norm(x, _mm(att, out.w), out.bias, norm1._gamma2, norm1.beta, lin1.in_bits, xin)
@@ -336,35 +360,39 @@ def known(lm: IntLM, codes: np.ndarray, first: int = 0, block: int = PASS_BLOCK)
 class FusedState(IntLMState):
     """The streams of IntLMState, stepped with these loops around the same products.
 
-    Keys (times 2**ek) [B, H, 25, rows], value mantissas [B, H, rows, 25] and their
-    exponents, per layer, in a window that slides along its buffer as IntLMState's does."""
+    Per layer: key and value mantissas as int16 [B, H, 25, rows] (half the memory, and
+    the memory traffic, of float32), the keys' 2**ek and the values' exponents [B, H,
+    rows], in a window that slides along its buffers as IntLMState's does."""
 
     def _start_cache(self, capacity: int) -> None:
         layers, batch = len(self.lm.layers), self.batch
-        self.keys = np.zeros((layers, batch, HEADS, HEAD_DIM, capacity), np.float32)
-        self.values = np.zeros((layers, batch, HEADS, capacity, HEAD_DIM), np.float32)
+        self.keys = np.zeros((layers, batch, HEADS, HEAD_DIM, capacity), np.int16)
+        self.values = np.zeros((layers, batch, HEADS, HEAD_DIM, capacity), np.int16)
+        self.scales = np.zeros((layers, batch, HEADS, capacity), np.float32)
         self.exps = np.zeros((layers, batch, HEADS, capacity), np.int64)
         self._queries = np.empty((batch, HEADS, 1, HEAD_DIM), np.float32)
         for i, layer in enumerate(self.lm.layers):  # row 0: the reference's all-zero input
             split(np.zeros((batch, 1, 3 * DIM), np.float32), layer[0].bias, 0, self._queries,
-                  self.keys[i], self.values[i], self.exps[i])
-        self._tables = exp_table(), _gelu_tables()
+                  *self._layer(i))
+        self._tables = _exp32(), _gelu_tables()
+
+    def _layer(self, i: int) -> tp.Tuple[np.ndarray, ...]:
+        return self.keys[i], self.scales[i], self.values[i], self.exps[i]
 
     def step(self) -> np.ndarray:
         """Integer frequencies [batch, n_q, 1024] of the next frame, as float32 (rows sum to 2**24 - 1024)."""
         lm, B = self.lm, self.batch
         table, (base, slope) = self._tables
         x = _sum(lm.emb[self._codebooks, self.prev], axis=1, dtype=np.int64)
-        x = lm.norm_in(x) + self.positions.at(self.offset)
         xin = np.empty(x.shape, np.float32)
-        inputs(x, lm.layers[0][0].in_bits, xin)
+        norm_add(x, lm.norm_in._gamma2, lm.norm_in.beta, self.positions.at(self.offset), lm.layers[0][0].in_bits,
+                 xin)
         pos = self.window.slot(self._move)
         q, att = self._queries, np.empty((B, DIM), np.float32)
         for i, (qkv, out, norm1, lin1, lin2, norm2) in enumerate(lm.layers):
-            split(_mm(xin, qkv.w).reshape(B, 1, 3 * DIM), qkv.bias, pos, q, self.keys[i], self.values[i],
-                  self.exps[i])
-            attend(q[:, :, 0], self.keys[i], self.values[i], self.exps[i], self.window.start, pos + 1, table,
-                   out.in_bits, att)
+            cache = self._layer(i)
+            split(_mm(xin, qkv.w).reshape(B, 1, 3 * DIM), qkv.bias, pos, q, *cache)
+            attend(q[:, :, 0], *cache, self.window.start, pos + 1, table, out.in_bits, att)
             add_norm(x, _mm(att, out.w), out.bias, norm1._gamma2, norm1.beta, lin1.in_bits, xin)
             hidden = np.empty((B, lin1.bias.shape[0]), np.float32)
             gelu(_mm(xin, lin1.w), lin1.bias, base, slope, lin2.in_bits, hidden)
@@ -378,6 +406,5 @@ class FusedState(IntLMState):
 
     def _move(self, start: int, stop: int) -> None:
         n = stop - start
-        self.keys[..., :n] = self.keys[..., start:stop].copy()
-        self.values[..., :n, :] = self.values[..., start:stop, :].copy()
-        self.exps[..., :n] = self.exps[..., start:stop].copy()
+        for buf in (self.keys, self.values, self.scales, self.exps):
+            buf[..., :n] = buf[..., start:stop].copy()
