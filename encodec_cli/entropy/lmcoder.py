@@ -33,9 +33,10 @@ from .intlm import PASS_BLOCK, IntLM, have_numba
 _MODEL = constriction.stream.model.Categorical(perfect=False)
 Step = tp.Optional[tp.Callable[[int], None]]  # told of each step's frames, for progress
 # streams a decoder steps together; wider is faster per frame, but each holds its keys and
-# values: 24 kHz packets (a 263-frame window) 2.4 MB each, 48 kHz segments (150 frames) 1.5 MB.
-# 8 keeps a two-hour 24 kHz file within 500 MB.
-BATCH_STREAMS = {True: 8, False: 24}  # by spec.causal
+# values: a 24 kHz packet (a 263-frame window) 1.3 MB in lmfused.py's int16 (2.4 MB in
+# intlm.py's float32, which codes only the first 25 s), a 48 kHz segment (150 frames) 0.8 MB.
+# 16 keeps a two-hour 24 kHz file within 500 MB and costs 13% less a frame than 8.
+BATCH_STREAMS = {True: 16, False: 24}  # by spec.causal
 # lmfused.py's loops save 15-30 ms a second of audio, numba's start-up costs 0.5 s a process
 FUSED_SECONDS = 25.0
 
