@@ -174,6 +174,37 @@ def test_compiled_batches_equal_numpy_batches():
                 s.push(codes)
 
 
+def test_fused_cache_holds_extreme_keys_and_values_exactly():
+    """lmfused.split stores a decoder's key and value mantissas as int16 and the keys'
+    powers of two apart. On projections from 0 to beyond the clamp at ACT_LIMIT, with
+    heads whose largest value rounds up to a mantissa of 2**10, it stores exactly
+    intlm._split's integers."""
+    lm = int_lm("encodec_24khz")
+    bias = lm.layers[2][0].bias
+    rng = np.random.default_rng(9)
+    rows = 48
+    parts = np.round(rng.standard_normal((rows, 3 * DIM)) * 2.0 ** rng.integers(0, 21, (rows, 1)))
+    parts[0] = 0
+    heads = parts.reshape(rows, 3, intlm.HEADS, intlm.HEAD_DIM)
+    e = rng.integers(1, 11, (rows, 3, intlm.HEADS))
+    top = (1 << (10 + e)) - 1                        # rounds up to 2**10 * 2**e: a mantissa of 2**10
+    keep = np.abs(heads).max(axis=3) < top           # heads not already larger
+    heads[..., 0] = np.where(keep, top, heads[..., 0])
+    parts[1] = intmath.ACT_LIMIT * 4                 # clamped
+    parts = parts.astype(np.int64)
+    (q, k, v), (eq, ek, ev) = intlm._split(lambda x: parts.copy(), np.zeros((rows, DIM), np.int64))
+    queries = np.empty((1, intlm.HEADS, rows, intlm.HEAD_DIM), np.float32)
+    keys, values = (np.zeros((1, intlm.HEADS, intlm.HEAD_DIM, rows), np.int16) for _ in range(2))
+    scales, exps = np.zeros((1, intlm.HEADS, rows), np.float32), np.zeros((1, intlm.HEADS, rows), np.int64)
+    lmfused.split((parts - bias).astype(np.float32)[None], bias, 0, queries, keys, scales, values, exps)
+    assert np.abs(k).max() == np.abs(v).max() == 1 << 10 and ek.max() == ev.max() == 11
+    np.testing.assert_array_equal(keys[0], k.transpose(0, 2, 1))
+    np.testing.assert_array_equal(values[0], v.transpose(0, 2, 1))
+    np.testing.assert_array_equal(scales[0], np.ldexp(1.0, ek))
+    np.testing.assert_array_equal(exps[0], ev)
+    np.testing.assert_array_equal(queries[0], np.ldexp(q, eq[..., None] - intmath.Q))
+
+
 def test_integer_square_root_is_exact():
     """Below 2**52 the float root is taken as it is; above, it is corrected (LayerNorm's r)."""
     rng = np.random.default_rng(0)

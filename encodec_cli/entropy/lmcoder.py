@@ -34,9 +34,9 @@ _MODEL = constriction.stream.model.Categorical(perfect=False)
 Step = tp.Optional[tp.Callable[[int], None]]  # told of each step's frames, for progress
 # streams a decoder steps together; wider is faster per frame, but each holds its keys and
 # values: a 24 kHz packet (a 263-frame window) 1.3 MB in lmfused.py's int16 (2.4 MB in
-# intlm.py's float32, which codes only the first 25 s), a 48 kHz segment (150 frames) 0.8 MB.
-# 16 keeps a two-hour 24 kHz file within 500 MB and costs 13% less a frame than 8.
-BATCH_STREAMS = {True: 16, False: 24}  # by spec.causal
+# intlm.py's float32), a 48 kHz segment (150 frames) 0.8 MB. 8 keeps a two-hour 24 kHz file
+# within 500 MB (479 MB); 16, though 13% faster a frame alone, took it to 555 MB.
+BATCH_STREAMS = {True: 8, False: 24}  # by spec.causal
 # lmfused.py's loops save 15-30 ms a second of audio, numba's start-up costs 0.5 s a process
 FUSED_SECONDS = 25.0
 
