@@ -97,6 +97,36 @@ def test_tables_are_the_specified_ones():
     assert np.abs(intmath.positions(p) - expected).max() <= 0.51
 
 
+def test_compiled_positions_equal_numpy_positions():
+    """lmfused.positions, the encoder's and the fused decoder's, is intmath.positions."""
+    p = np.concatenate([np.arange(3000), np.random.default_rng(3).integers(0, 2**32, 2000), [2**32 - 1]])
+    np.testing.assert_array_equal(lmfused.positions(p), intmath.positions(p))
+    for bad in (-1, 2**32):
+        with pytest.raises(ValueError):
+            lmfused.positions(np.array([0, bad]))
+
+
+def test_tables_equal_their_decimal_definitions():
+    """The float64 estimates, recomputed near ties, give every entry as 60-digit decimal
+    arithmetic does, and an estimate near a tie is replaced by the exact value."""
+    from decimal import Decimal, localcontext
+
+    with localcontext() as ctx:
+        ctx.prec = 60
+        step, v, exp = (Decimal(-1) / 1024).exp(), Decimal(1 << 30), []
+        for _ in range(intmath.EXP_SIZE):
+            exp.append(intmath._round_dec(v))
+            v *= step
+        xs = [Decimal(k) / 32 for k in range(-192, 193)]
+        gelu = [intmath._round_dec(x * intmath._phi_cdf(x) * (1 << 20)) for x in xs]
+    assert intmath.exp_table().tolist() == exp
+    assert intmath.gelu_table().tolist() == gelu + gelu[-1:]
+    exact = [Decimal("2.4999999"), Decimal("3.5000001"), Decimal("7.2"), Decimal("-0.5000001")]
+    estimate = np.array([2.5, 3.4996, 7.2, -0.4999])  # the first two and the last off by < margin
+    assert intmath._rne_checked(estimate, exact.__getitem__).tolist() == [2, 4, 7, -1]
+    assert intmath._rne_checked(estimate, exact.__getitem__, margin=1e-5).tolist() == [2, 3, 7, 0]
+
+
 @pytest.mark.parametrize("name", ["encodec_24khz", "encodec_48khz"])
 def test_integer_lm_follows_the_float_lm(name):
     """Same network: the KL divergence from the float LM's probabilities is tiny."""
@@ -375,6 +405,31 @@ def test_long_inputs_code_with_the_fused_loops_and_the_same_bytes(lm24, monkeypa
         assert set(calls) == {kind}
         for got, part in zip(decoded, parts):
             np.testing.assert_array_equal(got, part)
+
+
+def test_fused_pass_runs_segments_of_one_length_together(monkeypatch):
+    """lmfused.known over streams stacked [S, frames, n_q] gives each stream what it gets
+    alone, and LMEncoder, which stacks a 48 kHz packet's consecutive segments of one
+    length, writes the bytes that numpy's pass (one segment at a time) gives."""
+    lm, spec = int_lm("encodec_48khz"), SPECS["encodec_48khz"]
+    codes = np.random.default_rng(11).integers(0, 1024, (3, 150, 4))
+    together = list(lmfused.known(lm, codes))
+    assert [b.shape for b in together] == [(3, 75, 4, 1024)] * 2
+    for j in range(3):
+        np.testing.assert_array_equal(np.concatenate([b[j] for b in together]),
+                                      np.concatenate(list(lmfused.known(lm, codes[j]))))
+    lengths = (20, 20, 7, 20, 20)
+    parts = [likely_codes(lm, 4, n, first=[5 * i, 1, 2, 3]) for i, n in enumerate(lengths)]
+    segments = [[(n, 1.0) for n in lengths]]
+    shapes = []
+    monkeypatch.setattr(lmfused, "known", lambda lm, c, *a, known=lmfused.known: shapes.append(c.shape)
+                        or known(lm, c, *a))
+    monkeypatch.setattr(lmcoder, "_numba_started", lambda: False)  # a short input: numpy's pass
+    alone = code_packets(LMEncoder(lm, bytes(8), spec, 4, seconds=5), [np.concatenate(parts)], segments)[0]
+    assert shapes == []
+    stacked = code_packets(LMEncoder(lm, bytes(8), spec, 4, seconds=3600), [np.concatenate(parts)], segments)[0]
+    assert shapes == [(2, 20, 4), (1, 7, 4), (2, 20, 4)]
+    assert alone.flags == stacked.flags == 0 and alone.payload == stacked.payload
 
 
 def test_48khz_segments_are_streams_in_lockstep():

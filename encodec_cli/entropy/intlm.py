@@ -31,7 +31,6 @@ from .intmath import (
     Linear,
     Q,
     _max,
-    _rne,
     _sum,
     excess,
     frequencies,
@@ -52,6 +51,12 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().to(torch.float64).numpy()
 
 
+def _exact(t: torch.Tensor) -> np.ndarray:
+    """t as float32 if it is float32 (scaling it by a power of two and rounding stay exact
+    there: below 2**24 it holds the integers), else as float64."""
+    return t.detach().numpy() if t.dtype == torch.float32 else _np(t)
+
+
 class IntLM:
     """The integer LM of a folded float `LanguageModel` (its first `used` codebooks)."""
 
@@ -59,7 +64,7 @@ class IntLM:
         self.past_context, self.used = lm.past_context, lm.used
         self.norm_in = LayerNorm(*map(_np, lm.norm_in))
         # per codebook, so that no float64 copy of all of them exists at once
-        self.emb = np.stack([np.clip(_rne(_np(e) * (1 << Q)), -(1 << 24), 1 << 24).astype(np.int32)
+        self.emb = np.stack([np.clip(np.rint(_exact(e) * (1 << Q)), -(1 << 24), 1 << 24).astype(np.int32)
                              for e in lm.emb_table])                                    # [used, 1025, D]
         self.layers = []
         for (w_qkv, b_qkv, w_out, b_out, w_n1, b_n1, w_1, b_1, w_2, b_2, w_n2, b_n2) in lm.layers:
@@ -229,8 +234,9 @@ class Positions:
     """Each of `batch` streams' position embedding at each step, stream i from position
     first[i], from a table of POS_BLOCK steps (memory stays flat however long the streams)."""
 
-    def __init__(self, batch: int, frames: int, first: tp.Optional[np.ndarray] = None):
-        self.batch, self.frames = batch, frames
+    def __init__(self, batch: int, frames: int, first: tp.Optional[np.ndarray] = None,
+                 embed: tp.Callable[[np.ndarray], np.ndarray] = positions):
+        self.batch, self.frames, self.embed = batch, frames, embed
         self.first = np.zeros(batch, np.int64) if first is None else np.asarray(first, np.int64)
         self.table, self.block = np.zeros((batch, 0, DIM), np.int32), -1
 
@@ -240,7 +246,7 @@ class Positions:
         if block != self.block:
             count = min(POS_BLOCK, self.frames - block * POS_BLOCK)
             steps = self.first[:, None] + block * POS_BLOCK + np.arange(count)
-            self.table = positions(steps.reshape(-1)).astype(np.int32).reshape(self.batch, count, DIM)
+            self.table = self.embed(steps.reshape(-1)).astype(np.int32).reshape(self.batch, count, DIM)
             self.block = block
         return self.table[:, i]
 
@@ -249,13 +255,14 @@ class IntLMState:
     """`batch` independent streams of at most `frames` frames each, stepped together."""
 
     SLACK = 32  # spare cache rows: the window moves back to the front once per SLACK steps
+    embed = staticmethod(positions)  # position embeddings of an array of positions
 
     def __init__(self, lm: IntLM, n_q: int, batch: int, frames: int, first: tp.Optional[np.ndarray] = None):
         lm._check(n_q)
         self.lm, self.n_q, self.batch = lm, n_q, batch
         capacity = min(lm.past_context, frames) + 1 + self.SLACK
         self.offset = 0
-        self.positions = Positions(batch, frames, first)
+        self.positions = Positions(batch, frames, first, self.embed)
         self.prev = np.zeros((batch, n_q), np.int64)
         self._codebooks = np.arange(n_q)[None]
         self._heads = lm.heads.first(n_q * CARD)

@@ -8,8 +8,10 @@ past codes, the same on every CPU, instruction set, BLAS, thread count and torch
   to at most 512 (128 for the 800-wide input), so every partial sum of a float32 matrix
   product is an integer below 2**24 and float32 represents it exactly, in any order;
 - attention runs in float64 on integers below 2**45, also exact in any order;
-- LayerNorm uses an integer square root; exp, GELU and the sinusoids come from tables
-  computed here with Python's `decimal` (never the platform's libm).
+- LayerNorm uses an integer square root; exp, GELU and the sinusoids come from tables of
+  exactly rounded values: the sinusoids computed with Python's `decimal`, exp and GELU
+  from float64 estimates, each recomputed in `decimal` where it lies near enough to a
+  rounding tie that its error (a few ulp, whatever the libm) could decide the rounding.
 
 Every layer here works row by row, so a batch of rows gives each row what it alone would.
 intlm.py builds the network from these and runs it.
@@ -17,6 +19,7 @@ intlm.py builds the network from these and runs it.
 from __future__ import annotations
 
 import functools
+import math
 import typing as tp
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 
@@ -42,27 +45,37 @@ FREQ_ROWS = 64             # rows of 1024 that frequencies() works on at a time 
 LN_INPUT_BITS = 17         # LayerNorm input is shifted down to below 2**17
 LN_EPS = 80 << 20          # eps 1e-5 in the integer LayerNorm's units: 1e-5 * 200**3 * 2**20
 SQRT_DIM = 14.142135623730951  # float64 nearest sqrt(200)
+# float64 estimates of the tables err by a few ulp (below 1e-6 at 2**30); within this of a
+# tie, an entry is computed in decimal instead
+TIE_MARGIN = 1e-3
 _PI = Decimal("3.14159265358979323846264338327950288419716939937510582097494459230781640628620899863")
 
 
 
-# ---------------------------------------------------------------- tables (decimal, exact)
+# ---------------------------------------------------------------- tables (exact)
 
 def _round_dec(x: Decimal) -> int:
     return int(x.to_integral_value(ROUND_HALF_EVEN))
 
 
+def _rne_checked(estimate: np.ndarray, exact: tp.Callable[[int], Decimal], margin: float = TIE_MARGIN
+                 ) -> np.ndarray:
+    """RNE of each float64 estimate, or of exact(i) (at 60 digits) for the entries within
+    `margin` of a half-integer, where the estimate's error could decide the rounding."""
+    out = np.rint(estimate).astype(np.int64)
+    with localcontext() as ctx:
+        ctx.prec = 60
+        for i in np.flatnonzero(np.abs(estimate - np.floor(estimate) - 0.5) <= margin):
+            out[i] = _round_dec(exact(int(i)))
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def exp_table() -> np.ndarray:
     """EXP[t] = RNE(2**30 * e**(-t/1024)), t = 0 .. EXP_SIZE-1 (int64)."""
-    with localcontext() as ctx:
-        ctx.prec = 60
-        step, v, scale = (Decimal(-1) / 1024).exp(), Decimal(1), Decimal(1 << EXP_BITS)
-        out = []
-        for _ in range(EXP_SIZE):
-            out.append(_round_dec(v * scale))
-            v *= step
-    return np.array(out, np.int64)
+    t = np.arange(EXP_SIZE)
+    return _rne_checked(np.ldexp(np.exp(t / -1024), EXP_BITS),
+                        lambda i: (Decimal(-i) / 1024).exp() * (1 << EXP_BITS))
 
 
 @functools.lru_cache(maxsize=None)
@@ -88,13 +101,10 @@ def _phi_cdf(x: Decimal) -> Decimal:
 @functools.lru_cache(maxsize=None)
 def gelu_table() -> np.ndarray:
     """G[k] = RNE(2**20 * gelu(x)), x = -6 + k/32, k = 0..384, and G[385] = G[384] (int64)."""
-    with localcontext() as ctx:
-        ctx.prec = 60
-        out = []
-        for k in range(-(GELU_EDGE >> GELU_STEP), (GELU_EDGE >> GELU_STEP) + 1):
-            x = Decimal(k) / (1 << GELU_STEP)
-            out.append(_round_dec(x * _phi_cdf(x) * (1 << 20)))
-    return np.array(out + out[-1:], np.int64)
+    x = np.arange(-(GELU_EDGE >> GELU_STEP), (GELU_EDGE >> GELU_STEP) + 1) / (1 << GELU_STEP)
+    phi = np.array([math.erfc(-v / math.sqrt(2)) / 2 for v in x])  # erfc: no cancellation below 0
+    table = _rne_checked(np.ldexp(x * phi, 20), lambda k: Decimal(x[k]) * _phi_cdf(Decimal(x[k])) * (1 << 20))
+    return np.append(table, table[-1])
 
 
 def _cos_sin(a: Decimal) -> tp.Tuple[Decimal, Decimal]:
@@ -214,13 +224,17 @@ class Linear:
     """
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray, in_bits: int):
-        m = np.abs(weight).max(axis=1)
+        m = _max(np.abs(weight), axis=1)
         shift = np.where(m > 0, np.frexp(m)[1] - 7, 0).astype(np.int64)
-        q = np.clip(np.rint(np.ldexp(weight, -shift[:, None])), -127, 127)
+        # products by powers of two, exact: |w * 2**-s_r| < 128, and no row scales below 2**-100
+        q = np.multiply(weight, np.ldexp(1.0, -shift)[:, None])
+        np.rint(q, out=q)
+        np.clip(q, -127, 127, out=q)
         q[shift < -100] = 0  # rows below 2**-93 give round(x * 2**-100) = 0 anyway; no subnormals
         # q * 2**s_r: then inputs scaled by 2**e give acc * 2**(e + s_r) straight from the product,
         # exactly, for every partial sum is a multiple of that power of two below 2**24 times it
-        self.w = torch.from_numpy(np.ascontiguousarray(np.ldexp(q, shift[:, None]).T, np.float32))  # [in, out]
+        q *= np.ldexp(1.0, shift)[:, None]
+        self.w = torch.from_numpy(np.ascontiguousarray(q.T, np.float32))  # [in, out]
         self.bias = _rne(bias * (1 << Q)).astype(np.float64)  # integers, added exactly
         self.shift, self.in_bits = shift, in_bits
 

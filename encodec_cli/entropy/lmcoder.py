@@ -10,7 +10,6 @@ stores a CRC-32 of its codes, so a damaged packet stops decoding with an error i
 """
 from __future__ import annotations
 
-import functools
 import itertools
 import struct
 import sys
@@ -144,30 +143,43 @@ class LMEncoder:
         for codes, segments in packets:
             first = self.frames if self.positions else 0  # 24 kHz: the packet's first frame
             self.frames += len(codes)
-            known = self.lm.known
-            if _fused(self.seconds, self.frames / self.frame_rate):
-                from . import lmfused
-
-                known = functools.partial(lmfused.known, self.lm)
+            fused = _fused(self.seconds, self.frames / self.frame_rate)
             bounds = np.cumsum([0] + [n for n, _ in segments])
             streams = [codes[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
             coder = constriction.stream.queue.RangeEncoder()
-            passes = [known(stream, first) for stream in streams]
-            for row, blocks in enumerate(itertools.zip_longest(*passes)):
+            for row, live in enumerate(self._blocks(streams, first, fused)):
                 # the same block of every segment's pass, its codes in the stepped order
-                live = [(j, g) for j, g in enumerate(blocks) if g is not None]
-                symbols = np.concatenate([streams[j][row * PASS_BLOCK:][:len(g)] for j, g in live])
-                freqs = live[0][1] if len(live) == 1 else np.concatenate([g for _, g in live])
-                if len(live) > 1:  # 48 kHz: frame t of each segment in turn
+                symbols = [streams[j][row * PASS_BLOCK:][:len(g)] for j, g in live]
+                if len(live) == 1:
+                    symbols, freqs = symbols[0], live[0][1]
+                elif len({len(g) for _, g in live}) == 1:  # frame t of each segment in turn
+                    symbols, freqs = np.stack(symbols, axis=1), np.stack([g for _, g in live], axis=1)
+                else:  # 48 kHz, a short last segment: the same order, by index
                     lengths = np.array([len(g) for _, g in live])
                     t, i = np.nonzero(np.arange(lengths.max())[:, None] < lengths)
                     order = (np.cumsum(lengths) - lengths)[i] + t
-                    symbols, freqs = symbols[order], freqs[order]
+                    symbols = np.concatenate(symbols)[order]
+                    freqs = np.concatenate([g for _, g in live])[order]
                 coder.encode(symbols.reshape(-1).astype(np.int32), _MODEL, model_probabilities(freqs))
                 if step:
-                    step(len(symbols))
+                    step(symbols.size // symbols.shape[-1])
             out.append(struct.pack(">I", codes_crc(codes)) + coder.get_compressed().astype(">u4").tobytes())
         return out
+
+    def _blocks(self, streams: tp.Sequence[np.ndarray], first: int, fused: bool
+                ) -> tp.Iterator[tp.List[tp.Tuple[int, np.ndarray]]]:
+        """Per block of PASS_BLOCK frames, (j, frequencies) of each stream j that has frames
+        there. lmfused runs streams of one length together (a 48 kHz packet's segments)."""
+        if fused:
+            from . import lmfused
+
+            groups = [[j for j, _ in g] for _, g in itertools.groupby(enumerate(streams), key=lambda p: len(p[1]))]
+            passes = [lmfused.known(self.lm, np.stack([streams[j] for j in g]), first) for g in groups]
+        else:
+            groups = [[j] for j in range(len(streams))]
+            passes = [(block[None] for block in self.lm.known(stream, first)) for stream in streams]
+        for blocks in itertools.zip_longest(*passes):
+            yield [(j, b[k]) for g, b in zip(groups, blocks) if b is not None for k, j in enumerate(g)]
 
     def encode_many(self, packets: tp.Sequence[CodedPacket], step: Step = None) -> tp.List[tp.Tuple[bytes, int]]:
         """(data, flags) per packet: LM-coded, or raw when that is not smaller. `step(n)` is

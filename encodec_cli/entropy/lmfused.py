@@ -32,13 +32,14 @@ from .intmath import (
     GELU_STEP,
     LN_EPS,
     LN_INPUT_BITS,
+    POS_BITS,
     QKV_BITS,
     Q,
     _gelu_tables,
     _mm,
     _sum,
     exp_table,
-    positions,
+    rotation_table,
 )
 from .lmkernel import _excess, _isqrt
 
@@ -307,6 +308,37 @@ def frequencies(y, bias, table, out):
                 g[i] = z[i]
 
 
+@_jit
+def _positions(p, rot, out):
+    """intmath.positions of p [R] (0 <= p < 2**32) into out [R, D] int64: per set bit j of
+    p, lowest first, every sinusoid rotated by R[j], rounding each product to Q30."""
+    half = out.shape[1] // 2
+    c, s = np.empty(half, np.int64), np.empty(half, np.int64)
+    round30 = np.int64(1) << 29
+    for r in range(p.shape[0]):
+        c[:] = np.int64(1) << 30
+        s[:] = 0
+        for j in range(POS_BITS):
+            if (p[r] >> j) & 1:
+                rj = rot[j]
+                for i in range(_u(half)):
+                    rc, rs = rj[i, 0], rj[i, 1]
+                    c[i], s[i] = (c[i] * rc - s[i] * rs + round30) >> 30, (s[i] * rc + c[i] * rs + round30) >> 30
+        for i in range(_u(half)):
+            out[r, i] = (c[i] + (1 << 19)) >> 20
+            out[r, half + i] = (s[i] + (1 << 19)) >> 20
+
+
+def positions(p: np.ndarray) -> np.ndarray:
+    """intmath.positions, compiled: the same integers, 10x as fast."""
+    p = np.asarray(p, np.int64)
+    if len(p) and (p.min() < 0 or p.max() >= 1 << POS_BITS):
+        raise ValueError("position out of range")
+    out = np.empty((len(p), DIM), np.int64)
+    _positions(p, rotation_table(), out)
+    return out
+
+
 # ---------------------------------------------------------------- the LM with these loops
 
 @functools.lru_cache(maxsize=None)
@@ -316,45 +348,55 @@ def _exp32() -> np.ndarray:
 
 
 def known(lm: IntLM, codes: np.ndarray, first: int = 0, block: int = PASS_BLOCK) -> tp.Iterator[np.ndarray]:
-    """IntLM.known with these loops between the products (the frequencies as float32)."""
-    frames, n_q = codes.shape
+    """IntLM.known with these loops between the products (the frequencies as float32).
+
+    codes may also be [S, frames, n_q]: S streams of the same length, all from position
+    `first` (a 48 kHz packet's segments), run together, each as alone; blocks are then
+    [S, rows, n_q, 1024]. Their products have S times the rows, for fewer, larger calls."""
+    streams = codes[None] if codes.ndim == 2 else codes
+    S, frames, n_q = streams.shape
     lm._check(n_q)
     heads, table, (base, slope) = lm.heads.first(n_q * CARD), _exp32(), _gelu_tables()
-    # key and value mantissas [1, H, 25, rows], the keys' 2**ek and the values' exponents [1, H, rows]
-    keys = np.zeros((len(lm.layers), 1, HEADS, HEAD_DIM, frames + 1), np.float32)
-    values = np.zeros((len(lm.layers), 1, HEADS, HEAD_DIM, frames + 1), np.float32)
-    scales = np.zeros((len(lm.layers), 1, HEADS, frames + 1), np.float32)
-    exps = np.zeros((len(lm.layers), 1, HEADS, frames + 1), np.int64)
+    # key and value mantissas [S, H, 25, rows], the keys' 2**ek and the values' exponents [S, H, rows]
+    keys = np.zeros((len(lm.layers), S, HEADS, HEAD_DIM, frames + 1), np.float32)
+    values = np.zeros((len(lm.layers), S, HEADS, HEAD_DIM, frames + 1), np.float32)
+    scales = np.zeros((len(lm.layers), S, HEADS, frames + 1), np.float32)
+    exps = np.zeros((len(lm.layers), S, HEADS, frames + 1), np.int64)
     for i, layer in enumerate(lm.layers):  # row 0: the reference's all-zero input
-        split(np.zeros((1, 1, 3 * DIM), np.float32), layer[0].bias, 0,
-              np.empty((1, HEADS, 1, HEAD_DIM), np.float32), keys[i], scales[i], values[i], exps[i])
-    tokens = np.concatenate([np.full((1, n_q), -1), codes.astype(np.int64)[:-1]]) + 1
+        split(np.zeros((S, 1, 3 * DIM), np.float32), layer[0].bias, 0,
+              np.empty((S, HEADS, 1, HEAD_DIM), np.float32), keys[i], scales[i], values[i], exps[i])
+    tokens = np.concatenate([np.full((S, 1, n_q), -1), streams.astype(np.int64)[:, :-1]], axis=1) + 1
     for s in range(0, frames, block):
         e = min(frames, s + block)
-        x = _sum(lm.emb[np.arange(n_q)[None], tokens[s:e]], axis=1, dtype=np.int64)
+        R, G = e - s, S * HEADS
+        x = _sum(lm.emb[np.arange(n_q)[None, None], tokens[:, s:e]], axis=2, dtype=np.int64).reshape(S * R, DIM)
         xin = np.empty(x.shape, np.float32)
-        norm_add(x, lm.norm_in._gamma2, lm.norm_in.beta, positions(first + np.arange(s, e)),
+        pos = positions(first + np.arange(s, e))
+        norm_add(x, lm.norm_in._gamma2, lm.norm_in.beta, pos if S == 1 else np.tile(pos, (S, 1)),
                  lm.layers[0][0].in_bits, xin)
         lo = max(0, s + 1 - lm.past_context)  # the oldest row any frame here sees
         rows = np.arange(s + 1, e + 1)            # frame t's input is row t + 1
         see_lo, see_hi = np.maximum(rows - lm.past_context, lo) - lo, rows + 1 - lo
         for i, (qkv, out, norm1, lin1, lin2, norm2) in enumerate(lm.layers):
-            q = np.empty((1, HEADS, e - s, HEAD_DIM), np.float32)
-            split(_mm(xin, qkv.w)[None], qkv.bias, s + 1, q, keys[i], scales[i], values[i], exps[i])
-            scores = _mm(q[0], torch.from_numpy(keys[i, 0, :, :, lo:e + 1]))
-            w, tops = np.empty(scores.shape, np.float32), np.empty(scores.shape[:2], np.int64)
-            softmax(scores, scales[i, 0, :, lo:e + 1], see_lo, see_hi, exps[i, 0, :, lo:e + 1], table, w, tops)
-            acc = _mm(w, torch.from_numpy(values[i, 0, :, :, lo:e + 1]).transpose(1, 2))
+            q = np.empty((S, HEADS, R, HEAD_DIM), np.float32)
+            split(_mm(xin, qkv.w).reshape(S, R, 3 * DIM), qkv.bias, s + 1, q, keys[i], scales[i], values[i],
+                  exps[i])
+            k, v = keys[i, :, :, :, lo:e + 1], values[i, :, :, :, lo:e + 1]
+            scores = _mm(q.reshape(G, R, HEAD_DIM), torch.from_numpy(k.reshape(G, HEAD_DIM, -1)))
+            w, tops = np.empty(scores.shape, np.float32), np.empty((G, R), np.int64)
+            softmax(scores, scales[i, :, :, lo:e + 1].reshape(G, -1), see_lo, see_hi,
+                    exps[i, :, :, lo:e + 1].reshape(G, -1), table, w, tops)
+            acc = _mm(w, torch.from_numpy(v.reshape(G, HEAD_DIM, -1)).transpose(1, 2))
             att = np.empty(x.shape, np.float32)
-            attention(acc[None], tops[None], out.in_bits, att)
+            attention(acc.reshape(S, HEADS, R, HEAD_DIM), tops.reshape(S, HEADS, R), out.in_bits, att)
             add_norm(x, _mm(att, out.w), out.bias, norm1._gamma2, norm1.beta, lin1.in_bits, xin)
-            hidden = np.empty((e - s, lin1.bias.shape[0]), np.float32)
+            hidden = np.empty((S * R, lin1.bias.shape[0]), np.float32)
             gelu(_mm(xin, lin1.w), lin1.bias, base, slope, lin2.in_bits, hidden)
             after = lm.layers[i + 1][0] if i + 1 < len(lm.layers) else heads
             add_norm(x, _mm(hidden, lin2.w), lin2.bias, norm2._gamma2, norm2.beta, after.in_bits, xin)
-        freqs = np.empty(((e - s) * n_q, CARD), np.float32)
+        freqs = np.empty((S * R * n_q, CARD), np.float32)
         frequencies(_mm(xin, heads.w), heads.bias, table, freqs)
-        yield freqs.reshape(e - s, n_q, CARD)
+        yield freqs.reshape(R, n_q, CARD) if codes.ndim == 2 else freqs.reshape(S, R, n_q, CARD)
 
 
 class FusedState(IntLMState):
@@ -363,6 +405,8 @@ class FusedState(IntLMState):
     Per layer: key and value mantissas as int16 [B, H, 25, rows] (half the memory, and
     the memory traffic, of float32), the keys' 2**ek and the values' exponents [B, H,
     rows], in a window that slides along its buffers as IntLMState's does."""
+
+    embed = staticmethod(positions)
 
     def _start_cache(self, capacity: int) -> None:
         layers, batch = len(self.lm.layers), self.batch
