@@ -41,7 +41,7 @@ from .intmath import (
     exp_table,
     rotation_table,
 )
-from .lmkernel import _excess, _isqrt
+from .lmkernel import _add_position, _excess, _isqrt
 
 _jit = nb.njit(cache=True, nogil=True, error_model="numpy")
 # Loops index with unsigned integers: numba must wrap a signed index that may be negative
@@ -310,31 +310,17 @@ def frequencies(y, bias, table, out):
 
 @_jit
 def _positions(p, rot, out):
-    """intmath.positions of p [R] (0 <= p < 2**32) into out [R, D] int64: per set bit j of
-    p, lowest first, every sinusoid rotated by R[j], rounding each product to Q30."""
-    half = out.shape[1] // 2
-    c, s = np.empty(half, np.int64), np.empty(half, np.int64)
-    round30 = np.int64(1) << 29
+    """out [R, D] (zeros) += intmath.positions(p), p [R]."""
     for r in range(p.shape[0]):
-        c[:] = np.int64(1) << 30
-        s[:] = 0
-        for j in range(POS_BITS):
-            if (p[r] >> j) & 1:
-                rj = rot[j]
-                for i in range(_u(half)):
-                    rc, rs = rj[i, 0], rj[i, 1]
-                    c[i], s[i] = (c[i] * rc - s[i] * rs + round30) >> 30, (s[i] * rc + c[i] * rs + round30) >> 30
-        for i in range(_u(half)):
-            out[r, i] = (c[i] + (1 << 19)) >> 20
-            out[r, half + i] = (s[i] + (1 << 19)) >> 20
+        _add_position(p[r], rot, out[r])
 
 
 def positions(p: np.ndarray) -> np.ndarray:
-    """intmath.positions, compiled: the same integers, 10x as fast."""
+    """intmath.positions, compiled (lmkernel.py's loop): the same integers, 5x as fast for a block."""
     p = np.asarray(p, np.int64)
     if len(p) and (p.min() < 0 or p.max() >= 1 << POS_BITS):
         raise ValueError("position out of range")
-    out = np.empty((len(p), DIM), np.int64)
+    out = np.zeros((len(p), DIM), np.int64)
     _positions(p, rotation_table(), out)
     return out
 
