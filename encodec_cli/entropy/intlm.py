@@ -105,7 +105,7 @@ class IntLM:
     def known(self, codes: np.ndarray, first: int = 0, block: int = PASS_BLOCK) -> tp.Iterator[np.ndarray]:
         """The frequencies that stepping would give a stream fed `codes` [frames, n_q] from
         position `first`: [rows, n_q, 1024] for up to `block` frames at a time, in order.
-        (lmfused.known gives the same, 2.4x as fast after numba's start-up.)"""
+        (lmfused.known gives the same, 2.5x as fast after numba's start-up.)"""
         frames, n_q = codes.shape
         self._check(n_q)
         heads = self.heads.first(n_q * CARD)
@@ -232,10 +232,11 @@ def _per_stream(mant: np.ndarray, exps: np.ndarray) -> tp.Tuple[np.ndarray, np.n
 
 class Positions:
     """Each of `batch` streams' position embedding at each step, stream i from position
-    first[i], from a table of POS_BLOCK steps (memory stays flat however long the streams)."""
+    first[i], from a table of POS_BLOCK steps (memory stays flat however long the streams)
+    that `embed` (intmath.positions, or lmfused's) computes."""
 
-    def __init__(self, batch: int, frames: int, first: tp.Optional[np.ndarray] = None,
-                 embed: tp.Callable[[np.ndarray], np.ndarray] = positions):
+    def __init__(self, batch: int, frames: int, first: tp.Optional[np.ndarray],
+                 embed: tp.Callable[[np.ndarray], np.ndarray]):
         self.batch, self.frames, self.embed = batch, frames, embed
         self.first = np.zeros(batch, np.int64) if first is None else np.asarray(first, np.int64)
         self.table, self.block = np.zeros((batch, 0, DIM), np.int32), -1

@@ -145,6 +145,14 @@ def rotation_table() -> np.ndarray:
     return out
 
 
+def position_array(p: np.ndarray) -> np.ndarray:
+    """p as int64, refused unless every position is in 0 .. 2**32 - 1."""
+    p = np.asarray(p, np.int64)
+    if len(p) and (p.min() < 0 or p.max() >= 1 << POS_BITS):
+        raise ValueError("position out of range")
+    return p
+
+
 def positions(p: np.ndarray) -> np.ndarray:
     """Q10 sinusoidal embeddings [len(p), 200] of the positions p (int64).
 
@@ -152,9 +160,7 @@ def positions(p: np.ndarray) -> np.ndarray:
     each product to Q30; then cos and sin are rounded to Q10.
     """
     rot = rotation_table()
-    p = np.asarray(p, np.int64)[:, None]
-    if len(p) and (p.min() < 0 or p.max() >= 1 << POS_BITS):
-        raise ValueError("position out of range")
+    p = position_array(p)[:, None]
     c = np.full((len(p), DIM // 2), 1 << 30, np.int64)
     s = np.zeros((len(p), DIM // 2), np.int64)
     half = np.int64(1 << 29)

@@ -36,7 +36,7 @@ Step = tp.Optional[tp.Callable[[int], None]]  # told of each step's frames, for 
 # intlm.py's float32), a 48 kHz segment (150 frames) 0.8 MB. 8 keeps a two-hour 24 kHz file
 # within 500 MB (479 MB); 16, though 13% faster a frame alone, took it to 555 MB.
 BATCH_STREAMS = {True: 8, False: 24}  # by spec.causal
-# lmfused.py's loops save 15-30 ms a second of audio, numba's start-up costs 0.5 s a process
+# lmfused.py's loops save 15-30 ms a second of audio, numba's start-up costs 0.3 s a process
 FUSED_SECONDS = 25.0
 
 

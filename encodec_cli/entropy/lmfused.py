@@ -8,7 +8,7 @@ the matrix products stay in torch and numpy (BLAS), exactly as intlm.py computes
 The integers are intlm.py's, bit for bit (tests/test_lm.py compares the two on every path).
 
 Compiled once per machine and cached by numba, like lmkernel.py. A process that uses these
-pays numba's start-up (about 0.5 s and 100 MB), so the coders use them only for inputs long
+pays numba's start-up (about 0.3 s and 100 MB), so the coders use them only for inputs long
 enough to repay it (LMEncoder, LMDecoder); intlm.py's numpy layers do the rest.
 """
 from __future__ import annotations
@@ -32,13 +32,13 @@ from .intmath import (
     GELU_STEP,
     LN_EPS,
     LN_INPUT_BITS,
-    POS_BITS,
     QKV_BITS,
     Q,
     _gelu_tables,
     _mm,
     _sum,
     exp_table,
+    position_array,
     rotation_table,
 )
 from .lmkernel import _add_position, _excess, _isqrt
@@ -317,9 +317,7 @@ def _positions(p, rot, out):
 
 def positions(p: np.ndarray) -> np.ndarray:
     """intmath.positions, compiled (lmkernel.py's loop): the same integers, 5x as fast for a block."""
-    p = np.asarray(p, np.int64)
-    if len(p) and (p.min() < 0 or p.max() >= 1 << POS_BITS):
-        raise ValueError("position out of range")
+    p = position_array(p)
     out = np.zeros((len(p), DIM), np.int64)
     _positions(p, rotation_table(), out)
     return out
