@@ -7,6 +7,7 @@ Pairs: `compress_file`/`decompress_file` (paths, '-' for stdin/stdout) and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import sys
@@ -64,6 +65,12 @@ def _starts_as_ecdc(path: str) -> bool:
     return head.startswith(v1.MAGIC) or head[:5] == v0.MAGIC + b"\0"
 
 
+def _not_audio(src: str) -> None:
+    if src != "-" and os.path.isfile(src) and not _starts_as_ecdc(src) and A.readable(src):
+        raise NotEcdcError(f"{src} is audio, not an .ecdc file: did you mean compress_file?",
+                           cli=f"{src} is audio, not an .ecdc file: did you mean `ecdc compress`?")
+
+
 @contextlib.contextmanager
 def _ecdc_input(src: str) -> tp.Iterator[tp.BinaryIO]:
     """.ecdc file `src` opened for reading ('-': stdin, left open). A file that does not
@@ -79,11 +86,8 @@ def _ecdc_input(src: str) -> tp.Iterator[tp.BinaryIO]:
         with open(src, "rb") as f:
             yield f
     except NotEcdcError as e:
-        name = "stdin" if src == "-" else src
-        if src != "-" and A.readable(src):
-            raise NotEcdcError(f"{src} is audio, not an .ecdc file: did you mean compress_file?",
-                               cli=f"{src} is audio, not an .ecdc file: did you mean `ecdc compress`?") from None
-        raise NotEcdcError(f"{name} is {e}") from None
+        _not_audio(src)
+        raise NotEcdcError(f"{'stdin' if src == '-' else src} is {e}") from None
 
 
 def decompress_file(src: str, dst: str, opts: DecompressOptions = DecompressOptions(),
@@ -92,6 +96,7 @@ def decompress_file(src: str, dst: str, opts: DecompressOptions = DecompressOpti
     chosen by `opts.format` or the extension ('-': stdout, WAV unless `opts.format` says)."""
     if opts.bits is not None and opts.bits not in A.SUBTYPES:
         raise OptionError(f"unsupported bit depth {opts.bits}")
+    _not_audio(src)  # before anything else: an audio input is the mistake to name
     not_the_input(src, dst)
     if dst == "-" and opts.format not in (None, "wav"):
         # formats that libsndfile cannot stream to a pipe: written to a temporary file, then copied
@@ -146,13 +151,17 @@ def read_codes(path: tp.Union[str, os.PathLike, tp.BinaryIO], opts: DecompressOp
     """The codes of an .ecdc file (version 1, or 0: Meta's encodec) and its header.
 
     24 kHz: a [codebooks, frames] uint16 array. 48 kHz: one (codes [codebooks, frames],
-    scale) pair per 1 s segment. No model is loaded, and torch is not imported, for raw
-    files; LM-coded ones load the language model (`opts.lm_weights`).
+    scale) pair per 1 s segment. The header's lengths are filled in from the end record
+    where the header could not hold them (a file written to a pipe, a live stream). No
+    model is loaded, and torch is not imported, for raw files; LM-coded ones load the
+    language model (`opts.lm_weights`).
     """
     with (open(path, "rb") if isinstance(path, (str, os.PathLike)) else contextlib.nullcontext(path)) as f:
         reader, decoded = read_packets(f, opts)
         packets = list(decoded)
-    h = reader.header
+    # a file written to a pipe, or a live stream, has its lengths in the end record only
+    h = dataclasses.replace(reader.header, num_samples=reader.num_samples,
+                            source_num_samples=reader.source_num_samples)
     k = h.n_codebooks
     if SPECS[h.model].causal:
         codes = np.concatenate([p.codes for p in packets]) if packets else np.zeros((0, k), np.uint16)
@@ -216,6 +225,10 @@ def decompress(data: bytes, opts: DecompressOptions = DecompressOptions()) -> tp
         sinks.append((ArraySink(channels), rate))
         return sinks[-1][0]
 
-    decompress_stream(io.BytesIO(data), open_sink, opts)
+    try:
+        fo = io.BytesIO(data)
+    except TypeError:
+        raise FormatError(f"data must be the bytes of an .ecdc file, not {type(data).__name__}") from None
+    decompress_stream(fo, open_sink, opts)
     sink, rate = sinks[0]
     return sink.samples(), rate

@@ -20,6 +20,7 @@ from . import __version__
 from .errors import EcdcError, OptionError
 
 WEIGHTS = click.Path(dir_okay=False, path_type=Path)
+PATHS = click.Path()  # a file or folder ('-': stdin/stdout); the shell completes file names
 
 
 def _duration(kind: str, src: str, opts) -> tp.Optional[float]:
@@ -30,7 +31,9 @@ def _duration(kind: str, src: str, opts) -> tp.Optional[float]:
         if kind == "compress":
             import soundfile as sf
 
-            return sf.info(src).duration
+            from .audio.files import native
+
+            return sf.info(native(src)).duration
         from .formats.reader import read_header
         from .formats.records import Input
 
@@ -58,6 +61,7 @@ def _execute(kind: str, inputs, output, opts, force, quiet, threads, jobs, recur
         raise click.UsageError("--threads and --jobs take a positive number")
     if cluster is not None:
         _check_ray()
+    _no_terminal_input(inputs, kind)
     fmt = getattr(opts, "format", None)
     plan = P.plan(inputs, output, kind, recursive, "." + fmt if fmt else None)
     if any(d == "-" for _, d in plan) and sys.stdout.isatty():
@@ -89,6 +93,14 @@ def _execute(kind: str, inputs, output, opts, force, quiet, threads, jobs, recur
         for line in failures[:-1]:
             click.echo(f"Error: {line}", err=True)
         raise click.ClickException(failures[-1])
+
+
+def _no_terminal_input(inputs, kind: str) -> None:
+    """'-' with a terminal on stdin would wait for keystrokes (and eat the next command)."""
+    if "-" in inputs and sys.stdin.isatty():
+        what = "audio" if kind == "compress" else ".ecdc data"
+        raise OptionError(f"refusing to read {what} from a terminal; pipe it in (... | ecdc {kind} -) "
+                          f"or give a file name")
 
 
 def advance(bar, seconds: float) -> None:
@@ -167,7 +179,7 @@ def main() -> None:
 
 
 COMMON = [
-    click.option("-o", "--output", help="Output file, folder (several inputs) or '-' for stdout."),
+    click.option("-o", "--output", type=PATHS, help="Output file, folder (several inputs) or '-' for stdout."),
     click.option("--weights", type=WEIGHTS,
                  help="Model checkpoint to use instead of the official one, which is looked for in "
                       "$ECDC_WEIGHTS_DIR, then $TORCH_HOME/hub/checkpoints (~/.cache/torch/hub/"
@@ -175,9 +187,7 @@ COMMON = [
     click.option("--lm-weights", type=WEIGHTS, help="Language model checkpoint to use instead of the official one."),
     click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs."),
     click.option("-q", "--quiet", is_flag=True, help="No progress bar or notes."),
-    click.option("--threads", type=int, default=1, show_default=True,
-                 help="Torch threads per file. Reading an LM-coded file of Meta's encodec (format 0): "
-                      "the threads it was written with (if not given: torch's default, as encodec ran)."),
+    None,  # --threads: said per command (_threads)
     click.option("-j", "--jobs", type=int, default=1, show_default=True,
                  help="Files processed in parallel, one process each (with --cluster local: workers)."),
     click.option("-r", "--recursive", is_flag=True,
@@ -193,14 +203,22 @@ COMMON = [
 ]
 
 
+def _threads(reads_ecdc: bool):
+    help = "Torch threads per file."
+    if reads_ecdc:
+        help += (" Reading an LM-coded file of Meta's encodec (format 0): the threads it was written with "
+                 "(if not given: torch's default, as encodec ran).")
+    return click.option("--threads", type=int, default=1, show_default=True, help=help)
+
+
 def _common(fn):
     for option in reversed(COMMON):
-        fn = option(fn)
+        fn = (option or _threads(fn.__name__ != "compress"))(fn)
     return fn
 
 
 @main.command(short_help="Compress audio files to .ecdc.")
-@click.argument("inputs", nargs=-1, required=True)
+@click.argument("inputs", nargs=-1, required=True, type=PATHS)
 @click.option("-b", "--bandwidth", type=float, default=6.0, show_default=True,
               help="Target kbps: 1.5, 3, 6, 12, 24 (24khz); 3, 6, 12, 24 (48khz).")
 @click.option("--model", type=click.Choice(["24khz", "48khz"]), default="24khz", show_default=True,
@@ -228,7 +246,7 @@ def compress(inputs, output, bandwidth, model, lm, live, weights, lm_weights, fo
 
 
 @main.command(short_help="Decompress .ecdc files to audio.")
-@click.argument("inputs", nargs=-1, required=True)
+@click.argument("inputs", nargs=-1, required=True, type=PATHS)
 @click.option("--bits", type=click.Choice(["16", "24", "float"]),
               help="Sample format of the output (default: the original's, 16 if unknown).")
 @click.option("--format", "fmt", type=click.Choice(["wav", "flac", "aiff", "au", "caf", "w64", "rf64",
@@ -293,7 +311,7 @@ def _explicit_threads(threads: int) -> tp.Optional[int]:
 
 
 @main.command(short_help="Re-container .ecdc files (format 0 to 1, raw <-> LM).")
-@click.argument("inputs", nargs=-1, required=True)
+@click.argument("inputs", nargs=-1, required=True, type=PATHS)
 @click.option("--lm/--raw", "lm", default=None,
               help="Coder of the new file (default: raw stays raw, LM-coded becomes the portable LM coder).")
 @click.option("--in-place", is_flag=True, help="Replace each input by its conversion (once checked).")
@@ -320,7 +338,7 @@ def convert(inputs, output, lm, in_place, weights, lm_weights, force, quiet, thr
 
 
 @main.command(short_help="Write the codes of .ecdc files as NumPy .npz.")
-@click.argument("inputs", nargs=-1, required=True)
+@click.argument("inputs", nargs=-1, required=True, type=PATHS)
 @_common
 @_guard
 def codes(inputs, output, weights, lm_weights, force, quiet, threads, jobs, recursive, resume, manifest,
@@ -335,7 +353,7 @@ def codes(inputs, output, weights, lm_weights, force, quiet, threads, jobs, recu
 
 
 @main.command("eval", short_help="Measure each bandwidth's quality and cost, next to Opus.")
-@click.argument("source", metavar="IN")
+@click.argument("source", metavar="IN", type=PATHS)
 @click.option("-b", "--bandwidth", "bandwidths", type=float, multiple=True,
               help="kbps to try; repeat for several (default: all of the model's).")
 @click.option("--model", type=click.Choice(["24khz", "48khz"]), default="24khz", show_default=True,
@@ -413,22 +431,24 @@ def _evaluate(source, opts, plot, fmt, as_json, quiet) -> None:
 
 
 @main.command(short_help="Describe .ecdc files without decoding them.")
-@click.argument("files", nargs=-1, required=True)
+@click.argument("files", nargs=-1, required=True, type=PATHS)
 @click.option("--json", "as_json", is_flag=True,
               help="Print JSON for scripts (an object; a list of them for several files).")
 @_guard
 def info(files, as_json):
     """Describe .ecdc files without decoding them."""
     from .info import describe_file, rows
+    from .jobs.task import named
 
+    _no_terminal_input(files, "info")
     described, failures = [], []
     for file in files:
         try:
             described.append(describe_file(file))
         except EcdcError as e:
             if len(files) == 1:
-                raise
-            failures.append(f"{file}: {e}")
+                raise click.ClickException(named(e.cli, file, "-")) from None
+            failures.append(named(e.cli, file, "-"))
     if as_json:
         click.echo(json.dumps(described[0] if len(files) == 1 else described, indent=2))
     else:

@@ -40,5 +40,9 @@ class WeightsError(EcdcError):
     """Model weights cannot be found, downloaded, loaded or do not match a file."""
 
 
+class MismatchError(WeightsError):
+    """The weights loaded are not those of the file or model at hand (named with its input)."""
+
+
 class OptionError(EcdcError):
     """A combination of options that cannot work (bandwidth, existing output, ...)."""

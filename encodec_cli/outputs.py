@@ -1,9 +1,13 @@
-"""Writing outputs safely, for every command: nothing replaced unless asked, a temporary
-file renamed into place only when complete (a symlink's target replaced, the mode kept or
+"""Writing outputs safely, for every command: nothing replaced unless asked (neither a file
+there at the start nor one that appears while ecdc works), a temporary file moved into place
+only when complete (a symlink's target replaced, the mode kept or
 the umask's), and outputs that must be whole before they go to stdout."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import os
 import shutil
 import stat
@@ -84,12 +88,63 @@ def atomic_path(path: str, force: bool) -> tp.Iterator[str]:
         yield tmp
         try:
             os.chmod(tmp, _new_mode(target))
-            os.replace(tmp, target)
         except OSError as e:
             raise OptionError(f"cannot write {path}: {e.strerror}") from None
+        publish(tmp, target, force, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def publish(tmp: str, target: str, force: bool, path: str) -> None:
+    """Move the finished `tmp` to `target`. Without `force` nothing is replaced, also a file
+    that another process created at `target` while this one worked: the move is a hard link
+    (which fails if `target` exists) and an unlink, or renameat2's RENAME_NOREPLACE where the
+    file system has no hard links."""
+    try:
+        if force:
+            os.replace(tmp, target)
+            return
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            raise
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS):
+                raise
+            _rename_noreplace(tmp, target)  # FAT, some network file systems: no hard links
+        else:
+            os.unlink(tmp)
+    except FileExistsError:
+        raise OptionError(f"{path} was created by another program while ecdc worked; nothing was replaced "
+                          f"(pass force=True to overwrite it)",
+                          cli=f"{path} was created by another program while ecdc worked; nothing was "
+                              f"replaced (use -f/--force to overwrite it)") from None
+    except OSError as e:
+        raise OptionError(f"cannot write {path}: {e.strerror}") from None
+
+
+def _rename_noreplace(src: str, dst: str) -> None:
+    """rename(2) that fails with FileExistsError if `dst` exists (Linux renameat2; elsewhere
+    an exclusive create of `dst` first, then the rename over it)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "renameat2"):
+        AT_FDCWD, RENAME_NOREPLACE = -100, 1
+        if libc.renameat2(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS):  # else: the file system cannot; fall back
+            raise OSError(err, os.strerror(err), dst)
+    os.close(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # claims the name, or FileExistsError
+    os.replace(src, dst)
+
+
+@functools.lru_cache(maxsize=None)
+def _libc() -> tp.Optional[ctypes.CDLL]:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
 
 
 @contextlib.contextmanager

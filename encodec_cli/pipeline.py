@@ -23,7 +23,7 @@ from .audio import blocks as B
 from .codec.threads import torch_threads
 from .codec.weights import weights_error
 from .entropy.coders import RawEncoder, batches, live_model, make_decoder, make_encoder
-from .errors import CorruptError, OptionError, TruncatedError
+from .errors import CorruptError, MismatchError, OptionError, TruncatedError
 from .formats import live, v1
 from .formats.reader import Reader, open_reader, read_header
 from .formats.records import ALL_FRAMES, Frames, Header, Input, Packet, packetize
@@ -258,7 +258,8 @@ def _decompress(inp: Input, h: Header, open_sink: SinkFactory, opts: DecompressO
     if h.version and codec.fingerprint != h.weights_fingerprint:  # version 0 does not record it
         raise weights_error(lambda cli: (
             f"the file was compressed with other weights (fingerprint {h.weights_fingerprint.hex()}, "
-            f"loaded {codec.fingerprint.hex()}); pass the same {'--weights FILE' if cli else 'weights='}"))
+            f"loaded {codec.fingerprint.hex()}); pass the same {'--weights FILE' if cli else 'weights='}"),
+            MismatchError)
     span = span_for(codec.spec, rate, start, end)
     if opts.salvage:
         if h.version != v1.VERSION or start or end is not None:

@@ -100,8 +100,10 @@ class Salvage:
                 self.damaged.append(f"{t0:.3f}-{(position + n) / rate:.3f} s ({what}): {gap.why}; silence")
                 silence = max(0, n - overshoot)
                 overshoot = 0
-                if silence:
-                    yield np.zeros((self.header.channels, silence), np.float32)
                 self.produced += silence
+                while silence:  # in blocks: flat memory whatever a gap claims
+                    step = min(silence, rate)
+                    silence -= step
+                    yield np.zeros((self.header.channels, step), np.float32)
                 position += n
         self.done = True

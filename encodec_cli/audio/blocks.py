@@ -104,8 +104,10 @@ def fit_length(blocks: tp.Iterable[np.ndarray], total: tp.Callable[[], tp.Option
     if len(rest):
         emitted += len(rest)
         yield rest
-    if emitted < n:
-        yield np.zeros((n - emitted, channels), np.float32)
+    while emitted < n:  # in blocks: a length is not trusted with memory
+        pad = min(n - emitted, BLOCK)
+        emitted += pad
+        yield np.zeros((pad, channels), np.float32)
 
 
 

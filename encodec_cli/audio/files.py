@@ -15,7 +15,7 @@ import soundfile as sf
 
 from ..errors import AudioError
 from .blocks import BLOCK, Source, clip
-from .pipes import WavPipeSource
+from .pipes import WavPipeSource, unknown_size
 
 SUBTYPES = {"16": "PCM_16", "24": "PCM_24", "float": "FLOAT"}
 TAGS = ("title", "artist", "album", "date", "genre", "tracknumber", "comment", "copyright",
@@ -31,11 +31,21 @@ def source_bits(subtype: str) -> str:
     return "16"
 
 
+def native(path: str) -> tp.Union[str, bytes]:
+    """`path` as libsndfile should get it: its bytes where the name is not valid UTF-8
+    (Python holds such names with surrogates, which soundfile cannot encode)."""
+    try:
+        path.encode()
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+
+
 class FileSource:
     def __init__(self, path: str, spool: tp.Optional[str] = None):
         self._spool = spool
         try:
-            self._f = sf.SoundFile(path)
+            self._f = sf.SoundFile(native(path))
         except (sf.LibsndfileError, RuntimeError, OSError) as e:
             self.close()
             msg = str(e).split(": ", 1)[-1] if isinstance(e, sf.LibsndfileError) else str(e)
@@ -80,7 +90,7 @@ def _wav_frames(path: str) -> tp.Optional[int]:
                     body = f.read(size + (size & 1))
                     align = struct.unpack("<H", body[12:14])[0] if len(body) >= 14 else None
                 elif cid == b"data":
-                    return size // align if align and size not in (0, 0xFFFFFFFF) else None
+                    return size // align if align and not unknown_size(size, align) else None
                 else:
                     f.seek(size + (size & 1), 1)
     except OSError:
@@ -90,7 +100,7 @@ def _wav_frames(path: str) -> tp.Optional[int]:
 def readable(path: str) -> bool:
     """Whether libsndfile reads `path` as audio."""
     try:
-        sf.info(path)
+        sf.info(native(path))
         return True
     except (sf.LibsndfileError, RuntimeError, OSError):
         return False
@@ -149,7 +159,7 @@ class FileSink:
             raise AudioError(f"cannot write {self._name}: Opus stores 8, 12, 16, 24 or 48 kHz, not "
                              f"{sample_rate} Hz; add --model-format to keep the model's rate")
         try:
-            self._f = sf.SoundFile(path, "w", sample_rate, channels, subtype=subtype or SUBTYPES[bits],
+            self._f = sf.SoundFile(native(path), "w", sample_rate, channels, subtype=subtype or SUBTYPES[bits],
                                    format=fmt)
         except self._ERRORS as e:
             raise AudioError(f"cannot write {self._name}: {_reason(e)}") from None

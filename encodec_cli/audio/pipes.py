@@ -11,6 +11,14 @@ from ..errors import AudioError
 from .blocks import BLOCK, clip
 
 _WAV_FORMATS = {1: "int", 3: "float", 6: "alaw", 7: "ulaw"}
+# data sizes that tools writing to a pipe put where the length belongs: sox writes
+# 0x7ffff000, others 0, 0x7fffffff or 0xffffffff; some round these down to whole frames
+_PLACEHOLDERS = (0x7FFF_F000, 0x7FFF_FFFF, 0xFFFF_F000, 0xFFFF_FFFF)
+
+
+def unknown_size(size: int, align: int) -> bool:
+    """Whether a WAV data size is a placeholder for 'length unknown' rather than a length."""
+    return size == 0 or any(size in (p, p - p % align) for p in _PLACEHOLDERS)
 
 
 def _g711(kind: str) -> np.ndarray:
@@ -31,7 +39,7 @@ def _g711(kind: str) -> np.ndarray:
 
 
 class WavPipeSource:
-    """WAV read front to back; a data size of 0 or 0xFFFFFFFF means 'until the end'."""
+    """WAV read front to back; a placeholder data size (`unknown_size`) means 'until the end'."""
 
     def __init__(self, fo: tp.BinaryIO, head: bytes):
         self._fo = fo
@@ -51,7 +59,7 @@ class WavPipeSource:
                     tag = struct.unpack("<H", body[24:26])[0]
                 fmt = (_WAV_FORMATS.get(tag), channels, rate, bits, align)
             elif cid == b"data":
-                self._remaining = None if size in (0, 0xFFFFFFFF) else size
+                self._remaining = None if unknown_size(size, fmt[4] if fmt and fmt[4] else 1) else size
                 break
             else:
                 self._read(size + (size & 1))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 import typing as tp
 import urllib.error
@@ -14,7 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import WeightsError
+from ..errors import MismatchError, WeightsError
 
 ROOT_URL = "https://dl.fbaipublicfiles.com/encodec/v0/"
 
@@ -53,9 +54,9 @@ def option_for(name: str, cli: bool = True) -> str:
     return "--weights" if cli else "weights"
 
 
-def weights_error(say: tp.Callable[[bool], str]) -> WeightsError:
+def weights_error(say: tp.Callable[[bool], str], kind: tp.Type[WeightsError] = WeightsError) -> WeightsError:
     """The error whose message `say(cli)` names the command's options (cli) or the API's fields."""
-    return WeightsError(say(False), cli=say(True))
+    return kind(say(False), cli=say(True))
 
 
 T = tp.TypeVar("T")
@@ -149,7 +150,7 @@ def _download(name: str, folder: Path, download_bars: bool) -> None:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(ck.url, timeout=30) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=ck.filename,
-                      disable=not download_bars, leave=False) as bar:
+                      disable=not download_bars or not sys.stderr.isatty(), leave=False) as bar:
                 for block in iter(lambda: resp.read(1 << 20), b""):
                     out.write(block)
                     sha.update(block)
@@ -276,10 +277,10 @@ def load_strict(module, state: tp.Dict[str, tp.Any], path: Path, name: tp.Option
                     kind = "a language model" if other in LM_OF.values() else "a codec"
                     return f"{path} holds the weights of {other}, {kind}: it goes to {fits}, not {given}"
                 return f"{path} holds the weights of {other}, which is not the model needed here; check {given}"
-            raise weights_error(say)
+            raise weights_error(say, MismatchError)
         if other is not None:
-            raise WeightsError(f"{path} holds the weights of {other}, which is not the model needed here")
-        raise WeightsError(f"{path} does not fit this model: " + ", ".join(parts))
+            raise MismatchError(f"{path} holds the weights of {other}, which is not the model needed here")
+        raise MismatchError(f"{path} does not fit this model: " + ", ".join(parts))
     # assign: the loaded tensors become the parameters (a model built on the meta device
     # then costs no second copy of the weights)
     module.load_state_dict(state, strict=True, assign=True)

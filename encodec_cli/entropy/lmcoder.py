@@ -22,7 +22,7 @@ import numpy as np
 
 from ..codec import weights as W
 from ..codec.lm import CARD, build_lm
-from ..errors import CorruptError
+from ..errors import CorruptError, MismatchError
 from ..formats.live import cumulative
 from ..formats.records import CodedPacket, Header, Packet, Segment
 from ..formats.v1 import FLAG_RAW, pack_codes
@@ -203,7 +203,7 @@ def checked_lm(spec: ModelSpec, header: Header, weights: tp.Optional[Path], down
     if fp != header.lm_fingerprint:
         raise W.weights_error(lambda cli: (
             f"the file was coded with another language model (fingerprint {header.lm_fingerprint.hex()}, "
-            f"loaded {fp.hex()}); pass the same {'--lm-weights FILE' if cli else 'lm_weights='}"))
+            f"loaded {fp.hex()}); pass the same {'--lm-weights FILE' if cli else 'lm_weights='}"), MismatchError)
     return lm
 
 

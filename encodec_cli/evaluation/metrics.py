@@ -13,6 +13,7 @@ import numpy as np
 SI_SNR_CAP = 150.0      # dB reported for an estimate that equals the reference
 MEL_SCALES = range(5, 12)  # windows of 2**5 .. 2**11 samples, as in the EnCodec paper
 MEL_BINS = 64
+STOI_MIN_SECONDS = 0.4  # pystoi's analysis window: 30 frames, 128 samples apart at 10 kHz (384 ms)
 STOI_MIN_RATE = 10_000  # STOI works at 10 kHz; below that the bands it needs are missing
 _CHUNK = 1 << 21         # STFT samples (frames x window) computed at a time
 
@@ -141,14 +142,16 @@ def mel_db(x: np.ndarray, sample_rate: int, n_mels: int = 128) -> tp.Tuple[np.nd
 def stoi(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> tp.Optional[float]:
     """STOI (Taal et al., 2011) by pystoi, on the channels' mean; meaningful for speech.
 
-    None below 10 kHz, or when under about 0.4 s of the reference is above pystoi's
-    silence threshold.
+    None below 10 kHz, for a silent reference, or when under about 0.4 s of the reference
+    is above pystoi's silence threshold (pystoi fails outright on a few milliseconds).
     """
     if sample_rate < STOI_MIN_RATE:
         return None
     from pystoi import stoi as _stoi
 
     ref, est = _pair(reference, estimate)
+    if len(ref) < STOI_MIN_SECONDS * sample_rate or not np.any(ref):
+        return None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         value = _stoi(ref.mean(axis=1), est.mean(axis=1), sample_rate)

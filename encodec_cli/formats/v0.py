@@ -106,6 +106,11 @@ def _summary(spec: ModelSpec, length: int, per_segment: tp.Callable[[int], int]
     return count, full * frames + sum(tail), full * per_segment(frames) + sum(map(per_segment, tail))
 
 
+def frame_count(spec: ModelSpec, length: int) -> int:
+    """sum(segments(spec, length)), in O(1)."""
+    return _summary(spec, length, lambda frames: 0)[1]
+
+
 def unpack_lsb(data: bytes, n: int) -> np.ndarray:
     """n 10-bit values packed least significant bit first (the reference's BitPacker)."""
     bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")[:n * CODE_BITS]

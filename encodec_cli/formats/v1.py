@@ -45,6 +45,8 @@ RECORD_PACKET = 1
 RECORD_END = 2
 FLAG_RAW = 1  # in an LM-coded file: this packet's codes are stored raw
 MAX_RECORD = 1 << 28
+MAX_SOURCE_RATE = 1_000_000   # Hz: what a reader accepts of the original's rate ...
+MAX_SOURCE_CHANNELS = 1024    # ... and channel count (libsndfile's limit)
 
 
 def header_bytes(h: Header) -> bytes:
@@ -172,9 +174,17 @@ def read_header(inp: Input, head: bytes = b"") -> Header:
                           f"which this ecdc cannot decode; compress the original again")
     if coder is None:
         raise FormatError(f"unknown coder id {coder_id} in the header")
-    if not (1 <= n_codebooks <= 32 and channels in (1, 2) and source_channels >= 1
-            and sample_rate > 0 and source_sample_rate > 0):
-        raise FormatError("inconsistent header fields")
+    spec = SPECS[model]
+    widths = {spec.codebooks_for(b): round(b * 1000) for b in spec.bandwidths}
+    checks = (("sample_rate", sample_rate, sample_rate == spec.sample_rate),
+              ("channels", channels, channels == spec.channels),
+              ("codebooks", n_codebooks, n_codebooks in widths),
+              ("bandwidth", bandwidth, widths.get(n_codebooks) == bandwidth),
+              ("source_rate", source_sample_rate, 1 <= source_sample_rate <= MAX_SOURCE_RATE),
+              ("source_channels", source_channels, 1 <= source_channels <= MAX_SOURCE_CHANNELS))
+    for name, value, ok in checks:
+        if not ok:
+            raise CorruptError(f"corrupted header: {name} {value} is out of range for {model}")
     source_bits, tags = None, ()
     ext = body[_BODY.size:]
     if len(ext) >= _EXT.size:
@@ -185,13 +195,16 @@ def read_header(inp: Input, head: bytes = b"") -> Header:
             tags = tuple((str(k), str(v)) for k, v in parsed.items()) if isinstance(parsed, dict) else ()
         except (UnicodeDecodeError, ValueError):
             raise CorruptError("corrupted header: its tags are not valid JSON") from None
-    return Header(model=model, coder=coder, n_codebooks=n_codebooks, bandwidth=bandwidth / 1000,
-                  sample_rate=sample_rate, channels=channels, source_sample_rate=source_sample_rate,
-                  source_channels=source_channels,
-                  num_samples=None if num_samples == UNKNOWN else num_samples,
-                  source_num_samples=None if source_num_samples == UNKNOWN else source_num_samples,
-                  weights_fingerprint=weights_fp, lm_fingerprint=lm_fp, source_bits=source_bits, tags=tags,
-                  version=version)
+    header = Header(model=model, coder=coder, n_codebooks=n_codebooks, bandwidth=bandwidth / 1000,
+                    sample_rate=sample_rate, channels=channels, source_sample_rate=source_sample_rate,
+                    source_channels=source_channels,
+                    num_samples=None if num_samples == UNKNOWN else num_samples,
+                    source_num_samples=None if source_num_samples == UNKNOWN else source_num_samples,
+                    weights_fingerprint=weights_fp, lm_fingerprint=lm_fp, source_bits=source_bits, tags=tags,
+                    version=version)
+    if header.num_samples is not None and header.source_num_samples is not None:
+        check_lengths(header, header.num_samples, header.source_num_samples, "header")
+    return header
 
 
 class Reader:
@@ -275,6 +288,11 @@ class Reader:
                     raise CorruptError(f"corrupted file: end record at byte {offset} counts "
                                        f"{end.packets} packets / {end.frames} frames, "
                                        f"the file has {count} / {frames}")
+                if frames_for(SPECS[h.model], end.num_samples) != end.frames or (
+                        h.num_samples is not None and h.num_samples != end.num_samples):
+                    raise CorruptError(f"corrupted file: the lengths in the header and the end record at byte "
+                                       f"{offset} disagree with the {end.frames} frames of the file")
+                check_lengths(h, end.num_samples, end.source_num_samples, f"file: the end record at byte {offset}")
                 if inp.read(1):
                     raise FormatError(f"unexpected data after the end record at byte {inp.pos - 1}")
                 self.end = end
@@ -318,20 +336,61 @@ class Reader:
 
 # ---------------------------------------------------------------- salvage
 
-def packet_layout(spec: ModelSpec, num_samples: int) -> tp.List[tp.Tuple[int, int]]:
-    """(frames, segments) of each packet ecdc writes for `num_samples` samples: 24 kHz, runs of
-    PACKET_SECONDS of frames; 48 kHz, groups of 1 s segments as long."""
-    per = int(PACKET_SECONDS * spec.frame_rate)
+def check_lengths(h: Header, num_samples: int, source_num_samples: int, where: str) -> None:
+    """The original's length must be the model-rate length at the original's rate (within
+    1 s and 1%, far more than resampling moves it): a reader pads the output to it."""
+    seconds, source_seconds = num_samples / h.sample_rate, source_num_samples / h.source_sample_rate
+    if abs(seconds - source_seconds) > 1 + 0.01 * seconds:
+        raise CorruptError(f"corrupted {where}: its lengths disagree ({num_samples} samples at {h.sample_rate} Hz, "
+                           f"{source_num_samples} at {h.source_sample_rate} Hz)")
+
+
+def frames_for(spec: ModelSpec, num_samples: int) -> int:
+    """The frames that ecdc's encoder makes of `num_samples` samples (in O(1))."""
     if spec.causal:
-        total = -(-num_samples // spec.hop_length)
-        return [(min(per, total - i), 1) for i in range(0, total, per)]
-    out, frames, count = [], 0, 0
-    for n in v0.segments(spec, num_samples):
-        frames, count = frames + n, count + 1
-        if frames >= per:
-            out.append((frames, count))
-            frames, count = 0, 0
-    return out + ([(frames, count)] if count else [])
+        return -(-num_samples // spec.hop_length)
+    return v0.frame_count(spec, num_samples)
+
+
+class Layout:
+    """The (frames, segments) of the packets ecdc writes for `num_samples` samples: 24 kHz,
+    runs of PACKET_SECONDS of frames; 48 kHz, groups of 1 s segments as long. Computed per
+    range, never listed: a crafted length costs neither memory nor time."""
+
+    def __init__(self, spec: ModelSpec, num_samples: int):
+        self.spec, self.n = spec, num_samples
+        self.per = int(PACKET_SECONDS * spec.frame_rate)
+        if spec.causal:
+            self.frames = -(-num_samples // spec.hop_length)
+            self.packets = -(-self.frames // self.per)
+        else:
+            self.segments = -(-num_samples // spec.segment_stride) if num_samples else 0
+            full = -(-spec.segment_length // spec.hop_length)
+            self.group = -(-self.per // full)  # segments a packet: only the last is shorter
+            self.packets = -(-self.segments // self.group)
+
+    def _segment_frames(self, first: int, stop: int) -> int:
+        """Frames of segments [first, stop)."""
+        spec = self.spec
+        size, stride = spec.segment_length, spec.segment_stride
+        full = max(first, min(stop, (self.n - size) // stride + 1))  # segments before `full` are whole
+        frames = (full - first) * -(-size // spec.hop_length)
+        return frames + sum(-(-min(self.n - i * stride, size) // spec.hop_length) for i in range(full, stop))
+
+    def span(self, first: int, count: tp.Optional[int]) -> tp.Tuple[int, int, int]:
+        """(packets, frames, segments) of `count` packets from packet `first` (0-based; None:
+        all that remain)."""
+        stop = self.packets if count is None else min(self.packets, first + count)
+        if stop <= first:
+            return 0, 0, 0
+        if self.spec.causal:
+            frames = min(self.frames, stop * self.per) - first * self.per
+            return stop - first, frames, stop - first
+        a, b = first * self.group, min(self.segments, stop * self.group)
+        return stop - first, self._segment_frames(a, b), b - a
+
+
+MIN_RECORD = _RECORD.size + _PACKET.size + _SEGMENT.size + _CRC.size  # the smallest packet record
 
 
 def salvage(inp: Input, header: Header) -> tp.Iterator[tp.Union[Packet, Gap]]:
@@ -340,14 +399,16 @@ def salvage(inp: Input, header: Header) -> tp.Iterator[tp.Union[Packet, Gap]]:
 
     A record that fails its CRC but whose length leads to a sound record (or the end) is one
     lost packet; otherwise the next sound record is searched for byte by byte. How much a gap
-    lost comes from the packet layout that the header's length implies, else from the usual
-    packet size; a file cut before its end record loses what follows (its length is known
-    only if the header has it).
+    lost comes from the packet layout that the header's length implies (unless the file is
+    too small to hold that many packets), else from the usual packet size; a file cut before
+    its end record loses what follows (its length is known only if the header has it).
     """
     spec = SPECS[header.model]
-    layout = packet_layout(spec, header.num_samples) if header.num_samples is not None else None
     usual = (int(PACKET_SECONDS * spec.frame_rate), 1 if spec.causal else int(PACKET_SECONDS / spec.segment))
     base, buf = inp.pos, inp.fo.read()
+    layout = Layout(spec, header.num_samples) if header.num_samples is not None else None
+    if layout is not None and layout.packets > len(buf) // MIN_RECORD + 1:
+        layout = None  # more packets than the file could hold: the length is damaged too
     count = frames = 0
     sizes: tp.List[int] = []
 
@@ -363,8 +424,7 @@ def salvage(inp: Input, header: Header) -> tp.Iterator[tp.Union[Packet, Gap]]:
     def lost(i: int, n: tp.Optional[int], why: str) -> Gap:
         """n packets (None: all that remain) lost from buffer position i."""
         if layout is not None:
-            rest = layout[count:] if n is None else layout[count:count + n]
-            return Gap(count + 1, base + i, len(rest), sum(f for f, _ in rest), sum(g for _, g in rest), why)
+            return Gap(count + 1, base + i, *layout.span(count, n), why)
         if n is None:
             return Gap(count + 1, base + i, None, None, None, why)
         return Gap(count + 1, base + i, n, n * usual[0], n * usual[1], why)

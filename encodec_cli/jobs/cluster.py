@@ -9,6 +9,7 @@ run over the same outputs.
 from __future__ import annotations
 
 import os
+import socket
 import typing as tp
 
 from ..errors import OptionError
@@ -34,12 +35,33 @@ def _loopback(address: str) -> bool:
     return address == "local" or host in ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
+REACH_SECONDS = 5.0  # to open a TCP connection to a cluster's address
+
+
+def _reachable(address: str) -> None:
+    """Refuse at once an address where nothing listens: Ray itself retries for minutes."""
+    where = address.split("://", 1)[-1]
+    if not where.rstrip("]").rpartition("]")[2].count(":"):  # no port: Ray's defaults
+        where += ":10001" if address.startswith("ray://") else ":6379"
+    host, _, port = where.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise OptionError(f"--cluster {address}: give 'local', 'auto', host:port or ray://host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=REACH_SECONDS).close()
+    except OSError as e:
+        why = "no answer" if isinstance(e, socket.timeout) else (e.strerror or str(e)).lower()
+        raise OptionError(f"cannot reach the Ray cluster at {address}: {why}") from None
+
+
 def connect(address: str, workers: int) -> None:
     if _loopback(address):
         # Ray would replace a loopback address by this machine's public one, found by
         # trying to reach a public DNS server; a cluster on the loopback needs neither.
         # (Read when Ray is first imported.)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if address not in ("local", "auto"):
+        _reachable(address)
     import ray
 
     if ray.is_initialized():

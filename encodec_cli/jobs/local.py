@@ -3,6 +3,7 @@ processes (one thread each by default), stopped cleanly on Ctrl-C or SIGTERM."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import signal
 import typing as tp
 
 from ..codec.threads import set_threads
@@ -22,7 +23,7 @@ def run_here(items: tp.Sequence[Item], kind: Kind, opts, force: bool, threads: i
 def run_in_pool(items: tp.Sequence[Item], kind: Kind, opts, force: bool, jobs: int, threads: int,
                 make_folders: bool) -> tp.Iterator[tp.Tuple[int, FileResult]]:
     """Yield (index, result) for each item as files finish in `jobs` processes."""
-    pool = cf.ProcessPoolExecutor(min(jobs, len(items)), initializer=set_threads, initargs=(threads,))
+    pool = cf.ProcessPoolExecutor(min(jobs, len(items)), initializer=_worker, initargs=(threads,))
     try:
         futures = {pool.submit(process, kind, src, dst, opts, force, None, make_folders): i
                    for i, src, dst in items}
@@ -34,9 +35,18 @@ def run_in_pool(items: tp.Sequence[Item], kind: Kind, opts, force: bool, jobs: i
     pool.shutdown()
 
 
+def _worker(threads: int) -> None:
+    """A pool process: Ctrl-C is the parent's to handle (it stops the workers), and SIGTERM
+    ends the process at once. Handlers inherited from the parent would raise inside the file
+    at hand, which the pool catches as that file's error before it takes the next file."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    set_threads(threads)
+
+
 def _stop(pool: cf.ProcessPoolExecutor, outputs: tp.Sequence[str]) -> None:
-    """Cancel queued files, stop the workers (each removes its temporary output on SIGTERM)
-    and remove whatever temporary files are left."""
+    """Cancel queued files, stop the workers (SIGTERM ends them at once) and remove the
+    temporary outputs they leave."""
     pool.shutdown(wait=False, cancel_futures=True)
     workers = list((getattr(pool, "_processes", None) or {}).values())
     for proc in workers:

@@ -11,7 +11,7 @@ import time
 import typing as tp
 from dataclasses import asdict, dataclass
 
-from ..errors import EcdcError, WeightsError
+from ..errors import EcdcError, MismatchError, WeightsError
 
 
 @dataclass(kw_only=True)
@@ -66,7 +66,9 @@ def complete(kind: Kind, src: str, dst: str, opts) -> bool:
 
         with open(src, "rb") as f:
             h, end = describe(f)[:2]
-        info = sf.info(dst)
+        from ..audio.files import native
+
+        info = sf.info(native(dst))
         if opts.model_format:
             expected = (h.sample_rate, h.channels, end.num_samples)
         else:
@@ -122,8 +124,9 @@ def process(kind: Kind, src: str, dst: str, opts, force: bool, progress=None,
         if make_folders and dst != "-" and os.path.dirname(dst):
             os.makedirs(os.path.dirname(dst), exist_ok=True)
         result = fn(src, dst, opts, force=force, progress=progress)
-    except EcdcError as e:  # a weights error names the weights file, not the input
-        return failed(e.cli if isinstance(e, WeightsError) else named(e.cli, src, dst))
+    except EcdcError as e:  # a weights file that cannot be had is the same for every input
+        same = isinstance(e, WeightsError) and not isinstance(e, MismatchError)
+        return failed(e.cli if same else named(e.cli, src, dst))
     except BrokenPipeError:
         raise  # the reader of stdout went away: the CLI ends quietly
     except OSError as e:
