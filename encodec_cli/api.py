@@ -18,7 +18,7 @@ import numpy as np
 from .audio import files as A
 from .audio.arrays import ArraySink, ArraySource
 from .audio.pipes import WavPipeSink
-from .errors import AudioError, FormatError, NotEcdcError, OptionError
+from .errors import AudioError, CorruptError, FormatError, NotEcdcError, OptionError, TruncatedError
 from .formats import v0, v1
 from .formats.records import Header
 from .options import MODELS, CompressOptions, ConvertOptions, DecompressOptions, Progress, Result
@@ -132,7 +132,13 @@ def convert_file(src: str, dst: str, opts: ConvertOptions = ConvertOptions(), fo
             return convert_file(src, path, opts, True, progress)
     with _ecdc_input(src) as fi, atomic_path(dst, force) as tmp:  # in place: with -f (--in-place sets it)
         with open(tmp, "wb") as f:
-            result, digest = convert_stream(fi, f, opts, progress)
+            try:
+                result, digest = convert_stream(fi, f, opts, progress)
+            except (TruncatedError, CorruptError) as e:
+                if opts.salvage:
+                    raise
+                raise type(e)(f"{e} (salvage=True keeps what comes before it)",
+                              cli=f"{e.cli} (--salvage keeps what comes before it)") from None
             result.bytes_written = f.tell()
         with open(tmp, "rb") as f:
             if codes_digest(f, opts) != digest:

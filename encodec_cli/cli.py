@@ -4,6 +4,7 @@ Torch is imported only by the commands that run a model, so `--help` and `info` 
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -77,11 +78,12 @@ def _execute(kind: str, inputs, output, opts, force, quiet, threads, jobs, recur
     with tqdm(total=total, unit="s", disable=not show, desc=kind, file=sys.stderr,
               bar_format=bar_format(total)) as bar:
         def note(r: FileResult) -> None:
-            lines = [f"{r.source}: {line}" for line in r.notes]  # damage is said even with -q
+            source = "stdin" if r.source == "-" else r.source
+            lines = [f"{source}: {line}" for line in r.notes]  # damage is said even with -q
             if r.clipped:
-                lines.append(f"{r.output}: {r.clipped} samples clipped to full scale")
+                lines.append(f"{'stdout' if r.output == '-' else r.output}: {r.clipped} samples clipped to full scale")
             for line in lines:
-                if not quiet or line.startswith(f"{r.source}: damaged: "):
+                if not quiet or line.startswith(f"{source}: damaged: "):
                     tqdm.write(f"note: {line}", file=sys.stderr)
 
         results = R.run_batch(plan, kind, opts, force=force, resume=resume, jobs=jobs,
@@ -241,8 +243,27 @@ def compress(inputs, output, bandwidth, model, lm, live, weights, lm_weights, fo
     opts = CompressOptions(bandwidth=bandwidth, model=MODELS[model], weights=weights, lm=lm, live=live,
                            lm_weights=lm_weights if lm else None, threads=threads, download_bars=not quiet)
     _usage(opts.check, "'-b' / '--bandwidth'")
-    _execute("compress", inputs, output, opts, force, quiet, threads, jobs, recursive, resume,
-             manifest, cluster)
+    with _ending_live_input() if live else contextlib.nullcontext():
+        _execute("compress", inputs, output, opts, force, quiet, threads, jobs, recursive, resume,
+                 manifest, cluster)
+
+
+@contextlib.contextmanager
+def _ending_live_input() -> tp.Iterator[None]:
+    """Ctrl-C or SIGTERM ends a live recording where it is, as a complete file (a second
+    Ctrl-C gives up)."""
+    from .pipeline import LIVE_STOP
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, lambda signum, frame: LIVE_STOP.request())
+           for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 @main.command(short_help="Decompress .ecdc files to audio.")
@@ -315,9 +336,12 @@ def _explicit_threads(threads: int) -> tp.Optional[int]:
 @click.option("--lm/--raw", "lm", default=None,
               help="Coder of the new file (default: raw stays raw, LM-coded becomes the portable LM coder).")
 @click.option("--in-place", is_flag=True, help="Replace each input by its conversion (once checked).")
+@click.option("--salvage", is_flag=True,
+              help="A cut or damaged file (an interrupted live recording): keep what comes before the "
+                   "damage, say where it ends, exit 1.")
 @_common
 @_guard
-def convert(inputs, output, lm, in_place, weights, lm_weights, force, quiet, threads, jobs, recursive,
+def convert(inputs, output, lm, in_place, salvage, weights, lm_weights, force, quiet, threads, jobs, recursive,
             resume, manifest, cluster):
     """Re-container .ecdc files without touching the audio: Meta's encodec files (format 0) to
     format 1, or raw to LM-coded and back. Each new file is decoded and checked to give the
@@ -331,7 +355,9 @@ def convert(inputs, output, lm, in_place, weights, lm_weights, force, quiet, thr
     if output is None and not in_place and "-" not in inputs:
         raise click.UsageError("convert needs -o OUT (a file, or a folder for several inputs) or --in-place")
     coder = None if lm is None else ("lm" if lm else "raw")
-    opts = ConvertOptions(coder=coder, weights=weights, lm_weights=lm_weights,
+    if salvage and in_place:
+        raise click.UsageError("--salvage cannot replace its input: give -o")
+    opts = ConvertOptions(coder=coder, weights=weights, lm_weights=lm_weights, salvage=salvage,
                           lm_threads=_explicit_threads(threads), threads=threads, download_bars=not quiet)
     _execute("convert", inputs, output, opts, force or in_place, quiet, threads, jobs, recursive, resume,
              manifest, cluster, in_place)

@@ -57,6 +57,7 @@ class ConvertOptions:
     lm_weights: tp.Optional[Path] = None
     lm_threads: tp.Optional[int] = None     # version-0 LM files: see DecompressOptions
     threads: int = 1
+    salvage: bool = False                   # a damaged or cut file: keep what comes before the damage
     download_bars: bool = True
 
     def decoding(self) -> DecompressOptions:
@@ -70,4 +71,5 @@ class Result:
     bytes_written: int = 0
     clipped: int = 0             # samples clipped to [-1, 1] on output
     notes: tp.Tuple[str, ...] = ()  # what the user should know of a file that worked (NaN input, ...)
-    damaged: tp.Tuple[str, ...] = ()  # salvage: the time ranges lost, replaced by silence
+    damaged: tp.Tuple[str, ...] = ()  # what was lost: time ranges (salvage), or where a cut stream ends
+    silence: float = 0.0              # seconds of silence put in place of lost audio (salvage)

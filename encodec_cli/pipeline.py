@@ -56,6 +56,39 @@ def _told_if_slow() -> tp.Iterator[None]:
 
 # ---------------------------------------------------------------- compress
 
+class _EndOfInput(Exception):
+    """Raised by a stop request into a read that waits for live input."""
+
+
+class LiveStop:
+    """Ends a live recording cleanly where it is, so that its file is complete: `request()`
+    (a signal handler's call) ends the input after the block at hand, or at once while a
+    read waits for input; a second request raises KeyboardInterrupt (give up)."""
+
+    def __init__(self) -> None:
+        self.requested = self._reading = False
+
+    def request(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self._reading:
+            raise _EndOfInput
+
+    def blocks(self, blocks: tp.Iterator[np.ndarray]) -> tp.Iterator[np.ndarray]:
+        while not self.requested:
+            self._reading = True
+            try:
+                block = next(blocks)
+            except (StopIteration, _EndOfInput):
+                return
+            finally:
+                self._reading = False
+            yield block
+
+
+LIVE_STOP = LiveStop()  # the command line's signal handlers call LIVE_STOP.request()
+
 def compress_stream(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions,
                     progress: Progress = None) -> Result:
     """Read `source` block by block and write an .ecdc stream to `fo`, with `opts.threads`
@@ -69,6 +102,8 @@ def _compress(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions, progress
     from .codec import streaming as C
 
     blocks = iter(source.blocks())
+    if opts.live:
+        blocks = LIVE_STOP.blocks(blocks)
     # live: the models load and the header goes out before the audio comes, so that the
     # decoder loads its own while the source starts; otherwise a bad input fails first
     first = None if opts.live else next(blocks, None)
@@ -165,16 +200,18 @@ def _compress_live(C, codec, writer: live.Writer, blocks: tp.Iterator[np.ndarray
 
 # ---------------------------------------------------------------- reading
 
-def reader_for(inp: Input, header: Header, opts: DecompressOptions, frames: Frames = ALL_FRAMES) -> Reader:
+def reader_for(inp: Input, header: Header, opts: DecompressOptions, frames: Frames = ALL_FRAMES,
+               keep_cut: bool = False) -> Reader:
     """The reader of a file whose `header` `inp` has just read; an LM-coded version-0 file
     gets the reference's float LM (torch imported), run as `opts.lm_threads` says; a live
-    stream, its frequency model (coder 'lm': the integer LM)."""
+    stream, its frequency model (coder 'lm': the integer LM), and with `keep_cut` it ends
+    where a cut stream is cut (its `cut` says so) instead of raising."""
     if header.version == v1.LIVE_VERSION:
         spec = SPECS[header.model]
         with _told_if_slow():
             model = live_model(spec, header.n_codebooks, lm=header.coder == "lm", lm_weights=opts.lm_weights,
                                header=header, download_bars=opts.download_bars)
-        return live.Reader(inp, header, model, frames)
+        return live.Reader(inp, header, model, frames, keep_cut=keep_cut)
     if header.version != 0 or header.coder != "lm":
         return open_reader(inp, header, frames=frames)
     from .entropy.reference_lm import ReferenceCdfs, load_float_lm, reference_threads
@@ -240,7 +277,7 @@ def decompress_stream(fo: tp.BinaryIO, open_sink: SinkFactory, opts: DecompressO
         with torch_threads(opts.threads):
             return _decompress(inp, h, open_sink, opts, progress)
     except (TruncatedError, CorruptError) as e:
-        if h.version != v1.VERSION or opts.salvage:  # salvage reads version-1 records only
+        if h.version == 0 or opts.salvage:  # format 0 has no checksums to salvage by
             raise
         raise type(e)(f"{e} (salvage=True decodes what is intact)",
                       cli=f"{e.cli} (--salvage decodes what is intact)") from None
@@ -262,10 +299,9 @@ def _decompress(inp: Input, h: Header, open_sink: SinkFactory, opts: DecompressO
             MismatchError)
     span = span_for(codec.spec, rate, start, end)
     if opts.salvage:
-        if h.version != v1.VERSION or start or end is not None:
-            raise OptionError("salvage reads whole version-1 files: version 0 has no checksums, a live stream "
-                              "decodes up to its damage without it, and a range cannot be salvaged "
-                              "(decode the whole file)")
+        if h.version == 0 or start or end is not None:
+            raise OptionError("salvage reads whole files of format 1 and live streams: format 0 has no checksums, "
+                              "and a range cannot be salvaged (decode the whole file)")
         from .salvage import Salvage
 
         reader = Salvage(codec, inp, h, opts)
@@ -274,7 +310,7 @@ def _decompress(inp: Input, h: Header, open_sink: SinkFactory, opts: DecompressO
         if live_stream:
             with _told_if_slow():  # before the first frame comes, not when it does
                 C.warm_live(codec, h.n_codebooks, encoder=False)
-        reader = reader_for(inp, h, opts, span.frames)
+        reader = reader_for(inp, h, opts, span.frames, keep_cut=True)  # a cut recording: what it holds
         decoded = _decoded_audio(C, codec, reader, opts, span, ramp=not v1.seekable(inp.fo), live=live_stream)
 
     def total() -> tp.Optional[int]:  # of the whole output, once known
@@ -322,7 +358,12 @@ def _decompress(inp: Input, h: Header, open_sink: SinkFactory, opts: DecompressO
     finally:
         sink.close()
     damaged = tuple(reader.damaged) if opts.salvage else ()
-    return Result(seconds=written / rate, clipped=sink.clipped, damaged=damaged)
+    cut = getattr(reader, "cut", None)
+    if cut is not None:  # a live stream cut short: its audio is written, and the cut said
+        damaged += (f"from {written / rate:.3f} s: {cut} (no end record: an interrupted recording); "
+                    f"the output ends there",)
+    return Result(seconds=written / rate, clipped=sink.clipped, damaged=damaged,
+                  silence=getattr(reader, "silence", 0.0))
 
 
 class _Pace:
@@ -384,8 +425,19 @@ def convert_stream(fi: tp.BinaryIO, fo: tp.BinaryIO, opts: ConvertOptions = Conv
     without touching its codes. Returns the result and a digest of the codes and scales."""
     if opts.coder not in (None, "raw", "lm"):
         raise OptionError(f"unknown coder {opts.coder!r}")
-    reader, packets = read_packets(fi, opts.decoding())
-    h = reader.header
+    damaged: tp.List[str] = []
+    if opts.salvage:
+        from .salvage import intact_start
+
+        inp = Input(fi)
+        h = read_header(inp)
+        if h.version == 0:
+            raise OptionError("salvage reads files of format 1 and live streams: format 0 has no checksums")
+        reader = None
+        packets: tp.Iterator[Packet] = intact_start(inp, h, opts.decoding(), damaged)
+    else:
+        reader, packets = read_packets(fi, opts.decoding())
+        h = reader.header
     spec = SPECS[h.model]
     fingerprint = h.weights_fingerprint
     if h.version == 0:  # it does not record its weights: those that decompress would load stand for them
@@ -413,6 +465,23 @@ def convert_stream(fi: tp.BinaryIO, fo: tp.BinaryIO, opts: ConvertOptions = Conv
                 hash_packet(digest, packet)
                 if progress:
                     progress(packet.frames / spec.frame_rate)
-    writer.finish(reader.num_samples, reader.source_num_samples)
-    return Result(seconds=(reader.source_num_samples or 0) / h.source_sample_rate), digest.digest()
+    if reader is not None:
+        lengths = reader.num_samples, reader.source_num_samples
+    elif not damaged and h.num_samples is not None and h.source_num_samples is not None:
+        lengths = h.num_samples, h.source_num_samples  # nothing was lost
+    else:  # salvaged: as long as what was kept
+        lengths = _kept_lengths(h, writer)
+    writer.finish(*lengths)
+    return Result(seconds=(lengths[1] or 0) / h.source_sample_rate, damaged=tuple(damaged)), digest.digest()
+
+
+def _kept_lengths(h: Header, writer: v1.Writer) -> tp.Tuple[int, int]:
+    """(model, original) samples of the frames written: 24 kHz, whole frames; 48 kHz, whole
+    1 s segments overlapping, the last one's frames at the end."""
+    spec = SPECS[h.model]
+    if spec.causal:
+        n = writer.frames * spec.hop_length
+    else:
+        n = max(0, writer.segments - 1) * spec.segment_stride + writer.last_segment * spec.hop_length
+    return n, n * h.source_sample_rate // h.sample_rate
 

@@ -1,5 +1,6 @@
-"""Decoding what is intact of a damaged version-1 file (`decompress --salvage`): every packet
-whose checksums hold, silence of the right length where packets are lost, each loss named.
+"""Decoding what is intact of a damaged version-1 file or live stream (`decompress --salvage`):
+every packet (or live block) whose checksums hold, silence of the right length where packets
+are lost, each loss named.
 
 Runs of intact packets are decoded on their own (the 24 kHz decoder starts afresh after a
 gap, with a short transient); the time of everything after a gap is kept when the file says
@@ -13,9 +14,9 @@ import typing as tp
 
 import numpy as np
 
-from .entropy.coders import make_decoder
+from .entropy.coders import live_model, make_decoder
 from .errors import CorruptError
-from .formats import v1
+from .formats import live, v1
 from .formats.records import Gap, Header, Input, Packet
 from .options import DecompressOptions
 from .specs import SPECS
@@ -28,6 +29,7 @@ class Salvage:
         self.codec, self.inp, self.header, self.opts = codec, inp, header, opts
         self.spec = SPECS[header.model]
         self.damaged: tp.List[str] = []
+        self.silence = 0.0  # seconds of silence put where audio was lost
         self.produced, self.done = 0, False
 
     @property
@@ -47,10 +49,15 @@ class Salvage:
         """Model-rate samples that `frames` frames in `segments` segments stand for."""
         return frames * self.spec.hop_length if self.spec.causal else segments * self.spec.segment_stride
 
-    def _decoded(self) -> tp.Iterator[tp.Union[Packet, Gap]]:
+    def items(self) -> tp.Iterator[tp.Union[Packet, Gap]]:
         """The salvaged packets with their codes decoded, one at a time (so that one that
         fails its codes checksum is lost alone), and the gaps."""
         h = self.header
+        if h.version == v1.LIVE_VERSION:  # the live reader decodes as it reads
+            model = live_model(self.spec, h.n_codebooks, lm=h.coder == "lm", lm_weights=self.opts.lm_weights,
+                               header=h, download_bars=self.opts.download_bars)
+            yield from live.salvage(self.inp, h, model)
+            return
         coder = None if h.coder == "raw" else make_decoder(self.spec, h, lm_weights=self.opts.lm_weights,
                                                            download_bars=self.opts.download_bars)
         for item in v1.salvage(self.inp, h):
@@ -66,7 +73,7 @@ class Salvage:
         from .codec import streaming as C
 
         rate, position, overshoot = self.spec.sample_rate, 0, 0
-        for is_gap, group in itertools.groupby(self._decoded(), key=lambda x: isinstance(x, Gap)):
+        for is_gap, group in itertools.groupby(self.items(), key=lambda x: isinstance(x, Gap)):
             if not is_gap:
                 expected = 0
 
@@ -90,20 +97,33 @@ class Salvage:
             for gap in group:
                 t0 = position / rate
                 if gap.frames is None:
-                    self.damaged.append(f"from {t0:.3f} s: {gap.why}; what follows is lost (the file does not "
-                                        f"record its length)")
+                    self.damaged.append(f"from {t0:.3f} s: {gap.why}; the output ends there (the file does not "
+                                        f"say how long it was)")
                     self.done = True
                     return
                 n = self._samples(gap.frames, gap.segments or 1)
                 last = gap.index + (gap.packets or 1) - 1
-                what = f"packet {gap.index}" if last == gap.index else f"packets {gap.index}-{last}"
+                word = "packet" if self.header.version != v1.LIVE_VERSION else "unit"
+                what = f"{word} {gap.index}" if last == gap.index else f"{word}s {gap.index}-{last}"
                 self.damaged.append(f"{t0:.3f}-{(position + n) / rate:.3f} s ({what}): {gap.why}; silence")
                 silence = max(0, n - overshoot)
                 overshoot = 0
                 self.produced += silence
+                self.silence += silence / rate
                 while silence:  # in blocks: flat memory whatever a gap claims
                     step = min(silence, rate)
                     silence -= step
                     yield np.zeros((self.header.channels, step), np.float32)
                 position += n
         self.done = True
+
+
+def intact_start(inp: Input, header: Header, opts: DecompressOptions, damaged: tp.List[str]
+                 ) -> tp.Iterator[Packet]:
+    """The packets of a damaged or cut file (codes decoded) up to its first loss, which is
+    said in `damaged` (`convert --salvage`: a cut recording keeps all it holds)."""
+    for item in Salvage(None, inp, header, opts).items():
+        if isinstance(item, Gap):
+            damaged.append(f"{item.why}; the new file ends there")
+            return
+        yield item

@@ -9,6 +9,8 @@ frequencies of a `FrequencyModel`: the integer LM for coder 'lm', uniform for 'r
 """
 from __future__ import annotations
 
+import io
+import itertools
 import struct
 import typing as tp
 import zlib
@@ -20,8 +22,8 @@ from ..errors import CorruptError, EcdcError, FormatError, TruncatedError
 from ..specs import SPECS
 from .arith import TOTAL, ArithDecoder, ArithEncoder, Mark
 from .incoming import Incoming, Wait
-from .records import ALL_FRAMES, End, Frames, Header, Input, Packet
-from .v1 import LIVE_VERSION, header_bytes
+from .records import ALL_FRAMES, End, Frames, Gap, Header, Input, Packet
+from .v1 import LIVE_VERSION, check_lengths, frames_for, header_bytes
 
 UNIT_FRAMES = 600           # 24 kHz: frames per unit (8 s), as a packet of a version-1 file
 BLOCK_FRAMES = 75           # 24 kHz: frames per block (1 s): a CRC at least once a second
@@ -192,10 +194,19 @@ class Reader:
     """The frames of a live stream whose header `inp` has just read, as packets: 24 kHz,
     one per frame; 48 kHz, one per segment. Each is yielded as soon as its bytes decide it."""
 
-    def __init__(self, inp: Input, header: Header, model: FrequencyModel, frames: Frames = ALL_FRAMES):
+    def __init__(self, inp: Input, header: Header, model: FrequencyModel, frames: Frames = ALL_FRAMES, *,
+                 keep_cut: bool = False, first_frame: int = 0, checked_only: bool = False):
+        """`keep_cut`: a stream cut short (a recording interrupted, a connection dropped) ends
+        the iteration where it is cut, said in `cut`, instead of raising TruncatedError.
+        `first_frame`: the frame at which the unit that `inp` starts with begins (salvage).
+        `checked_only`: frames of a block that fails its check are dropped, not given out."""
         self.header, self.model, self.frames = header, model, frames
         self.spec = SPECS[header.model]
         self.buf = Incoming(inp)
+        self.keep_cut, self.first_frame, self.checked_only = keep_cut, first_frame, checked_only
+        self.cut: tp.Optional[str] = None      # why the stream ends early (keep_cut)
+        self.decided = first_frame             # frames given out (and their samples, next)
+        self._decided_samples = 0
         self.end: tp.Optional[End] = None
         self.at = self.block_start = self.buf.start  # where the next record, and the block checked next, begin
         self._total: tp.Optional[int] = None   # model samples, once the last frame says
@@ -206,11 +217,20 @@ class Reader:
 
     @property
     def num_samples(self) -> tp.Optional[int]:
-        return self.end.num_samples if self.end else self._total
+        if self.end:
+            return self.end.num_samples
+        if self._total is None and self.cut is not None:
+            return self._decided_samples  # what was decoded before the cut
+        return self._total
 
     @property
     def source_num_samples(self) -> tp.Optional[int]:
-        return self.end.source_num_samples if self.end else None
+        if self.end:
+            return self.end.source_num_samples
+        n, h = self.num_samples, self.header
+        if self.cut is None or n is None:
+            return None
+        return n * h.source_sample_rate // h.sample_rate
 
     @property
     def position(self) -> int:
@@ -231,7 +251,24 @@ class Reader:
         self.buf.drop(self.at)
 
     def __iter__(self) -> tp.Iterator[Packet]:
-        count, unit = 0, 0
+        try:
+            segments = 0
+            for packet in self._packets():
+                self.decided = packet.start + packet.frames
+                if self.spec.causal:
+                    self._decided_samples = self.decided * self.spec.hop_length
+                else:  # 1 s segments, each overlapping the last: the decoder's output length
+                    segments += 1
+                    self._decided_samples = (segments - 1) * self.spec.segment_stride \
+                        + packet.frames * self.spec.hop_length
+                yield packet
+        except TruncatedError as e:
+            if not self.keep_cut:
+                raise
+            self.cut = str(e)
+
+    def _packets(self) -> tp.Iterator[Packet]:
+        count, unit = self.first_frame, 0
         while True:
             stopped = self._total is not None or self._stop  # the stream said it ends
             (kind,) = self.buf.need(self.at, 1, "the record")
@@ -246,6 +283,7 @@ class Reader:
                                        f"the stream has {count}")
                 if self._total is not None and end.num_samples != self._total:
                     raise CorruptError("corrupted live stream: the end record's length disagrees with its last frame")
+                check_end(self.header, end, self.at)
                 if self.buf.available(self.at) or self.buf.more():
                     raise FormatError(f"unexpected data after the end record at byte {self.at}")
                 self.end = end
@@ -275,8 +313,11 @@ class Reader:
                 return fn(*args)
             except Wait:
                 pass
-            except EcdcError:  # what was decided before the damage goes out first
+            except EcdcError as e:  # what was decided before the damage goes out first
                 self.buf.nowait = False
+                if self.checked_only and not isinstance(e, TruncatedError):
+                    self._group = []  # unless only checked blocks may go out
+                    raise
                 yield self._take_group()
                 raise
             finally:
@@ -358,19 +399,34 @@ class Reader:
 END_SIZE = 1 + _END.size + _CRC.size
 
 
-def read_end(data: bytes, at: int, frames: tp.Optional[int] = None) -> End:
+def check_end(h: Header, end: End, at: int) -> None:
+    """An end record's lengths must fit its frames (a reader pads the output to them)."""
+    if abs(frames_for(SPECS[h.model], end.num_samples) - end.frames) > SPECS[h.model].frame_rate:
+        raise CorruptError(f"corrupted live stream: the end record at byte {at} claims {end.num_samples} "
+                           f"samples for {end.frames} frames")
+    check_lengths(h, end.num_samples, end.source_num_samples, f"live stream: the end record at byte {at}")
+
+
+def read_end(data: bytes, at: int, header: Header) -> End:
     """The end record in `data` (its last END_SIZE bytes, from stream offset `at`)."""
     if len(data) != END_SIZE or data[0] != END:
         raise CorruptError(f"corrupted live stream: no end record at byte {at}")
     (crc,) = _CRC.unpack_from(data, 1 + _END.size)
     if zlib.crc32(data[:1 + _END.size]) != crc:
         raise CorruptError(f"corrupted live stream: the end record at byte {at} fails its CRC-32 check")
-    return End(*_END.unpack_from(data, 1), 0)
+    end = End(*_END.unpack_from(data, 1), 0)
+    check_end(header, end, at)
+    return end
 
 
-def describe(inp: Input) -> tp.Tuple[End, int]:
+LONGEST_BLOCK = 1 << 13  # bytes: a block's 75 frames of 32 codes (or a segment's 150 of 16) take < 7.3 KB
+
+
+def describe(inp: Input, header: Header) -> tp.Tuple[End, int, tp.Optional[int]]:
     """The end record and size of a live stream whose header `inp` has just read, without
-    decoding it (its frames are checked as they are decoded)."""
+    decoding it (its frames are checked as they are decoded), and None; or, for a stream
+    cut before its end record (a recording interrupted), what its checked blocks hold and
+    the byte where it is cut."""
     fo = inp.fo
     try:
         seekable = fo.seekable()
@@ -379,17 +435,185 @@ def describe(inp: Input) -> tp.Tuple[End, int]:
     if seekable:
         start = fo.tell()
         size = fo.seek(0, 2)
-        if size - start < END_SIZE:
-            raise TruncatedError(f"truncated live stream: it ends at byte {size} without its end record")
-        fo.seek(size - END_SIZE)
-        return read_end(fo.read(END_SIZE), size - END_SIZE), size
-    tail, size = b"", inp.pos
+        fo.seek(max(start, size - END_SIZE))
+        tail = fo.read(END_SIZE)
+    else:
+        start = inp.pos
+        data = fo.read()
+        size, tail = start + len(data), data[-END_SIZE:]
+    whole = len(tail) == END_SIZE and tail[0] == END
+    if whole and zlib.crc32(tail[:1 + _END.size]) == _CRC.unpack_from(tail, 1 + _END.size)[0]:
+        return read_end(tail, size - END_SIZE, header), size, None
+    if seekable:
+        fo.seek(start)
+        data = fo.read()
+    frames, samples, cut = _checked_blocks(data, start, SPECS[header.model])
+    source = samples * header.source_sample_rate // header.sample_rate
+    return End(frames, samples, source, 0), size, cut
+
+
+def _checked_blocks(data: bytes, base: int, spec) -> tp.Tuple[int, int, int]:
+    """(frames, model samples, byte where it is cut) of a live stream's blocks from stream
+    offset `base`, each found by its CRC-32: a stream cut short ends inside its last block."""
+    at, blocks, frames, segments, last = 0, 0, 0, 0, 0
+    while at < len(data):
+        if data[at] == END:
+            break  # cut inside the end record
+        if not spec.causal or blocks % (UNIT_FRAMES // BLOCK_FRAMES) == 0:
+            if data[at] != UNIT:
+                raise CorruptError(f"corrupted live stream: byte {base + at} starts no unit (found {data[at]:#04x})")
+        end = _block_end(data, at)
+        if end is None:
+            if len(data) - at > LONGEST_BLOCK:
+                raise CorruptError(f"corrupted live stream: the block at byte {base + at} fails its CRC-32 check "
+                                   f"(--salvage decodes what is intact)")
+            break  # cut inside this block
+        if spec.causal:
+            frames += BLOCK_FRAMES
+        else:
+            last = _SEGMENT.unpack_from(data, at + 1)[0] if end - at > _SEGMENT.size else 0
+            frames, segments = frames + last, segments + 1
+        blocks += 1
+        at = end + _CRC.size
+    samples = frames * spec.hop_length if spec.causal else \
+        (max(0, segments - 1) * spec.segment_stride + last * spec.hop_length)
+    return frames, samples, base + at
+
+
+def _block_end(data: bytes, at: int) -> tp.Optional[int]:
+    """The first offset e after `at` where data[e:e + 4] holds the CRC-32 of data[at:e]."""
+    crc = zlib.crc32(data[at:at + 1])
+    for e in range(at + 1, min(len(data) - _CRC.size, at + LONGEST_BLOCK) + 1):
+        if crc == int.from_bytes(data[e:e + _CRC.size], "big"):
+            return e
+        crc = zlib.crc32(data[e:e + 1], crc)
+    return None
+
+
+# ---------------------------------------------------------------- salvage
+
+def salvage(inp: Input, header: Header, model: FrequencyModel) -> tp.Iterator[tp.Union[Packet, Gap]]:
+    """The checked frames of a damaged or cut live stream whose header `inp` has just read,
+    and a `Gap` for each run lost, to the end (held in memory: this is for rescue).
+
+    After a block that fails its check, decoding resumes at the next unit whose first block
+    checks out (24 kHz: the next 8 s unit; 48 kHz: the next segment). How much was lost is
+    estimated from the bytes skipped; a 24 kHz unit's LM depends on its position, so there
+    the estimate is confirmed by decoding the unit's first block. A cut stream ends at the cut."""
+    spec = SPECS[header.model]
+    base, buf = inp.pos, inp.fo.read()
+    at, first, segments = 0, 0, 0   # where the reader starts: byte, frame; 48 kHz: segments so far
+    reader = _reader_at(buf, base, at, header, model, first)
+    packets: tp.Iterator[Packet] = iter(reader)
     while True:
-        chunk = fo.read(1 << 16)
-        if not chunk:
-            break
-        size += len(chunk)
-        tail = (tail + chunk)[-END_SIZE:]
-    if len(tail) < END_SIZE:
-        raise TruncatedError(f"truncated live stream: it ends at byte {size} without its end record")
-    return read_end(tail, size - END_SIZE), size
+        given = first
+        try:
+            for packet in packets:
+                given = packet.start + packet.frames
+                segments += not spec.causal
+                yield packet
+            if reader.cut is not None:
+                yield Gap(_unit_of(spec, given, segments), reader.at, None, None, None, reader.cut)
+            return
+        except EcdcError as e:
+            why, bad = str(e), reader.block_start - base
+        per_byte = (given - first) / (bad - at) if given > first and bad > at else None
+        resumed = _resume(buf, base, bad + 1, header, model, given, per_byte)
+        index = _unit_of(spec, given, segments)
+        if resumed is None:
+            yield Gap(index, base + bad, None, None, None, f"{why}; nothing checks out after it")
+            return
+        at, first, reader, packets = resumed
+        if spec.causal:
+            units = first // UNIT_FRAMES - given // UNIT_FRAMES
+            yield Gap(index, base + bad, units, first - given, units, why)
+        else:  # a segment's frames are its own: how many were lost, the bytes tell
+            per = -(-spec.segment_length // spec.hop_length)
+            gone = max(1, round((at - bad) * per_byte / per)) if per_byte else 1
+            yield Gap(index, base + bad, gone, gone * per, gone, why)
+            segments += gone
+            first = given + gone * per
+
+
+def _unit_of(spec, frame: int, segments: int) -> int:
+    """The 1-based number of the unit that holds `frame` (48 kHz: after `segments`)."""
+    return frame // UNIT_FRAMES + 1 if spec.causal else segments + 1
+
+
+def _reader_at(buf: bytes, base: int, at: int, header: Header, model: FrequencyModel, first: int) -> Reader:
+    inp = Input(io.BytesIO(buf[at:]), base + at)
+    return Reader(inp, header, model, keep_cut=True, first_frame=first, checked_only=True)
+
+
+def _resume(buf: bytes, base: int, after: int, header: Header, model: FrequencyModel, given: int,
+            per_byte: tp.Optional[float]):
+    """(byte, first frame, reader, its packets) of the first unit from buffer offset `after`
+    whose first block checks out and decodes; None if there is none."""
+    spec = SPECS[header.model]
+    lm = not isinstance(model, Uniform)
+    for j in _unit_starts(buf, after, spec):
+        if spec.causal:
+            least = given // UNIT_FRAMES + 1
+            guess = max(least, round((given + (j - after) * per_byte) / UNIT_FRAMES)) if per_byte else least
+            units = sorted(range(least, guess + 4), key=lambda k: abs(k - guess))[:6] if lm else [guess]
+        else:
+            units = [0]  # a segment's LM starts afresh
+        for unit in units:
+            first = unit * UNIT_FRAMES if spec.causal else given
+            reader = _reader_at(buf, base, j, header, model, first)
+            packets = iter(reader)
+            try:
+                head = next(packets, None)
+            except EcdcError:
+                continue
+            if head is None and reader.cut is None and reader.end is None:
+                continue
+            return j, first, reader, itertools.chain([head] if head is not None else [], packets)
+    return None
+
+
+def _unit_starts(buf: bytes, after: int, spec) -> tp.Iterator[int]:
+    """Offsets from `after` where a unit could start: a unit byte whose block's CRC-32 holds
+    (searched for many offsets at once); 48 kHz, with a segment head and a record or the
+    end after it."""
+    data = np.frombuffer(buf, np.uint8)
+    n = len(data)
+    if n < 6:
+        return
+    stored = np.zeros(n + 1, np.uint32)  # the big-endian word at each offset
+    stored[:n - 3] = (data[:-3].astype(np.uint32) << 24 | data[1:-2].astype(np.uint32) << 16
+                      | data[2:-1].astype(np.uint32) << 8 | data[3:])
+    candidates = np.flatnonzero(data[after:] == UNIT) + after
+    if not spec.causal:  # a segment's head: its frame count
+        most = -(-spec.segment_length // spec.hop_length)
+        heads = candidates[candidates + 3 <= n - 1]
+        frames = data[heads + 1].astype(np.int64) << 8 | data[heads + 2]
+        candidates = heads[(frames >= 1) & (frames <= most)]
+    for batch in np.array_split(candidates, max(1, -(-len(candidates) // 4096))):
+        if not len(batch):
+            continue
+        reg = np.full(len(batch), 0xFFFFFFFF, np.uint32)
+        found = np.full(len(batch), -1, np.int64)
+        for d in range(min(LONGEST_BLOCK, n - int(batch[0]))):
+            pos = batch + d
+            live = (pos < n - 4) & (found < 0)
+            if not live.any():
+                break
+            reg = _CRC_TABLE[(reg ^ data[np.minimum(pos, n - 1)]) & 0xFF] ^ (reg >> 8)
+            e = np.minimum(pos + 1, n)
+            hit = live & ((reg ^ 0xFFFFFFFF) == stored[e])
+            if not spec.causal:  # a segment is a whole unit: a record or the end follows
+                follows = np.where(e + 4 < n, data[np.minimum(e + 4, n - 1)], UNIT)
+                hit &= (follows == UNIT) | (follows == END)
+            found[hit] = e[hit]
+        yield from (int(j) for j in batch[found >= 0])
+
+
+def _crc_table() -> np.ndarray:
+    table = np.arange(256, dtype=np.uint32)
+    for _ in range(8):
+        table = np.where(table & 1, (table >> 1) ^ np.uint32(0xEDB88320), table >> 1).astype(np.uint32)
+    return table
+
+
+_CRC_TABLE = _crc_table()

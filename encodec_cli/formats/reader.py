@@ -55,6 +55,7 @@ class Description(tp.NamedTuple):
     end: End
     size: int                       # bytes
     range_coded: tp.Optional[int]   # packets range coded (not stored raw); None: version 0 and live streams do not say
+    cut: tp.Optional[int] = None    # a live stream cut before its end record: the byte where it is cut
 
 
 def describe(fo: tp.BinaryIO) -> Description:
@@ -65,7 +66,8 @@ def describe(fo: tp.BinaryIO) -> Description:
     if header.version == 0:
         return Description(header, *v0.describe(inp, header), None)
     if header.version == v1.LIVE_VERSION:
-        return Description(header, *live.describe(inp), None)
+        end, size, cut = live.describe(inp, header)
+        return Description(header, end, size, None, cut)
     reader = v1.Reader(inp, header)
     coded = sum(header.coder == "lm" and not p.flags & v1.FLAG_RAW for p in reader)
     assert reader.end is not None

@@ -104,7 +104,8 @@ class Writer:
 
     def __init__(self, fo: tp.BinaryIO, header: Header):
         self.fo, self.header = fo, header
-        self.frames = self.packets = 0
+        self.frames = self.packets = self.segments = 0
+        self.last_segment = 0  # frames of the last segment written
         fo.write(header_bytes(header))
 
     def write_packet(self, segments: tp.Sequence[Segment], payload: bytes, flags: int = 0) -> None:
@@ -112,6 +113,8 @@ class Writer:
         _write_record(self.fo, RECORD_PACKET, head + payload)
         self.frames += sum(n for n, _ in segments)
         self.packets += 1
+        self.segments += len(segments)
+        self.last_segment = segments[-1][0]
 
     def finish(self, num_samples: int, source_num_samples: int) -> End:
         end = End(self.frames, num_samples, source_num_samples, self.packets)
@@ -288,7 +291,7 @@ class Reader:
                     raise CorruptError(f"corrupted file: end record at byte {offset} counts "
                                        f"{end.packets} packets / {end.frames} frames, "
                                        f"the file has {count} / {frames}")
-                if frames_for(SPECS[h.model], end.num_samples) != end.frames or (
+                if abs(frames_for(SPECS[h.model], end.num_samples) - end.frames) > SPECS[h.model].frame_rate or (
                         h.num_samples is not None and h.num_samples != end.num_samples):
                     raise CorruptError(f"corrupted file: the lengths in the header and the end record at byte "
                                        f"{offset} disagree with the {end.frames} frames of the file")

@@ -140,9 +140,18 @@ def process(kind: Kind, src: str, dst: str, opts, force: bool, progress=None,
                    notes=result.notes + tuple(f"damaged: {d}" for d in result.damaged))
     if result.damaged:  # written all the same, and said: the exit code is 1
         r.status = "error"
-        r.error = (f"{src}: {len(result.damaged)} damaged part{'s' if len(result.damaged) > 1 else ''} "
-                   f"of the file, silence in {dst} (listed above)")
+        r.error = damage_summary(src, dst, len(result.damaged), result.silence)
     return _finish(r, kind)
+
+
+def damage_summary(src: str, dst: str, parts: int, silence: float) -> str:
+    """The line that ends a run whose output was written from a damaged or cut file."""
+    out = "the audio on stdout" if dst == "-" else dst
+    src = "stdin" if src == "-" else src
+    if silence:
+        return (f"{src}: {parts} damaged part{'s' if parts > 1 else ''} of the file, {silence:.3f} s of silence "
+                f"in {out} where audio was lost (listed above)")
+    return f"{src}: the file is cut or damaged, and {out} ends where it does (see above)"
 
 
 def named(message: str, src: str, dst: str) -> str:
