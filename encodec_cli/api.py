@@ -18,12 +18,13 @@ import numpy as np
 from .audio import files as A
 from .audio.arrays import ArraySink, ArraySource
 from .audio.pipes import WavPipeSink
+from .conversion import codes_digest, convert_stream
 from .errors import AudioError, CorruptError, FormatError, NotEcdcError, OptionError, TruncatedError
 from .formats import v0, v1
 from .formats.records import Header
 from .options import MODELS, CompressOptions, ConvertOptions, DecompressOptions, Progress, Result
 from .outputs import atomic_path, not_the_input, stdout_through_file
-from .pipeline import codes_digest, compress_stream, convert_stream, decompress_stream, read_packets
+from .pipeline import compress_stream, decompress_stream, read_packets
 from .specs import SPECS
 
 __all__ = ["MODELS", "CompressOptions", "DecompressOptions", "ConvertOptions", "Result", "Progress",

@@ -17,37 +17,11 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from . import __version__, interrupts
 from .errors import EcdcError, OptionError
 
 WEIGHTS = click.Path(dir_okay=False, path_type=Path)
 PATHS = click.Path()  # a file or folder ('-': stdin/stdout); the shell completes file names
-
-
-def _duration(kind: str, src: str, opts) -> tp.Optional[float]:
-    """Seconds of audio in `src`, if cheap to know (for the progress bar)."""
-    if src == "-":
-        return None
-    try:
-        if kind == "compress":
-            import soundfile as sf
-
-            from .audio.files import native
-
-            return sf.info(native(src)).duration
-        from .formats.reader import read_header
-        from .formats.records import Input
-
-        with open(src, "rb") as f:
-            header = read_header(Input(f))
-        n, rate = header.num_samples, header.sample_rate
-        if kind == "decompress" and getattr(opts, "end", None) is not None and n is not None:
-            n = min(n, round(opts.end * rate))
-        if kind == "decompress" and n is not None:
-            n = max(0, n - round(opts.start * rate))
-        return None if n is None else n / rate
-    except Exception:
-        return None  # errors are reported when the file is processed
 
 
 def _execute(kind: str, inputs, output, opts, force, quiet, threads, jobs, recursive=False,
@@ -56,6 +30,7 @@ def _execute(kind: str, inputs, output, opts, force, quiet, threads, jobs, recur
 
     from .jobs import plan as P
     from .jobs import run as R
+    from .jobs import task as T
     from .jobs.task import FileResult
 
     if threads < 1 or jobs < 1:
@@ -70,7 +45,7 @@ def _execute(kind: str, inputs, output, opts, force, quiet, threads, jobs, recur
         raise OptionError(f"refusing to write {what} to a terminal; use -o FILE or a pipe")
     if in_place:
         plan = [(s, s) for s, _ in plan]
-    durations = [_duration(kind, s, opts) for s, _ in plan]
+    durations = [T.duration(kind, s, opts) for s, _ in plan]
     # files that cannot be read have no duration, and fail without adding any audio
     total = sum(d for d in durations if d) or None
     show = not quiet and sys.stderr.isatty() and all(d != "-" for _, d in plan)
@@ -128,14 +103,6 @@ def _check_ray() -> None:
         raise OptionError("--cluster needs Ray: pip install 'encodec-cli[ray]'")
 
 
-class _Terminated(BaseException):
-    """SIGTERM, raised where the program is, so that temporary outputs are removed."""
-
-
-def _terminate(signum, frame) -> None:
-    raise _Terminated()
-
-
 def _guard(fn):
     """Turn library errors into `Error: ...` and exit 1, never a traceback."""
     import functools
@@ -143,7 +110,7 @@ def _guard(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         if threading.current_thread() is threading.main_thread():  # signals go to the main thread
-            signal.signal(signal.SIGTERM, _terminate)
+            signal.signal(signal.SIGTERM, interrupts.terminate)
         try:
             return fn(*args, **kwargs)
         except EcdcError as e:
@@ -154,7 +121,7 @@ def _guard(fn):
         except KeyboardInterrupt:
             click.echo("Error: interrupted", err=True)
             sys.exit(130)
-        except _Terminated:
+        except interrupts.Terminated:
             click.echo("Error: terminated", err=True)
             sys.exit(143)
         except OSError as e:
@@ -243,27 +210,9 @@ def compress(inputs, output, bandwidth, model, lm, live, weights, lm_weights, fo
     opts = CompressOptions(bandwidth=bandwidth, model=MODELS[model], weights=weights, lm=lm, live=live,
                            lm_weights=lm_weights if lm else None, threads=threads, download_bars=not quiet)
     _usage(opts.check, "'-b' / '--bandwidth'")
-    with _ending_live_input() if live else contextlib.nullcontext():
+    with interrupts.ending_live_input() if live else contextlib.nullcontext():
         _execute("compress", inputs, output, opts, force, quiet, threads, jobs, recursive, resume,
                  manifest, cluster)
-
-
-@contextlib.contextmanager
-def _ending_live_input() -> tp.Iterator[None]:
-    """Ctrl-C or SIGTERM ends a live recording where it is, as a complete file (a second
-    Ctrl-C gives up)."""
-    from .pipeline import LIVE_STOP
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {sig: signal.signal(sig, lambda signum, frame: LIVE_STOP.request())
-           for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
 
 
 @main.command(short_help="Decompress .ecdc files to audio.")

@@ -4,7 +4,7 @@ are lost, each loss named.
 
 Runs of intact packets are decoded on their own (the 24 kHz decoder starts afresh after a
 gap, with a short transient); the time of everything after a gap is kept when the file says
-how much was lost (formats.v1.salvage).
+how much was lost (formats.recovery).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 
 from .entropy.coders import live_model, make_decoder
 from .errors import CorruptError
-from .formats import live, v1
+from .formats import recovery, v1
 from .formats.records import Gap, Header, Input, Packet
 from .options import DecompressOptions
 from .specs import SPECS
@@ -30,20 +30,24 @@ class Salvage:
         self.spec = SPECS[header.model]
         self.damaged: tp.List[str] = []
         self.silence = 0.0  # seconds of silence put where audio was lost
-        self.produced, self.done = 0, False
+        self.produced, self.done, self.ended_early = 0, False, False
 
     @property
     def num_samples(self) -> tp.Optional[int]:
-        if self.header.num_samples is not None:
-            return self.header.num_samples
-        return self.produced if self.done else None
+        """The header's length, unless the output ended early (a cut, or a length the file
+        could not hold); then what was produced. Known once done."""
+        if not self.done:
+            return None
+        return self.produced if self.ended_early or self.header.num_samples is None else self.header.num_samples
 
     @property
     def source_num_samples(self) -> tp.Optional[int]:
         h = self.header
-        if h.source_num_samples is not None:
+        if not self.done:
+            return None
+        if h.source_num_samples is not None and not self.ended_early:
             return h.source_num_samples
-        return round(self.produced * h.source_sample_rate / h.sample_rate) if self.done else None
+        return round(self.produced * h.source_sample_rate / h.sample_rate)
 
     def _samples(self, frames: int, segments: int) -> int:
         """Model-rate samples that `frames` frames in `segments` segments stand for."""
@@ -56,11 +60,11 @@ class Salvage:
         if h.version == v1.LIVE_VERSION:  # the live reader decodes as it reads
             model = live_model(self.spec, h.n_codebooks, lm=h.coder == "lm", lm_weights=self.opts.lm_weights,
                                header=h, download_bars=self.opts.download_bars)
-            yield from live.salvage(self.inp, h, model)
+            yield from recovery.salvage_live(self.inp, h, model)
             return
         coder = None if h.coder == "raw" else make_decoder(self.spec, h, lm_weights=self.opts.lm_weights,
                                                            download_bars=self.opts.download_bars)
-        for item in v1.salvage(self.inp, h):
+        for item in recovery.salvage_v1(self.inp, h):
             if isinstance(item, Packet) and coder is not None and not item.flags & v1.FLAG_RAW:
                 try:
                     item = dataclasses.replace(item, codes=coder.decode_many([item])[0])
@@ -99,7 +103,7 @@ class Salvage:
                 if gap.frames is None:
                     self.damaged.append(f"from {t0:.3f} s: {gap.why}; the output ends there (the file does not "
                                         f"say how long it was)")
-                    self.done = True
+                    self.done = self.ended_early = True
                     return
                 n = self._samples(gap.frames, gap.segments or 1)
                 last = gap.index + (gap.packets or 1) - 1

@@ -179,7 +179,7 @@ def test_segment_table_must_cover_the_data():
     buf = io.BytesIO()
     w = F.Writer(buf, h)
     w.write_packet([(150, 0.5), (4, 0.25)], F.pack_codes(np.zeros((154, 8), np.uint16)))
-    w.finish(1, 1)
+    w.finish(154 * 320, 154 * 320 * 44100 // 24000)
     reader, packets = read_all(buf.getvalue())
     assert packets[0].segments == ((150, 0.5), (4, 0.25)) and packets[0].frames == 154
     bad = io.BytesIO()

@@ -548,7 +548,8 @@ def portable_files(tmp_path_factory, checkpoints):
         segments = [[(40, 1.0)], [(25, 1.0)]] if seg is None else [[(20, 1.0), (20, 0.5)], [(25, 1.0)]]
         packets = code_packets(LMEncoder(lm, bytes(8), spec, k), parts, segments)
         assert all(p.flags == 0 for p in packets)
-        h = Header(model=model, coder="lm", n_codebooks=k, bandwidth=6.0, sample_rate=spec.sample_rate,
+        h = Header(model=model, coder="lm", n_codebooks=k, bandwidth=k * spec.frame_rate * 10 / 1000,
+                   sample_rate=spec.sample_rate,
                    channels=spec.channels, source_sample_rate=spec.sample_rate, source_channels=spec.channels,
                    num_samples=None, source_num_samples=None, weights_fingerprint=bytes(8))
         buf = io.BytesIO()

@@ -277,7 +277,8 @@ def load_strict(module, state: tp.Dict[str, tp.Any], path: Path, name: tp.Option
                     kind = "a language model" if other in LM_OF.values() else "a codec"
                     return f"{path} holds the weights of {other}, {kind}: it goes to {fits}, not {given}"
                 return f"{path} holds the weights of {other}, which is not the model needed here; check {given}"
-            raise weights_error(say, MismatchError)
+            swapped = option_for(name) != option_for(other)  # the options' fault, whatever the input
+            raise weights_error(say, WeightsError if swapped else MismatchError)
         if other is not None:
             raise MismatchError(f"{path} holds the weights of {other}, which is not the model needed here")
         raise MismatchError(f"{path} does not fit this model: " + ", ".join(parts))

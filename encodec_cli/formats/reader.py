@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import typing as tp
 
-from . import live, v0, v1
+from . import recovery, v0, v1
 from .records import ALL_FRAMES, End, Frames, Header, Input, Packet
 
 
@@ -66,7 +66,7 @@ def describe(fo: tp.BinaryIO) -> Description:
     if header.version == 0:
         return Description(header, *v0.describe(inp, header), None)
     if header.version == v1.LIVE_VERSION:
-        end, size, cut = live.describe(inp, header)
+        end, size, cut = recovery.describe(inp, header)
         return Description(header, end, size, None, cut)
     reader = v1.Reader(inp, header)
     coded = sum(header.coder == "lm" and not p.flags & v1.FLAG_RAW for p in reader)

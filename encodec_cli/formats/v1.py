@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import CorruptError, FormatError, NotEcdcError, TruncatedError
 from ..specs import SPECS, ModelSpec
 from . import v0
-from .records import ALL_FRAMES, CODE_BITS, PACKET_SECONDS, VERSION, End, Frames, Gap, Header, Input, Packet, Segment
+from .records import ALL_FRAMES, CODE_BITS, VERSION, End, Frames, Header, Input, Packet, Segment
 
 MAGIC = b"\x89ECDC\r\n\x1a"
 LIVE_VERSION = 2  # a live stream (live.py): the same header, then frames as they are coded
@@ -337,7 +337,7 @@ class Reader:
         return sum(_SEGMENT.unpack_from(table, i * _SEGMENT.size)[0] for i in range(nseg))
 
 
-# ---------------------------------------------------------------- salvage
+# ---------------------------------------------------------------- lengths
 
 def check_lengths(h: Header, num_samples: int, source_num_samples: int, where: str) -> None:
     """The original's length must be the model-rate length at the original's rate (within
@@ -353,125 +353,3 @@ def frames_for(spec: ModelSpec, num_samples: int) -> int:
     if spec.causal:
         return -(-num_samples // spec.hop_length)
     return v0.frame_count(spec, num_samples)
-
-
-class Layout:
-    """The (frames, segments) of the packets ecdc writes for `num_samples` samples: 24 kHz,
-    runs of PACKET_SECONDS of frames; 48 kHz, groups of 1 s segments as long. Computed per
-    range, never listed: a crafted length costs neither memory nor time."""
-
-    def __init__(self, spec: ModelSpec, num_samples: int):
-        self.spec, self.n = spec, num_samples
-        self.per = int(PACKET_SECONDS * spec.frame_rate)
-        if spec.causal:
-            self.frames = -(-num_samples // spec.hop_length)
-            self.packets = -(-self.frames // self.per)
-        else:
-            self.segments = -(-num_samples // spec.segment_stride) if num_samples else 0
-            full = -(-spec.segment_length // spec.hop_length)
-            self.group = -(-self.per // full)  # segments a packet: only the last is shorter
-            self.packets = -(-self.segments // self.group)
-
-    def _segment_frames(self, first: int, stop: int) -> int:
-        """Frames of segments [first, stop)."""
-        spec = self.spec
-        size, stride = spec.segment_length, spec.segment_stride
-        full = max(first, min(stop, (self.n - size) // stride + 1))  # segments before `full` are whole
-        frames = (full - first) * -(-size // spec.hop_length)
-        return frames + sum(-(-min(self.n - i * stride, size) // spec.hop_length) for i in range(full, stop))
-
-    def span(self, first: int, count: tp.Optional[int]) -> tp.Tuple[int, int, int]:
-        """(packets, frames, segments) of `count` packets from packet `first` (0-based; None:
-        all that remain)."""
-        stop = self.packets if count is None else min(self.packets, first + count)
-        if stop <= first:
-            return 0, 0, 0
-        if self.spec.causal:
-            frames = min(self.frames, stop * self.per) - first * self.per
-            return stop - first, frames, stop - first
-        a, b = first * self.group, min(self.segments, stop * self.group)
-        return stop - first, self._segment_frames(a, b), b - a
-
-
-MIN_RECORD = _RECORD.size + _PACKET.size + _SEGMENT.size + _CRC.size  # the smallest packet record
-
-
-def salvage(inp: Input, header: Header) -> tp.Iterator[tp.Union[Packet, Gap]]:
-    """The packets of a damaged version-1 file whose checksums hold, and a `Gap` for each run
-    of records lost, to the end of the file (held in memory: this is for rescue, not speed).
-
-    A record that fails its CRC but whose length leads to a sound record (or the end) is one
-    lost packet; otherwise the next sound record is searched for byte by byte. How much a gap
-    lost comes from the packet layout that the header's length implies (unless the file is
-    too small to hold that many packets), else from the usual packet size; a file cut before
-    its end record loses what follows (its length is known only if the header has it).
-    """
-    spec = SPECS[header.model]
-    usual = (int(PACKET_SECONDS * spec.frame_rate), 1 if spec.causal else int(PACKET_SECONDS / spec.segment))
-    base, buf = inp.pos, inp.fo.read()
-    layout = Layout(spec, header.num_samples) if header.num_samples is not None else None
-    if layout is not None and layout.packets > len(buf) // MIN_RECORD + 1:
-        layout = None  # more packets than the file could hold: the length is damaged too
-    count = frames = 0
-    sizes: tp.List[int] = []
-
-    def sound(i: int) -> tp.Optional[tp.Tuple[int, int]]:
-        if i + _RECORD.size > len(buf):
-            return None
-        kind, size = _RECORD.unpack_from(buf, i)
-        end = i + _RECORD.size + size
-        if kind not in (RECORD_PACKET, RECORD_END) or size > MAX_RECORD or end + _CRC.size > len(buf):
-            return None
-        return (kind, size) if zlib.crc32(buf[i:end]) == _CRC.unpack_from(buf, end)[0] else None
-
-    def lost(i: int, n: tp.Optional[int], why: str) -> Gap:
-        """n packets (None: all that remain) lost from buffer position i."""
-        if layout is not None:
-            return Gap(count + 1, base + i, *layout.span(count, n), why)
-        if n is None:
-            return Gap(count + 1, base + i, None, None, None, why)
-        return Gap(count + 1, base + i, n, n * usual[0], n * usual[1], why)
-
-    i = 0
-    while True:
-        if i >= len(buf):
-            yield lost(i, None, f"the file ends at byte {base + i} without its end record")
-            return
-        record = sound(i)
-        if record is None:
-            size = _RECORD.unpack_from(buf, i)[1] if i + _RECORD.size <= len(buf) else None
-            after = None if size is None else i + _RECORD.size + size + _CRC.size
-            if after is not None and after <= len(buf) and (after == len(buf) or sound(after)):
-                gap, i = lost(i, 1, f"record {count + 1} at byte {base + i} fails its CRC-32 check"), after
-            else:
-                j = next((j for j in range(i + 1, len(buf)) if sound(j)), None)
-                if j is None:
-                    cut = after is not None and after > len(buf)
-                    yield lost(i, None, f"the file is cut inside record {count + 1} (byte {base + i})" if cut
-                               else f"nothing readable from byte {base + i} on")
-                    return
-                n = max(1, round((j - i) / (sum(sizes) / len(sizes)))) if sizes else 1
-                gap, i = lost(i, n, f"bytes {base + i} to {base + j} are damaged"), j
-            yield gap
-            count += gap.packets or 0
-            frames += gap.frames or 0
-            continue
-        kind, size = record
-        payload = buf[i + _RECORD.size:i + _RECORD.size + size]
-        offset, i = base + i, i + _RECORD.size + size + _CRC.size
-        if kind == RECORD_END:
-            return
-        flags, nseg = _PACKET.unpack_from(payload) if len(payload) >= _PACKET.size else (0, 0)
-        start = _PACKET.size + nseg * _SEGMENT.size
-        if nseg == 0 or len(payload) < start:
-            continue  # a sound record with a bad table cannot be; skipped all the same
-        segments = tuple(_SEGMENT.unpack_from(payload, _PACKET.size + k * _SEGMENT.size) for k in range(nseg))
-        n = sum(f for f, _ in segments)
-        data = payload[start:]
-        codes = unpack_codes(data, n, header.n_codebooks) if header.coder == "raw" or flags & FLAG_RAW \
-            else np.empty((n, 0), np.uint16)
-        sizes.append(size)
-        yield Packet(codes=codes, segments=segments, flags=flags, payload=data, offset=offset, start=frames,
-                     index=count + 1)
-        count += 1
-        frames += n

@@ -78,6 +78,32 @@ def complete(kind: Kind, src: str, dst: str, opts) -> bool:
         return False
 
 
+def duration(kind: str, src: str, opts) -> tp.Optional[float]:
+    """Seconds of audio in `src`, if cheap to know (for the progress bar)."""
+    if src == "-":
+        return None
+    try:
+        if kind == "compress":
+            import soundfile as sf
+
+            from ..audio.files import native
+
+            return sf.info(native(src)).duration
+        from ..formats.reader import read_header
+        from ..formats.records import Input
+
+        with open(src, "rb") as f:
+            header = read_header(Input(f))
+        n, rate = header.num_samples, header.sample_rate
+        if kind == "decompress" and getattr(opts, "end", None) is not None and n is not None:
+            n = min(n, round(opts.end * rate))
+        if kind == "decompress" and n is not None:
+            n = max(0, n - round(opts.start * rate))
+        return None if n is None else n / rate
+    except Exception:
+        return None  # errors are reported when the file is processed
+
+
 def _ecdc_size(kind: Kind, src: str, dst: str) -> int:
     path = dst if kind in ("compress", "convert") else src
     try:

@@ -1,0 +1,35 @@
+"""How the command line ends on signals: SIGTERM becomes an exception, so that temporary
+outputs are removed on the way out, and a live recording ends cleanly, as a whole file."""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import typing as tp
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, so that temporary outputs are removed."""
+
+
+def terminate(signum, frame) -> None:
+    raise Terminated()
+
+
+
+@contextlib.contextmanager
+def ending_live_input() -> tp.Iterator[None]:
+    """Ctrl-C or SIGTERM ends a live recording where it is, as a complete file (a second
+    Ctrl-C gives up)."""
+    from .pipeline import LIVE_STOP
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, lambda signum, frame: LIVE_STOP.request())
+           for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
