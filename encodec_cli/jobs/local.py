@@ -47,8 +47,8 @@ def _worker(threads: int) -> None:
 def _stop(pool: cf.ProcessPoolExecutor, outputs: tp.Sequence[str]) -> None:
     """Cancel queued files, stop the workers (SIGTERM ends them at once) and remove the
     temporary outputs they leave."""
+    workers = list((getattr(pool, "_processes", None) or {}).values())  # shutdown() forgets them
     pool.shutdown(wait=False, cancel_futures=True)
-    workers = list((getattr(pool, "_processes", None) or {}).values())
     for proc in workers:
         proc.terminate()
     for proc in workers:
