@@ -21,7 +21,7 @@ from .audio import blocks as B
 from .codec.threads import torch_threads
 from .codec.weights import weights_error
 from .entropy.coders import batches, live_model, make_decoder, make_encoder
-from .errors import CorruptError, MismatchError, OptionError, TruncatedError
+from .errors import AudioError, CorruptError, MismatchError, OptionError, TruncatedError
 from .formats import live, v1
 from .formats.reader import Reader, open_reader, read_header
 from .formats.records import ALL_FRAMES, Frames, Header, Input, Packet, packetize
@@ -99,6 +99,9 @@ def compress_stream(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions,
 def _compress(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions, progress: Progress) -> Result:
     from .codec import streaming as C
 
+    if not (1 <= source.sample_rate <= v1.MAX_SOURCE_RATE and 1 <= source.channels <= v1.MAX_SOURCE_CHANNELS):
+        raise AudioError(f"cannot compress {source.sample_rate} Hz audio of {source.channels} channels: the format "
+                         f"holds originals up to {v1.MAX_SOURCE_RATE} Hz and {v1.MAX_SOURCE_CHANNELS} channels")
     blocks = iter(source.blocks())
     if opts.live:
         blocks = LIVE_STOP.blocks(blocks)
