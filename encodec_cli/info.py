@@ -46,7 +46,7 @@ def rows(d: dict) -> tp.List[tp.Tuple[str, str]]:
     if seconds >= MIN_RATE_SECONDS:
         kbps = f"{d['achieved_kbps']:.2f} kbps achieved"
     else:  # the header's bytes would make the rate meaningless
-        kbps = f"{seconds * 1000:.0f} ms of audio" if seconds else "empty"
+        kbps = f"{seconds * 1000:.3g} ms of audio" if seconds else "empty"
     frames = f"{d['frames']} frame{'' if d['frames'] == 1 else 's'}"
     if d["format_version"] == 0:
         return [
@@ -82,7 +82,8 @@ def rows(d: dict) -> tp.List[tp.Tuple[str, str]]:
         ("coder", coder),
         ("duration", duration),
         ("original", f"{d['source_sample_rate']} Hz, {d['source_channels']} channel"
-                     f"{'s' if d['source_channels'] > 1 else ''}, {d['source_samples']} samples"),
+                     f"{'s' if d['source_channels'] > 1 else ''}, {d['source_samples']} "
+                     f"sample{'' if d['source_samples'] == 1 else 's'}"),
         ("size", f"{d['size_bytes']} bytes, {kbps}"),
         checks,
         ("weights", d["weights_fingerprint"]),

@@ -139,7 +139,7 @@ def test_info_of_a_one_sample_file_says_it_plainly(tmp_path, checkpoints):
                                                                            weights=checkpoints["encodec_24khz"]))
     (tmp_path / "one.ecdc").write_bytes(data)
     text = ecdc("info", tmp_path / "one.ecdc").output
-    assert "(1 frame)" in text and "kbps achieved" not in text and "0 ms of audio" in text
+    assert "(1 frame)" in text and "1 sample\n" in text and "kbps achieved" not in text and "0.042 ms of audio" in text
     d = json.loads(ecdc("info", "--json", tmp_path / "one.ecdc").output)
     assert dict(rows(d))["duration"].startswith("0.000 s (1 frame)")
 
