@@ -26,6 +26,7 @@ def ending_live_input() -> tp.Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    LIVE_STOP.requested = False  # a new recording (a library caller may run several)
     old = {sig: signal.signal(sig, lambda signum, frame: LIVE_STOP.request())
            for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -87,6 +87,7 @@ class LiveStop:
 
 LIVE_STOP = LiveStop()  # the command line's signal handlers call LIVE_STOP.request()
 
+
 def compress_stream(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions,
                     progress: Progress = None) -> Result:
     """Read `source` block by block and write an .ecdc stream to `fo`, with `opts.threads`

@@ -21,7 +21,7 @@ from ..specs import SPECS
 from .arith import TOTAL, ArithDecoder, ArithEncoder, Mark
 from .incoming import Incoming, Wait
 from .records import ALL_FRAMES, End, Frames, Header, Input, Packet
-from .v1 import LIVE_VERSION, check_lengths, frames_for, header_bytes
+from .v1 import LIVE_VERSION, check_end, header_bytes
 
 UNIT_FRAMES = 600           # 24 kHz: frames per unit (8 s), as a packet of a version-1 file
 BLOCK_FRAMES = 75           # 24 kHz: frames per block (1 s): a CRC at least once a second
@@ -203,8 +203,7 @@ class Reader:
         self.buf = Incoming(inp)
         self.keep_cut, self.first_frame, self.checked_only = keep_cut, first_frame, checked_only
         self.cut: tp.Optional[str] = None      # why the stream ends early (keep_cut)
-        self.decided = first_frame             # frames given out (and their samples, next)
-        self._decided_samples = 0
+        self._decided_samples = 0              # model samples of the frames given out
         self.end: tp.Optional[End] = None
         self.at = self.block_start = self.buf.start  # where the next record, and the block checked next, begin
         self._total: tp.Optional[int] = None   # model samples, once the last frame says
@@ -252,9 +251,8 @@ class Reader:
         try:
             segments = 0
             for packet in self._packets():
-                self.decided = packet.start + packet.frames
                 if self.spec.causal:
-                    self._decided_samples = self.decided * self.spec.hop_length
+                    self._decided_samples = (packet.start + packet.frames) * self.spec.hop_length
                 else:  # 1 s segments, each overlapping the last: the decoder's output length
                     segments += 1
                     self._decided_samples = (segments - 1) * self.spec.segment_stride \
@@ -281,7 +279,7 @@ class Reader:
                                        f"the stream has {count}")
                 if self._total is not None and end.num_samples != self._total:
                     raise CorruptError("corrupted live stream: the end record's length disagrees with its last frame")
-                check_end(self.header, end, self.at)
+                check_end(self.header, end, f"live stream: the end record at byte {self.at}")
                 if self.buf.available(self.at) or self.buf.more():
                     raise FormatError(f"unexpected data after the end record at byte {self.at}")
                 self.end = end
@@ -397,14 +395,6 @@ class Reader:
 END_SIZE = 1 + _END.size + _CRC.size
 
 
-def check_end(h: Header, end: End, at: int) -> None:
-    """An end record's lengths must fit its frames (a reader pads the output to them)."""
-    if abs(frames_for(SPECS[h.model], end.num_samples) - end.frames) > SPECS[h.model].frame_rate:
-        raise CorruptError(f"corrupted live stream: the end record at byte {at} claims {end.num_samples} "
-                           f"samples for {end.frames} frames")
-    check_lengths(h, end.num_samples, end.source_num_samples, f"live stream: the end record at byte {at}")
-
-
 def read_end(data: bytes, at: int, header: Header) -> End:
     """The end record in `data` (its last END_SIZE bytes, from stream offset `at`)."""
     if len(data) != END_SIZE or data[0] != END:
@@ -413,5 +403,5 @@ def read_end(data: bytes, at: int, header: Header) -> End:
     if zlib.crc32(data[:1 + _END.size]) != crc:
         raise CorruptError(f"corrupted live stream: the end record at byte {at} fails its CRC-32 check")
     end = End(*_END.unpack_from(data, 1), 0)
-    check_end(header, end, at)
+    check_end(header, end, f"live stream: the end record at byte {at}")
     return end

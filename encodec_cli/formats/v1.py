@@ -291,11 +291,10 @@ class Reader:
                     raise CorruptError(f"corrupted file: end record at byte {offset} counts "
                                        f"{end.packets} packets / {end.frames} frames, "
                                        f"the file has {count} / {frames}")
-                if abs(frames_for(SPECS[h.model], end.num_samples) - end.frames) > SPECS[h.model].frame_rate or (
-                        h.num_samples is not None and h.num_samples != end.num_samples):
+                if h.num_samples is not None and h.num_samples != end.num_samples:
                     raise CorruptError(f"corrupted file: the lengths in the header and the end record at byte "
-                                       f"{offset} disagree with the {end.frames} frames of the file")
-                check_lengths(h, end.num_samples, end.source_num_samples, f"file: the end record at byte {offset}")
+                                       f"{offset} disagree")
+                check_end(h, end, f"file: the end record at byte {offset}")
                 if inp.read(1):
                     raise FormatError(f"unexpected data after the end record at byte {inp.pos - 1}")
                 self.end = end
@@ -338,6 +337,14 @@ class Reader:
 
 
 # ---------------------------------------------------------------- lengths
+
+def check_end(h: Header, end: End, where: str) -> None:
+    """An end record's lengths must fit its frames, within a second (a reader pads its
+    output to them), and each other."""
+    if abs(frames_for(SPECS[h.model], end.num_samples) - end.frames) > SPECS[h.model].frame_rate:
+        raise CorruptError(f"corrupted {where}: it claims {end.num_samples} samples for {end.frames} frames")
+    check_lengths(h, end.num_samples, end.source_num_samples, where)
+
 
 def check_lengths(h: Header, num_samples: int, source_num_samples: int, where: str) -> None:
     """The original's length must be the model-rate length at the original's rate (within
