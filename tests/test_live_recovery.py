@@ -18,7 +18,8 @@ import soundfile as sf
 from encodec_cli import api
 from encodec_cli.audio.arrays import ArraySource
 from encodec_cli.formats import live
-from encodec_cli.formats.reader import describe
+from encodec_cli.formats.reader import describe, read_header
+from encodec_cli.formats.records import Input
 from encodec_cli.options import CompressOptions, DecompressOptions
 from encodec_cli.pipeline import compress_stream
 
@@ -190,3 +191,19 @@ def test_a_signal_ends_a_live_recording_as_a_complete_file(sig, checkpoints, tmp
     with open(out, "rb") as f:
         d = describe(f)
     assert d.cut is None and d.end.frames > 0 and not list(tmp_path.glob("*.part"))
+
+
+def test_salvage_resumes_a_damaged_48khz_stream_at_its_next_segment(checkpoints):
+    data = bytearray(_stream(checkpoints, lm=False, model="encodec_48khz", seconds=4.5))
+    opts = DecompressOptions(weights=checkpoints["encodec_48khz"], model_format=True)
+    whole = api.decompress(bytes(data), opts)[0]
+    inp = Input(io.BytesIO(bytes(data)))
+    h = read_header(inp)
+    offsets = [p.offset for p in live.Reader(inp, h, live.Uniform(h.n_codebooks))]  # one a segment
+    data[offsets[1] + 40] ^= 0xFF
+    got = api.decompress(bytes(data), DecompressOptions(weights=checkpoints["encodec_48khz"], model_format=True,
+                                                        salvage=True))[0]
+    assert got.shape == whole.shape
+    later = slice(int(3.1 * 48000), int(3.9 * 48000))  # a later segment: decoded as in the intact stream
+    assert np.abs(got[later] - whole[later]).max() < 1e-5
+    assert not np.any(got[int(1.2 * 48000):int(1.8 * 48000)])  # the lost segment is silence

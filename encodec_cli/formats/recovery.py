@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import itertools
+import shutil
+import tempfile
 import typing as tp
 import zlib
 
@@ -28,7 +30,7 @@ from .live import (
     read_end,
 )
 from .records import PACKET_SECONDS, End, Gap, Header, Input, Packet
-from .v1 import _PACKET, _RECORD, FLAG_RAW, MAX_RECORD, RECORD_END, RECORD_PACKET, unpack_codes
+from .v1 import _PACKET, _RECORD, FLAG_RAW, MAX_RECORD, RECORD_END, RECORD_PACKET, seekable, unpack_codes
 
 LONGEST_BLOCK = 1 << 13  # bytes: a block's 75 frames of 32 codes (or a segment's 150 of 16) take < 7.3 KB
 
@@ -38,27 +40,22 @@ def describe(inp: Input, header: Header) -> tp.Tuple[End, int, tp.Optional[int]]
     decoding it (its frames are checked as they are decoded), and None; or, for a stream
     cut before its end record (a recording interrupted), what its checked blocks hold and
     the byte where it is cut."""
+    if not seekable(inp.fo):  # a pipe: spooled on disk, so memory stays flat
+        with tempfile.TemporaryFile() as spool:
+            shutil.copyfileobj(inp.fo, spool, 1 << 20)
+            spool.seek(0)
+            return describe(Input(spool, inp.pos), header)
     fo = inp.fo
-    try:
-        seekable = fo.seekable()
-    except (AttributeError, OSError, ValueError):
-        seekable = False
-    if seekable:
-        start = fo.tell()
-        size = fo.seek(0, 2)
-        fo.seek(max(start, size - END_SIZE))
-        tail = fo.read(END_SIZE)
-    else:
-        start = inp.pos
-        data = fo.read()
-        size, tail = start + len(data), data[-END_SIZE:]
+    here = fo.tell()
+    last = fo.seek(0, 2)
+    size = inp.pos + last - here  # in stream offsets
+    fo.seek(max(here, last - END_SIZE))
+    tail = fo.read(END_SIZE)
     whole = len(tail) == END_SIZE and tail[0] == END
     if whole and zlib.crc32(tail[:1 + _END.size]) == _CRC.unpack_from(tail, 1 + _END.size)[0]:
         return read_end(tail, size - END_SIZE, header), size, None
-    if seekable:
-        fo.seek(start)
-        data = fo.read()
-    frames, samples, cut = _checked_blocks(data, start, SPECS[header.model])
+    fo.seek(here)
+    frames, samples, cut = _checked_blocks(fo.read(), inp.pos, SPECS[header.model])
     source = samples * header.source_sample_rate // header.sample_rate
     return End(frames, samples, source, 0), size, cut
 
@@ -138,12 +135,14 @@ def salvage_live(inp: Input, header: Header, model: FrequencyModel) -> tp.Iterat
         if spec.causal:
             units = first // UNIT_FRAMES - given // UNIT_FRAMES
             yield Gap(index, base + bad, units, first - given, units, why)
-        else:  # a segment's frames are its own: how many were lost, the bytes tell
-            per = -(-spec.segment_length // spec.hop_length)
-            gone = max(1, round((at - bad) * per_byte / per)) if per_byte else 1
-            yield Gap(index, base + bad, gone, gone * per, gone, why)
+        else:
+            gone = (first - given) // _segment_frames(spec)
+            yield Gap(index, base + bad, gone, first - given, gone, why)
             segments += gone
-            first = given + gone * per
+
+
+def _segment_frames(spec) -> int:
+    return -(-spec.segment_length // spec.hop_length)
 
 
 def _unit_of(spec, frame: int, segments: int) -> int:
@@ -159,7 +158,7 @@ def _reader_at(buf: bytes, base: int, at: int, header: Header, model: FrequencyM
 def _resume(buf: bytes, base: int, after: int, header: Header, model: FrequencyModel, given: int,
             per_byte: tp.Optional[float]):
     """(byte, first frame, reader, its packets) of the first unit from buffer offset `after`
-    whose first block checks out and decodes; None if there is none."""
+    (just past the damaged block) whose first block checks out and decodes; None if none."""
     spec = SPECS[header.model]
     lm = not isinstance(model, Uniform)
     for j in _unit_starts(buf, after, spec):
@@ -167,10 +166,11 @@ def _resume(buf: bytes, base: int, after: int, header: Header, model: FrequencyM
             least = given // UNIT_FRAMES + 1
             guess = max(least, round((given + (j - after) * per_byte) / UNIT_FRAMES)) if per_byte else least
             units = sorted(range(least, guess + 4), key=lambda k: abs(k - guess))[:6] if lm else [guess]
-        else:
-            units = [0]  # a segment's LM starts afresh
-        for unit in units:
-            first = unit * UNIT_FRAMES if spec.causal else given
+            starts = [unit * UNIT_FRAMES for unit in units]
+        else:  # a segment's LM starts afresh; how many segments were lost, the bytes tell
+            per = _segment_frames(spec)
+            starts = [given + per * (max(1, round((j - after + 1) * per_byte / per)) if per_byte else 1)]
+        for first in starts:
             reader = _reader_at(buf, base, j, header, model, first)
             packets = iter(reader)
             try:
