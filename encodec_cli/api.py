@@ -19,7 +19,15 @@ from .audio import files as A
 from .audio.arrays import ArraySink, ArraySource
 from .audio.pipes import WavPipeSink
 from .conversion import codes_digest, convert_stream
-from .errors import AudioError, CorruptError, FormatError, NotEcdcError, OptionError, TruncatedError
+from .errors import (
+    AudioError,
+    CorruptError,
+    FormatError,
+    NotEcdcError,
+    OptionError,
+    TruncatedError,
+    with_salvage_hint,
+)
 from .formats import v0, v1
 from .formats.records import Header
 from .options import MODELS, CompressOptions, ConvertOptions, DecompressOptions, Progress, Result
@@ -138,8 +146,7 @@ def convert_file(src: str, dst: str, opts: ConvertOptions = ConvertOptions(), fo
             except (TruncatedError, CorruptError) as e:
                 if opts.salvage:
                     raise
-                raise type(e)(f"{e} (salvage=True keeps what comes before it)",
-                              cli=f"{e.cli} (--salvage keeps what comes before it)") from None
+                raise with_salvage_hint(e, "keeps what comes before it") from None
             result.bytes_written = f.tell()
         with open(tmp, "rb") as f:
             if codes_digest(f, opts) != digest:

@@ -180,10 +180,13 @@ def _threads(reads_ecdc: bool):
     return click.option("--threads", type=int, default=1, show_default=True, help=help)
 
 
-def _common(fn):
-    for option in reversed(COMMON):
-        fn = (option or _threads(fn.__name__ != "compress"))(fn)
-    return fn
+def _common(reads_ecdc: bool):
+    """The options every file command takes; `reads_ecdc`: its inputs are .ecdc files."""
+    def decorate(fn):
+        for option in reversed(COMMON):
+            fn = (option or _threads(reads_ecdc))(fn)
+        return fn
+    return decorate
 
 
 @main.command(short_help="Compress audio files to .ecdc.")
@@ -198,7 +201,7 @@ def _common(fn):
 @click.option("--live", is_flag=True,
               help="A live stream: each frame (24khz, 13 ms) or 1 s segment (48khz) is written as soon "
                    "as it is coded, for a decoder at the other end of a pipe or socket.")
-@_common
+@_common(reads_ecdc=False)
 @_guard
 def compress(inputs, output, bandwidth, model, lm, live, weights, lm_weights, force, quiet, threads, jobs,
              recursive, resume, manifest, cluster):
@@ -232,7 +235,7 @@ def compress(inputs, output, bandwidth, model, lm, live, weights, lm_weights, fo
 @click.option("--salvage", is_flag=True,
               help="A damaged or cut file: decode every intact packet, silence where packets are lost (each "
                    "lost range named on stderr), write the output, exit 1.")
-@_common
+@_common(reads_ecdc=True)
 @_guard
 def decompress(inputs, output, bits, fmt, model_format, start, duration, end, salvage, weights, lm_weights, force,
                quiet, threads, jobs, recursive, resume, manifest, cluster):
@@ -288,7 +291,7 @@ def _explicit_threads(threads: int) -> tp.Optional[int]:
 @click.option("--salvage", is_flag=True,
               help="A cut or damaged file (an interrupted live recording): keep what comes before the "
                    "damage, say where it ends, exit 1.")
-@_common
+@_common(reads_ecdc=True)
 @_guard
 def convert(inputs, output, lm, in_place, salvage, weights, lm_weights, force, quiet, threads, jobs, recursive,
             resume, manifest, cluster):
@@ -314,7 +317,7 @@ def convert(inputs, output, lm, in_place, salvage, weights, lm_weights, force, q
 
 @main.command(short_help="Write the codes of .ecdc files as NumPy .npz.")
 @click.argument("inputs", nargs=-1, required=True, type=PATHS)
-@_common
+@_common(reads_ecdc=True)
 @_guard
 def codes(inputs, output, weights, lm_weights, force, quiet, threads, jobs, recursive, resume, manifest,
           cluster):

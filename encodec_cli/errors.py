@@ -28,6 +28,11 @@ class TruncatedError(FormatError):
     """The .ecdc file ends early."""
 
 
+def with_salvage_hint(e: FormatError, does: str) -> FormatError:
+    """`e` (a cut or damaged file) saying what salvage would do instead."""
+    return type(e)(f"{e} (salvage=True {does})", cli=f"{e.cli} (--salvage {does})")
+
+
 class CorruptError(FormatError):
     """A CRC or checksum does not match."""
 

@@ -21,7 +21,7 @@ from .audio import blocks as B
 from .codec.threads import torch_threads
 from .codec.weights import weights_error
 from .entropy.coders import batches, live_model, make_decoder, make_encoder
-from .errors import AudioError, CorruptError, MismatchError, OptionError, TruncatedError
+from .errors import AudioError, CorruptError, MismatchError, OptionError, TruncatedError, with_salvage_hint
 from .formats import live, v1
 from .formats.reader import Reader, open_reader, read_header
 from .formats.records import ALL_FRAMES, Frames, Header, Input, Packet, packetize
@@ -281,8 +281,7 @@ def decompress_stream(fo: tp.BinaryIO, open_sink: SinkFactory, opts: DecompressO
     except (TruncatedError, CorruptError) as e:
         if h.version == 0 or opts.salvage:  # format 0 has no checksums to salvage by
             raise
-        raise type(e)(f"{e} (salvage=True decodes what is intact)",
-                      cli=f"{e.cli} (--salvage decodes what is intact)") from None
+        raise with_salvage_hint(e, "decodes what is intact") from None
 
 
 def _decompress(inp: Input, h: Header, open_sink: SinkFactory, opts: DecompressOptions,
