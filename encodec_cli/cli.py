@@ -17,90 +17,11 @@ from pathlib import Path
 
 import click
 
-from . import __version__, interrupts
+from . import __version__, interrupts, runner
 from .errors import EcdcError, OptionError
 
 WEIGHTS = click.Path(dir_okay=False, path_type=Path)
 PATHS = click.Path()  # a file or folder ('-': stdin/stdout); the shell completes file names
-
-
-def _execute(kind: str, inputs, output, opts, force, quiet, threads, jobs, recursive=False,
-             resume=False, manifest=None, cluster=None, in_place=False) -> None:
-    from tqdm import tqdm
-
-    from .jobs import plan as P
-    from .jobs import run as R
-    from .jobs import task as T
-    from .jobs.task import FileResult
-
-    if threads < 1 or jobs < 1:
-        raise click.UsageError("--threads and --jobs take a positive number")
-    if cluster is not None:
-        _check_ray()
-    _no_terminal_input(inputs, kind)
-    fmt = getattr(opts, "format", None)
-    plan = P.plan(inputs, output, kind, recursive, "." + fmt if fmt else None)
-    if any(d == "-" for _, d in plan) and sys.stdout.isatty():
-        what = {"decompress": "WAV data", "codes": "NumPy data"}.get(kind, "compressed data")
-        raise OptionError(f"refusing to write {what} to a terminal; use -o FILE or a pipe")
-    if in_place:
-        plan = [(s, s) for s, _ in plan]
-    durations = [T.duration(kind, s, opts) for s, _ in plan]
-    # files that cannot be read have no duration, and fail without adding any audio
-    total = sum(d for d in durations if d) or None
-    show = not quiet and sys.stderr.isatty() and all(d != "-" for _, d in plan)
-
-    with tqdm(total=total, unit="s", disable=not show, desc=kind, file=sys.stderr,
-              bar_format=bar_format(total)) as bar:
-        def note(r: FileResult) -> None:
-            source = "stdin" if r.source == "-" else r.source
-            lines = [f"{source}: {line}" for line in r.notes]  # damage is said even with -q
-            if r.clipped:
-                lines.append(f"{'stdout' if r.output == '-' else r.output}: {r.clipped} samples clipped to full scale")
-            for line in lines:
-                if not quiet or line.startswith(f"{source}: damaged: "):
-                    tqdm.write(f"note: {line}", file=sys.stderr)
-
-        results = R.run_batch(plan, kind, opts, force=force, resume=resume, jobs=jobs,
-                              threads=threads, cluster=cluster, manifest=manifest,
-                              make_folders=recursive or P.to_folder(inputs, output), on_result=note,
-                              progress=lambda seconds: advance(bar, seconds))
-    failures = [str(r.error) for r in results if r.status == "error"]  # each names its file
-    if failures:
-        for line in failures[:-1]:
-            click.echo(f"Error: {line}", err=True)
-        raise click.ClickException(failures[-1])
-
-
-def _no_terminal_input(inputs, kind: str) -> None:
-    """'-' with a terminal on stdin would wait for keystrokes (and eat the next command)."""
-    if "-" in inputs and sys.stdin.isatty():
-        what = "audio" if kind == "compress" else ".ecdc data"
-        raise OptionError(f"refusing to read {what} from a terminal; pipe it in (... | ecdc {kind} -) "
-                          f"or give a file name")
-
-
-def advance(bar, seconds: float) -> None:
-    """Move the bar by `seconds`, never past its total: float steps can add up to a hair more
-    than the total (600.0000000000008 of 600 s), and tqdm would warn."""
-    if bar.total:
-        seconds = min(seconds, bar.total - bar.n)
-    if seconds > 0:
-        bar.update(seconds)
-
-
-def bar_format(total: tp.Optional[float]) -> str:
-    """Seconds of audio as whole numbers, with or without a known total (stdin)."""
-    if total:
-        return "{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]"
-    return "{desc}: {n:.0f} s audio [{elapsed}]"
-
-
-def _check_ray() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("ray") is None:
-        raise OptionError("--cluster needs Ray: pip install 'encodec-cli[ray]'")
 
 
 def _guard(fn):
@@ -206,15 +127,24 @@ def _common(reads_ecdc: bool):
 def compress(inputs, output, bandwidth, model, lm, live, weights, lm_weights, force, quiet, threads, jobs,
              recursive, resume, manifest, cluster):
     """Compress audio files or folders (-r) (WAV, FLAC, OGG, ...; '-' for stdin) to .ecdc.
+    An .npz of codes (as `ecdc codes` writes, or a model generates) is packed without the
+    encoder, at its own model and bandwidth.
 
     With --raw, --lm-weights is accepted and not used (the language model is not loaded)."""
     from .options import MODELS, CompressOptions
+
+    if any(i.lower().endswith(".npz") for i in inputs):
+        given = [o for o, p in (("-b", "bandwidth"), ("--model", "model"), ("--live", "live"))
+                 if click.get_current_context().get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise click.UsageError(f"{given[0]} does not apply to .npz codes, which keep their own model and "
+                                   f"bandwidth")
 
     opts = CompressOptions(bandwidth=bandwidth, model=MODELS[model], weights=weights, lm=lm, live=live,
                            lm_weights=lm_weights if lm else None, threads=threads, download_bars=not quiet)
     _usage(opts.check, "'-b' / '--bandwidth'")
     with interrupts.ending_live_input() if live else contextlib.nullcontext():
-        _execute("compress", inputs, output, opts, force, quiet, threads, jobs, recursive, resume,
+        runner.execute("compress", inputs, output, opts, force, quiet, threads, jobs, recursive, resume,
                  manifest, cluster)
 
 
@@ -259,7 +189,7 @@ def decompress(inputs, output, bits, fmt, model_format, start, duration, end, sa
     opts = DecompressOptions(weights=weights, lm_weights=lm_weights, model_format=model_format, bits=bits,
                              format=fmt, start=first, end=last, lm_threads=_explicit_threads(threads),
                              threads=threads, salvage=salvage, download_bars=not quiet)
-    _execute("decompress", inputs, output, opts, force, quiet, threads, jobs, recursive, resume,
+    runner.execute("decompress", inputs, output, opts, force, quiet, threads, jobs, recursive, resume,
              manifest, cluster)
 
 
@@ -311,23 +241,42 @@ def convert(inputs, output, lm, in_place, salvage, weights, lm_weights, force, q
         raise click.UsageError("--salvage cannot replace its input: give -o")
     opts = ConvertOptions(coder=coder, weights=weights, lm_weights=lm_weights, salvage=salvage,
                           lm_threads=_explicit_threads(threads), threads=threads, download_bars=not quiet)
-    _execute("convert", inputs, output, opts, force or in_place, quiet, threads, jobs, recursive, resume,
+    runner.execute("convert", inputs, output, opts, force or in_place, quiet, threads, jobs, recursive, resume,
              manifest, cluster, in_place)
 
 
-@main.command(short_help="Write the codes of .ecdc files as NumPy .npz.")
+@main.command(short_help="Audio or .ecdc files to codes: .npz, or Parquet shards of a corpus.")
 @click.argument("inputs", nargs=-1, required=True, type=PATHS)
+@click.option("-b", "--bandwidth", type=float, default=6.0, show_default=True,
+              help="Audio inputs: kbps, as for compress (.ecdc inputs keep their own).")
+@click.option("--model", type=click.Choice(["24khz", "48khz"]), default="24khz", show_default=True,
+              help="Audio inputs: the model, as for compress.")
+@click.option("--parquet", is_flag=True,
+              help="Write Parquet shards to the folder -o (train-00000-of-00012.parquet, ...), one row per "
+                   "file, for pyarrow and Hugging Face datasets (needs pip install 'encodec-cli[datasets]').")
+@click.option("--shard-rows", type=int, default=1000, show_default=True, help="--parquet: files per shard at most.")
+@click.option("--shard-mb", type=float, default=256, show_default=True,
+              help="--parquet: MB of codes (uint16) per shard at most.")
 @_common(reads_ecdc=True)
 @_guard
-def codes(inputs, output, weights, lm_weights, force, quiet, threads, jobs, recursive, resume, manifest,
-          cluster):
-    """Write the codes of .ecdc files as NumPy .npz: `codes` [codebooks, frames] uint16; 48 kHz
-    also `segment_frames` and `scales`. No codec is run (LM-coded files load the LM)."""
-    from .options import DecompressOptions
+def codes(inputs, output, bandwidth, model, parquet, shard_rows, shard_mb, weights, lm_weights, force, quiet,
+          threads, jobs, recursive, resume, manifest, cluster):
+    """The codes of audio files (encoded, as compress would store them) or .ecdc files (read;
+    LM-coded ones load the LM), as NumPy .npz: `codes` [codebooks, frames] uint16, `model`,
+    `bandwidth`, the lengths and the original's rate and channels; 48 kHz also
+    `segment_frames` and `scales`. With --parquet, a corpus in Parquet shards instead."""
+    from .options import MODELS, CodesOptions
 
-    opts = DecompressOptions(weights=weights, lm_weights=lm_weights, lm_threads=_explicit_threads(threads),
-                             threads=threads, download_bars=not quiet)
-    _execute("codes", inputs, output, opts, force, quiet, threads, jobs, recursive, resume, manifest, cluster)
+    opts = CodesOptions(bandwidth=bandwidth, model=MODELS[model], weights=weights, lm_weights=lm_weights,
+                        lm_threads=_explicit_threads(threads), threads=threads, download_bars=not quiet)
+    _usage(opts.check, "'-b' / '--bandwidth'")
+    if parquet:
+        if output is None or output == "-":
+            raise click.UsageError("--parquet writes shards to a folder: give -o OUT/")
+        runner.shards(inputs, output, opts, force, quiet, threads, jobs, recursive, resume, manifest, cluster,
+                shard_rows, shard_mb)
+        return
+    runner.execute("codes", inputs, output, opts, force, quiet, threads, jobs, recursive, resume, manifest, cluster)
 
 
 @main.command("eval", short_help="Measure each bandwidth's quality and cost, next to Opus.")
@@ -418,7 +367,7 @@ def info(files, as_json):
     from .info import describe_file, rows
     from .jobs.task import named
 
-    _no_terminal_input(files, "info")
+    runner.no_terminal_input(files, "info")
     described, failures = [], []
     for file in files:
         try:

@@ -73,3 +73,27 @@ class Result:
     notes: tp.Tuple[str, ...] = ()  # what the user should know of a file that worked (NaN input, ...)
     damaged: tp.Tuple[str, ...] = ()  # what was lost: time ranges (salvage), or where a cut stream ends
     silence: float = 0.0              # seconds of silence put in place of lost audio (salvage)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CodesOptions:
+    """`codes_file` and `ecdc codes`: how audio inputs are encoded (model, bandwidth) and
+    .ecdc inputs read (their LM)."""
+    bandwidth: float = 6.0
+    model: str = "encodec_24khz"
+    weights: tp.Optional[Path] = None
+    lm_weights: tp.Optional[Path] = None
+    lm_threads: tp.Optional[int] = None     # version-0 LM files: see DecompressOptions
+    threads: int = 1
+    download_bars: bool = True
+
+    def check(self) -> None:
+        self.encoding().check()
+
+    def encoding(self) -> CompressOptions:
+        return CompressOptions(bandwidth=self.bandwidth, model=self.model, weights=self.weights, lm=False,
+                               threads=self.threads, download_bars=self.download_bars)
+
+    def decoding(self) -> DecompressOptions:
+        return DecompressOptions(weights=self.weights, lm_weights=self.lm_weights, lm_threads=self.lm_threads,
+                                 threads=self.threads, download_bars=self.download_bars)

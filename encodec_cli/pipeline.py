@@ -97,12 +97,58 @@ def compress_stream(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions,
         return _compress(source, fo, opts, progress)
 
 
-def _compress(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions, progress: Progress) -> Result:
-    from .codec import streaming as C
-
+def check_source(source: B.Source) -> None:
     if not (1 <= source.sample_rate <= v1.MAX_SOURCE_RATE and 1 <= source.channels <= v1.MAX_SOURCE_CHANNELS):
         raise AudioError(f"cannot compress {source.sample_rate} Hz audio of {source.channels} channels: the format "
                          f"holds originals up to {v1.MAX_SOURCE_RATE} Hz and {v1.MAX_SOURCE_CHANNELS} channels")
+
+
+class Audio:
+    """The source's blocks as the model takes them: not-finite samples made silence or full
+    scale (and counted), converted to the model's rate and channels, [channels, n]; each
+    block's seconds times `share` go to `progress` as it is read."""
+
+    def __init__(self, source: B.Source, blocks: tp.Iterable[np.ndarray], spec, progress: Progress,
+                 share: float = 1.0):
+        self.source, self.spec, self._blocks, self.progress, self.share = source, spec, blocks, progress, share
+        self.counts = {"source": 0, "model": 0, "not_finite": 0}
+
+    def _source_blocks(self) -> tp.Iterator[np.ndarray]:
+        counts = self.counts
+        for block in self._blocks:
+            if not np.isfinite(block).all():  # NaN or inf in a float file: silence / full scale
+                counts["not_finite"] += int((~np.isfinite(block)).sum())
+                block = np.nan_to_num(block, nan=0.0, posinf=1.0, neginf=-1.0)
+            counts["source"] += len(block)
+            if self.progress:
+                self.progress(len(block) / self.source.sample_rate * self.share)
+            yield block
+
+    def model_blocks(self) -> tp.Iterator[np.ndarray]:
+        spec = self.spec
+        for block in B.converted(self._source_blocks(), self.source.sample_rate, spec.sample_rate, spec.channels):
+            self.counts["model"] += len(block)
+            yield block.T
+
+    def notes(self) -> tp.Tuple[str, ...]:
+        counts, frames, out = self.counts, self.source.frames, []
+        if counts["not_finite"]:
+            out.append(f"{counts['not_finite']} samples were NaN or infinite: coded as silence (NaN) "
+                       f"or full scale")
+        if frames is not None and counts["source"] < frames:
+            out.append(f"the file is shorter than its header says ({counts['source']} of "
+                       f"{frames} frames): it may be cut; what it holds was compressed")
+        return tuple(out)
+
+    @property
+    def seconds(self) -> float:
+        return self.counts["source"] / self.source.sample_rate
+
+
+def _compress(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions, progress: Progress) -> Result:
+    from .codec import streaming as C
+
+    check_source(source)
     blocks = iter(source.blocks())
     if opts.live:
         blocks = LIVE_STOP.blocks(blocks)
@@ -126,60 +172,44 @@ def _compress(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions, progress
                     source_sample_rate=source.sample_rate, source_channels=source.channels,
                     num_samples=None, source_num_samples=None, weights_fingerprint=codec.fingerprint,
                     lm_fingerprint=lm_fingerprint, source_bits=source.bits, tags=tuple(source.tags))
-    counts = {"source": 0, "model": 0, "not_finite": 0}
     # progress: reading and the codec's encoder, then the LM's coding, about a third as costly
     coding_share = 0.25 if opts.lm and not opts.live else 0.0
-
-    def source_blocks() -> tp.Iterator[np.ndarray]:
-        for block in itertools.chain([first], blocks):
-            if not np.isfinite(block).all():  # NaN or inf in a float file: silence / full scale
-                counts["not_finite"] += int((~np.isfinite(block)).sum())
-                block = np.nan_to_num(block, nan=0.0, posinf=1.0, neginf=-1.0)
-            counts["source"] += len(block)
-            if progress:
-                progress(len(block) / source.sample_rate * (1 - coding_share))
-            yield block
 
     def coded(frames: int) -> None:
         if progress:
             progress(frames / spec.frame_rate * coding_share)
-
-    def model_blocks() -> tp.Iterator[np.ndarray]:
-        for block in B.converted(source_blocks(), source.sample_rate, spec.sample_rate, spec.channels):
-            counts["model"] += len(block)
-            yield block.T
-
-    def notes() -> tp.Tuple[str, ...]:
-        out = []
-        if counts["not_finite"]:
-            out.append(f"{counts['not_finite']} samples were NaN or infinite: coded as silence (NaN) "
-                       f"or full scale")
-        if source.frames is not None and counts["source"] < source.frames:
-            out.append(f"the file is shorter than its header says ({counts['source']} of "
-                       f"{source.frames} frames): it may be cut; what it holds was compressed")
-        return tuple(out)
 
     if opts.live:
         writer = live.Writer(fo, live.live_header(header), model)
         with _told_if_slow():  # while the decoder loads: not in the stream's first frames
             C.warm_live(codec, n_q, encoder=True)
         first = next(blocks, None)
-        _compress_live(C, codec, writer, model_blocks(), first is None, counts, coded)
-        return Result(seconds=counts["source"] / source.sample_rate, notes=notes())
+        audio = Audio(source, itertools.chain([] if first is None else [first], blocks), spec, progress)
+        _compress_live(C, codec, writer, audio.model_blocks(), first is None, audio.counts, coded)
+        return Result(seconds=audio.seconds, notes=audio.notes())
     writer = v1.Writer(fo, header)
     if first is None:  # an empty input gives a valid empty file (archives have such files)
         writer.finish(0, 0)
         return Result()
-    pieces = ((p.codes, p.scale) for p in C.encode(codec, model_blocks(), n_q))
+    audio = Audio(source, itertools.chain([first], blocks), spec, progress, 1 - coding_share)
+    pieces = ((p.codes, p.scale) for p in C.encode(codec, audio.model_blocks(), n_q))
+    write_packets(writer, pieces, coder, coded)
+    writer.finish(audio.counts["model"], audio.counts["source"])
+    return Result(seconds=audio.seconds, notes=audio.notes())
+
+
+def write_packets(writer: v1.Writer, pieces: tp.Iterable[tp.Tuple[np.ndarray, float]], coder,
+                   coded: tp.Callable[[int], None]) -> None:
+    """Code (codes [frames, codebooks], scale) pieces in packets and write them."""
+    spec = SPECS[writer.header.model]
     packets = packetize(pieces, spec.causal, spec.frame_rate)
+    fo = writer.fo
     # to a pipe, packets should flow while the input is still coming: batches grow from one
     ramp = not v1.seekable(fo)
     for batch in batches(packets, lambda p: len(p[1]), coder.batch_streams, ramp):
         for (_, segments), (payload, flags) in zip(batch, coder.encode_many(batch, coded)):
             writer.write_packet(segments, payload, flags)
         fo.flush()  # a reader on a pipe gets each packet as soon as it is coded
-    writer.finish(counts["model"], counts["source"])
-    return Result(seconds=counts["source"] / source.sample_rate, notes=notes())
 
 
 def _compress_live(C, codec, writer: live.Writer, blocks: tp.Iterator[np.ndarray], empty: bool,

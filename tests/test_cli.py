@@ -558,7 +558,7 @@ def test_api_checks_and_scales_arrays(checkpoints):
 def test_progress_shows_whole_seconds(total):
     from tqdm import tqdm
 
-    from encodec_cli.cli import bar_format
+    from encodec_cli.runner import bar_format
 
     line = tqdm.format_meter(12.345678, total, 3.0, prefix="compress", unit="s", bar_format=bar_format(total))
     assert re.search(r"\b12\b", line) and "12.3" not in line and "s audio" in line, line

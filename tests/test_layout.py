@@ -234,6 +234,6 @@ def test_raw_fallback_switch(checkpoints):
         data = api.compress(x, 24000, api.CompressOptions(bandwidth=1.5, weights=w, lm_weights=lw,
                                                           raw_fallback=fallback))
         flags[fallback] = [p.flags for p in v1.Reader.open(io.BytesIO(data))]
-        codes[fallback] = api.read_codes(io.BytesIO(data), api.DecompressOptions(lm_weights=lw))[0]
+        codes[fallback] = api.read_codes(io.BytesIO(data), api.DecompressOptions(lm_weights=lw)).codes
     assert flags[True] == [v1.FLAG_RAW] * 2 and flags[False] == [0, 0]
     np.testing.assert_array_equal(codes[True], codes[False])

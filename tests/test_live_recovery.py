@@ -147,8 +147,9 @@ def test_convert_salvage_keeps_a_cut_recording(lm24, checkpoints, tmp_path):
     assert not (tmp_path / "a.ecdc").exists()
     p = _ecdc("convert", tmp_path / "cut.ecdc", "-o", tmp_path / "a.ecdc", "--salvage", *_weights(checkpoints))
     assert p.returncode == 1 and (tmp_path / "a.ecdc").exists(), p.stderr
-    codes, h = api.read_codes(tmp_path / "a.ecdc", DecompressOptions(lm_weights=checkpoints["encodec_lm_24khz"]))
-    whole, _ = api.read_codes(io.BytesIO(lm24), DecompressOptions(lm_weights=checkpoints["encodec_lm_24khz"]))
+    h = api.read_codes(tmp_path / "a.ecdc", DecompressOptions(lm_weights=checkpoints["encodec_lm_24khz"]))
+    codes = h.codes
+    whole = api.read_codes(io.BytesIO(lm24), DecompressOptions(lm_weights=checkpoints["encodec_lm_24khz"])).codes
     assert 0 < codes.shape[1] < whole.shape[1]
     assert np.array_equal(codes, whole[:, :codes.shape[1]])
     assert h.num_samples == codes.shape[1] * 320

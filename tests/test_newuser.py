@@ -102,7 +102,7 @@ def test_an_existing_audio_output_suggests_another_name_first(here, weights):
 def test_the_progress_bar_never_passes_its_total():
     from tqdm import tqdm
 
-    from encodec_cli.cli import advance
+    from encodec_cli.runner import advance
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # tqdm's TqdmWarning: clamping frac to range [0, 1]

@@ -113,7 +113,7 @@ def test_codes_of_a_file_written_to_a_pipe_know_its_length(live, checkpoints, tm
 
     compress_stream(ArraySource(x, 24000), pipe, opts)
     buf = io.BytesIO(pipe.getvalue())
-    codes, h = api.read_codes(buf, DecompressOptions())
+    h = api.read_codes(buf, DecompressOptions())
     assert h.num_samples == 24000 and h.source_num_samples == 24000
     (tmp_path / "a.ecdc").write_bytes(pipe.getvalue())
     api.codes_file(str(tmp_path / "a.ecdc"), str(tmp_path / "a.npz"))

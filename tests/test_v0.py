@@ -56,7 +56,7 @@ def reference_codes(name: str) -> np.ndarray:
 
 def as_array(codes) -> np.ndarray:
     """read_codes' result as [codebooks, frames], segments end to end."""
-    return np.concatenate([c for c, _ in codes], axis=1) if isinstance(codes, list) else codes
+    return codes.codes
 
 
 def cdf_digests_match(name: str, checkpoints) -> bool:
@@ -82,7 +82,7 @@ def test_golden_v0_files_decode_to_the_reference(name, checkpoints):
     """Codes identical to the reference's, audio within 1e-4 of its decoder's output."""
     opts = options(checkpoints, name)
     try:
-        codes, header = api.read_codes(FORMATS / f"{name}.ecdc", opts)
+        codes = api.read_codes(FORMATS / f"{name}.ecdc", opts)
         exact = np.array_equal(as_array(codes), reference_codes(name))
     except EcdcError:
         exact = False
@@ -90,7 +90,7 @@ def test_golden_v0_files_decode_to_the_reference(name, checkpoints):
         pytest.skip("this machine rounds the reference's float LM otherwise than the one that wrote "
                     "the golden file: such files cannot be decoded here (that is why ecdc has coder 3)")
     assert exact
-    assert header.version == 0 and header.n_codebooks == reference_codes(name).shape[0]
+    assert codes.weights_fingerprint is None and codes.n_codebooks == reference_codes(name).shape[0]
     wav, rate = api.decompress(golden(name), opts)
     assert rate == SPECS[model_of(name)].sample_rate
     assert len(wav) == int(REFERENCE[f"{name}_length"])
@@ -99,7 +99,8 @@ def test_golden_v0_files_decode_to_the_reference(name, checkpoints):
 
 
 def test_48khz_codes_come_per_segment_with_scales(checkpoints):
-    codes, header = api.read_codes(FORMATS / "v0_raw_48khz.ecdc")
+    header = api.read_codes(FORMATS / "v0_raw_48khz.ecdc")
+    codes = header.segments()
     assert [c.shape for c, _ in codes] == [(4, n) for n in REFERENCE["v0_raw_48khz_segment_frames"]]
     assert all(c.dtype == np.uint16 for c, _ in codes)
     assert all(s > 0 for _, s in codes) and len({s for _, s in codes}) == len(codes)
@@ -109,9 +110,9 @@ def test_48khz_codes_come_per_segment_with_scales(checkpoints):
 def test_read_codes_of_raw_files_imports_no_torch():
     script = ("import sys; from encodec_cli.api import read_codes\n"
               "for name in sys.argv[1:]:\n"
-              "    codes, h = read_codes(name)\n"
+              "    codes = read_codes(name)\n"
               "assert 'torch' not in sys.modules, 'torch imported'\n"
-              "print(codes[0][0].shape if isinstance(codes, list) else codes.shape)")
+              "print(codes.segments()[0][0].shape)")
     out = subprocess.run([sys.executable, "-c", script, str(FORMATS / "v0_raw_24khz.ecdc"),
                           str(FORMATS / "v1_raw_24khz.ecdc"), str(FORMATS / "v0_raw_48khz.ecdc")],
                          capture_output=True, text=True, check=True)
@@ -174,9 +175,9 @@ def test_raw_v0_file_of_every_length_checks_its_size(checkpoints):
     length = 7 * 320 - 5
     data = v0_file({"m": "encodec_24khz", "al": length, "nc": 2, "lm": False},
                    reference_bitpacker(codes.reshape(-1).tolist(), 10))
-    got, h = api.read_codes(io.BytesIO(data))
-    np.testing.assert_array_equal(got, codes.T)
-    assert (h.bandwidth, h.num_samples, h.version) == (1.5, length, 0)
+    h = api.read_codes(io.BytesIO(data))
+    np.testing.assert_array_equal(h.codes, codes.T)
+    assert (h.bandwidth, h.num_samples, h.weights_fingerprint) == (1.5, length, None)
     with pytest.raises(TruncatedError, match="truncated"):
         api.read_codes(io.BytesIO(data[:-1]))
     with pytest.raises(FormatError, match="unexpected data after the last frame"):
@@ -258,7 +259,7 @@ def convert(*args, ok=True):
 
 
 def file_codes(path, checkpoints, name) -> np.ndarray:
-    return as_array(api.read_codes(path, options(checkpoints, name))[0])
+    return as_array(api.read_codes(path, options(checkpoints, name)))
 
 
 @pytest.mark.parametrize("name", ["v0_raw_24khz", "v0_raw_48khz"])
@@ -355,7 +356,7 @@ def test_codes_command_writes_npz(tmp_path):
     out = tmp_path / "d.npz"
     CliRunner().invoke(main, ["codes", str(FORMATS / "v1_raw_24khz.ecdc"), "-o", str(out)])
     with np.load(out) as d:
-        codes, _ = api.read_codes(FORMATS / "v1_raw_24khz.ecdc")
+        codes = api.read_codes(FORMATS / "v1_raw_24khz.ecdc").codes
         np.testing.assert_array_equal(d["codes"], codes)
         assert "scales" not in d.files and d["codes"].dtype == np.uint16
 
@@ -364,7 +365,7 @@ _DECODE = """
 import hashlib, sys, torch
 from encodec_cli.api import DecompressOptions, read_codes
 torch.set_num_threads(int(sys.argv[3]))
-codes, _ = read_codes(sys.argv[1], DecompressOptions(lm_weights=sys.argv[2], download_bars=False))
+codes = read_codes(sys.argv[1], DecompressOptions(lm_weights=sys.argv[2], download_bars=False)).codes
 print(hashlib.sha256(codes.astype(">u2").tobytes()).hexdigest())
 """
 

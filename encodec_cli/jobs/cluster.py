@@ -79,9 +79,10 @@ def connect(address: str, workers: int) -> None:
 
 
 def run_on_ray(items: tp.Sequence[tp.Tuple[int, str, str]], kind: Kind, opts, force: bool,
-               address: str, jobs: int, threads: int, make_folders: bool = False
-               ) -> tp.Iterator[tp.Tuple[int, FileResult]]:
-    """Yield (index, result) for each (index, source, output) as files finish."""
+               address: str, jobs: int, threads: int, make_folders: bool = False,
+               window: tp.Optional[int] = None) -> tp.Iterator[tp.Tuple[int, FileResult]]:
+    """Yield (index, result) for each (index, source, output) as files finish; `window`: as
+    for `local.run_in_pool`."""
     connect(address, jobs)
     import ray
 
@@ -89,13 +90,15 @@ def run_on_ray(items: tp.Sequence[tp.Tuple[int, str, str]], kind: Kind, opts, fo
         workers = jobs if address == "local" else max(1, int(ray.cluster_resources().get("CPU", 1)))
         actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=RETRIES)(_Worker)
         idle = [actor.remote(threads) for _ in range(min(workers, len(items)))]
-        pending, running = list(items), {}
-        while pending or running:
-            while idle and pending:
-                worker, (i, src, dst) = idle.pop(), pending.pop(0)
-                running[worker.run.remote(kind, src, dst, opts, force, make_folders)] = (worker, i, src, dst)
+        started, running = 0, {}
+        while started < len(items) or running:
+            oldest = min((r[1] for r in running.values()), default=started)
+            while idle and started < len(items) and (window is None or started < oldest + window):
+                worker, (i, src, dst) = idle.pop(), items[started]
+                running[worker.run.remote(kind, src, dst, opts, force, make_folders)] = (worker, started, i, src, dst)
+                started += 1
             ready, _ = ray.wait(list(running), num_returns=1)
-            worker, i, src, dst = running.pop(ready[0])
+            worker, _, i, src, dst = running.pop(ready[0])
             try:
                 result = ray.get(ready[0])
             except ray.exceptions.RayError as e:

@@ -21,14 +21,30 @@ def run_here(items: tp.Sequence[Item], kind: Kind, opts, force: bool, threads: i
 
 
 def run_in_pool(items: tp.Sequence[Item], kind: Kind, opts, force: bool, jobs: int, threads: int,
-                make_folders: bool) -> tp.Iterator[tp.Tuple[int, FileResult]]:
-    """Yield (index, result) for each item as files finish in `jobs` processes."""
+                make_folders: bool, window: tp.Optional[int] = None) -> tp.Iterator[tp.Tuple[int, FileResult]]:
+    """Yield (index, result) for each item as files finish in `jobs` processes. With
+    `window`, an item is started only within `window` items of the first unfinished one,
+    so that a consumer putting results in order holds at most that many."""
     pool = cf.ProcessPoolExecutor(min(jobs, len(items)), initializer=_worker, initargs=(threads,))
     try:
-        futures = {pool.submit(process, kind, src, dst, opts, force, None, make_folders): i
-                   for i, src, dst in items}
-        for fut in cf.as_completed(futures):
-            yield futures[fut], fut.result()
+        futures: tp.Dict[cf.Future, int] = {}  # future -> position in items
+        started = 0
+
+        def start_more() -> None:
+            nonlocal started
+            oldest = min(futures.values(), default=started)
+            while started < len(items) and (window is None or started < oldest + window):
+                i, src, dst = items[started]
+                futures[pool.submit(process, kind, src, dst, opts, force, None, make_folders)] = started
+                started += 1
+
+        start_more()
+        while futures:
+            done, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                position = futures.pop(fut)
+                yield items[position][0], fut.result()
+            start_more()
     except BaseException:  # Ctrl-C, SIGTERM, or the consumer stopped: nothing queued may still run
         _stop(pool, [dst for _, _, dst in items])
         raise

@@ -11,7 +11,41 @@ SUFFIX = {"compress": ".ecdc", "decompress": ".wav", "convert": ".ecdc", "codes"
 
 
 def _wanted(kind: str, path: str) -> bool:
-    return is_audio_name(path) if kind == "compress" else os.path.splitext(path)[1].lower() == ".ecdc"
+    ecdc = os.path.splitext(path)[1].lower() == ".ecdc"
+    return is_audio_name(path) if kind == "compress" else (ecdc or is_audio_name(path)) if kind == "codes" else ecdc
+
+
+def _walk(folder: str, kind: str) -> tp.Iterator[str]:
+    """The files under `folder` that command `kind` takes, in a stable order; hidden ones left out."""
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            if _wanted(kind, path) and not name.startswith("."):
+                yield path
+
+
+def sources(inputs: tp.Sequence[str], kind: str, recursive: bool) -> tp.List[tp.Tuple[str, str]]:
+    """(file, its path under its folder input, '/' between folders) of each input file:
+    the rows of a table (`ecdc codes --parquet`). Two files may not have one row path."""
+    if "-" in inputs:
+        raise OptionError("shards are written from files: '-' (stdin) cannot be an input")
+    pairs = []
+    for src in inputs:
+        if os.path.isdir(src):
+            if not recursive:
+                raise OptionError(f"{src} is a folder; use -r to {kind} the files under it")
+            pairs += [(path, os.path.relpath(path, src).replace(os.sep, "/")) for path in _walk(src, kind)]
+        else:
+            pairs.append((src, os.path.basename(src)))
+    first: tp.Dict[str, str] = {}
+    for src, row in pairs:
+        if row in first:
+            raise OptionError(f"{first[row]} and {src} would both be row {row}; give them in separate runs")
+        first[row] = src
+    if not pairs:
+        raise OptionError(f"no audio or .ecdc files under {', '.join(inputs)}")
+    return pairs
 
 
 def to_folder(inputs: tp.Sequence[str], output: tp.Optional[str]) -> bool:
@@ -50,17 +84,16 @@ def plan(inputs: tp.Sequence[str], output: tp.Optional[str], kind: str,
     pairs = []
     for src in inputs:
         if src in folders:
-            for root, dirs, files in os.walk(src):
-                dirs.sort()
-                for name in sorted(files):
-                    path = os.path.join(root, name)
-                    if not _wanted(kind, path) or name.startswith("."):
-                        continue
-                    rel = os.path.relpath(root, src)
-                    base = os.path.join(output, rel) if to_dir else root
-                    pairs.append((path, os.path.normpath(os.path.join(base, os.path.splitext(name)[0] + suffix))))
+            for path in _walk(src, kind):
+                root, name = os.path.split(path)
+                base = os.path.join(output, os.path.relpath(root, src)) if to_dir else root
+                pairs.append((path, os.path.normpath(os.path.join(base, os.path.splitext(name)[0] + suffix))))
             continue
         stem = os.path.splitext(os.path.basename(src))[0] + suffix
+        if kind == "decompress" and src.lower().endswith(".parquet"):
+            # a shard's rows go under a folder: -o, or one named as the shard beside it
+            pairs.append((src, output if output not in (None, "-") else os.path.splitext(src)[0]))
+            continue
         if to_dir:
             dst = os.path.join(output, stem)
         elif output is not None:
@@ -72,11 +105,11 @@ def plan(inputs: tp.Sequence[str], output: tp.Optional[str], kind: str,
         pairs.append((src, dst))
     first: tp.Dict[str, str] = {}
     for src, dst in pairs:
-        if dst in first:
+        if dst in first and not src.lower().endswith(".parquet"):
             raise OptionError(f"{first[dst]} and {src} would both write {dst}; rename one, or give "
                               f"them separately with -o")
         first[dst] = src
     if folders and not pairs:
-        raise OptionError(f"no {'audio' if kind == 'compress' else '.ecdc'} files under "
-                          f"{', '.join(folders)}")
+        what = {"compress": "audio", "codes": "audio or .ecdc"}.get(kind, ".ecdc")
+        raise OptionError(f"no {what} files under {', '.join(folders)}")
     return pairs

@@ -28,14 +28,15 @@ class FileResult:
     wall_s: float = 0.0
     clipped: int = 0
     notes: tp.Tuple[str, ...] = ()  # what the user should know of a file that worked (NaN input, ...)
+    codes: tp.Any = None            # kind 'rows': the file's Codes, for the shard's writer
 
     def manifest_line(self) -> str:
         data = asdict(self)
-        del data["clipped"], data["notes"]
+        del data["clipped"], data["notes"], data["codes"]
         return json.dumps(data)
 
 
-Kind = tp.Literal["compress", "decompress", "convert", "codes"]  # the command
+Kind = tp.Literal["compress", "decompress", "convert", "codes", "rows"]  # the command ('rows': codes for shards)
 
 
 def complete(kind: Kind, src: str, dst: str, opts) -> bool:
@@ -83,7 +84,7 @@ def duration(kind: str, src: str, opts) -> tp.Optional[float]:
     if src == "-":
         return None
     try:
-        if kind == "compress":
+        if kind == "compress" or (kind in ("codes", "rows") and not src.lower().endswith(".ecdc")):
             import soundfile as sf
 
             from ..audio.files import native
@@ -139,7 +140,7 @@ def process(kind: Kind, src: str, dst: str, opts, force: bool, progress=None,
     from .. import api
 
     fn = {"compress": api.compress_file, "decompress": api.decompress_file,
-          "convert": api.convert_file, "codes": api.codes_file}[kind]
+          "convert": api.convert_file, "codes": api.codes_file, "rows": _rows}[kind]
     start = time.perf_counter()
 
     def failed(message: str) -> FileResult:
@@ -163,11 +164,21 @@ def process(kind: Kind, src: str, dst: str, opts, force: bool, progress=None,
         return failed(named(str(e.strerror or e), src, dst))
     r = FileResult(source=src, output=dst, status="ok", seconds=round(result.seconds, 6),
                    wall_s=round(time.perf_counter() - start, 3), clipped=result.clipped,
-                   notes=result.notes + tuple(f"damaged: {d}" for d in result.damaged))
+                   notes=result.notes + tuple(f"damaged: {d}" for d in result.damaged),
+                   codes=getattr(result, "codes", None))
     if result.damaged:  # written all the same, and said: the exit code is 1
         r.status = "error"
         r.error = damage_summary(src, dst, len(result.damaged), result.silence)
     return _finish(r, kind)
+
+
+def _rows(src: str, dst: str, opts, force: bool, progress=None):
+    """A file's codes for a shard (`dst`), on its result."""
+    from .. import api
+
+    codes, result = api.codes_of(src, opts, progress)
+    result.codes = codes
+    return result
 
 
 def damage_summary(src: str, dst: str, parts: int, silence: float) -> str:
