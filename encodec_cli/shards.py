@@ -160,6 +160,14 @@ def read_meta(path: str) -> tp.Dict[str, tp.Any]:
 def read_rows(path: str, batch_rows: int = 16) -> tp.Iterator[tp.Tuple[str, Codes]]:
     """(path, Codes) of each row of shard `path`, a few rows at a time; a row whose codes no
     model decodes raises CodesError naming it."""
+    for name, codes in _rows(path, batch_rows):
+        if isinstance(codes, CodesError):
+            raise CodesError(f"{path}: row {name!r}: {codes}")
+        yield name, codes
+
+
+def _rows(path: str, batch_rows: int = 16) -> tp.Iterator[tp.Tuple[str, tp.Union[Codes, CodesError]]]:
+    """(path, Codes) of each row, or (path, a CodesError that says what is wrong with it)."""
     meta = read_meta(path)
     import pyarrow.parquet as pq
 
@@ -167,15 +175,16 @@ def read_rows(path: str, batch_rows: int = 16) -> tp.Iterator[tp.Tuple[str, Code
     for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
         for row in batch.to_pylist():
             try:
-                segments = row.get("segment_frames")
+                segments, scales = row.get("segment_frames"), row.get("scales")
                 codes = Codes(codes=np.array(row["codes"], np.int64).reshape(meta["codebooks"], -1),
                               model=meta["model"], bandwidth=meta["bandwidth"], num_samples=row["model_num_samples"],
                               source_sample_rate=row["sample_rate"], source_channels=row["channels"],
                               source_num_samples=row["num_samples"], weights_fingerprint=fp,
                               segment_frames=None if segments is None else np.array(segments, np.int32),
-                              scales=None if row.get("scales") is None else np.array(row["scales"], np.float32))
+                              scales=None if scales is None else np.array(scales, np.float32))
             except (CodesError, KeyError, TypeError, ValueError) as e:
-                raise CodesError(f"{path}: row {row.get('path')!r}: {e}") from None
+                yield str(row.get("path")), CodesError(str(e))
+                continue
             yield row["path"], codes
 
 
@@ -196,9 +205,11 @@ def decompress_rows(src: str, folder: str, write: tp.Callable[[Codes, str], tp.A
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise OptionError(f"-o {folder} is a file; a shard's rows need a folder (-o wavs/)")
     seconds, failed, rows = 0.0, [], 0
-    for path, codes in read_rows(src):
+    for path, codes in _rows(src):
         rows += 1
         try:
+            if isinstance(codes, CodesError):
+                raise codes
             out = row_output(folder, path, suffix)
             os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
             write(codes, out)

@@ -34,7 +34,7 @@ def sources(inputs: tp.Sequence[str], kind: str, recursive: bool) -> tp.List[tp.
     for src in inputs:
         if os.path.isdir(src):
             if not recursive:
-                raise OptionError(f"{src} is a folder; use -r to {kind} the files under it")
+                raise OptionError(f"{src} is a folder; use -r to read the files under it")
             pairs += [(path, os.path.relpath(path, src).replace(os.sep, "/")) for path in _walk(src, kind)]
         else:
             pairs.append((src, os.path.basename(src)))
