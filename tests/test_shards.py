@@ -81,7 +81,8 @@ def test_datasets_loads_the_shards(checkpoints, corpus, tmp_path):
     ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "out" / "*.parquet"), split="train",
                                cache_dir=str(tmp_path / "cache"))
     assert len(ds) == 3 and ds.features["codes"].length == 8
-    first = api.encode_file(str(corpus / "b" / "clip1.wav"), CodesOptions(weights=checkpoints["encodec_24khz"]).encoding())
+    opts = CodesOptions(weights=checkpoints["encodec_24khz"]).encoding()
+    first = api.encode_file(str(corpus / "b" / "clip1.wav"), opts)
     assert ds[0]["path"] == "clip1.wav" and np.array_equal(np.array(ds[0]["codes"]), first.codes)
 
 

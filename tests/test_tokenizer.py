@@ -28,7 +28,8 @@ def _opts(checkpoints, model: str, bandwidth: float, lm: bool = False) -> Compre
 
 
 def _dopts(checkpoints, model: str) -> DecompressOptions:
-    return DecompressOptions(weights=checkpoints[model], lm_weights=checkpoints[model.replace("encodec_", "encodec_lm_")])
+    lm = checkpoints[model.replace("encodec_", "encodec_lm_")]
+    return DecompressOptions(weights=checkpoints[model], lm_weights=lm)
 
 
 @pytest.mark.parametrize("model,bandwidth", [(m, b) for m in SPECS for b in SPECS[m].bandwidths])
