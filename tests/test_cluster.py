@@ -132,3 +132,18 @@ def test_killed_job_resumes_where_it_stopped(cluster, corpus, checkpoints, tmp_p
     assert {Path(r["output"]) for r in rows if r["status"] == "skipped"} == finished
     assert sum(r["status"] == "ok" for r in rows) == 17 - len(finished)
     assert outputs(tmp_path / "out") == expected
+
+
+def test_shards_on_the_cluster_are_the_local_bytes(cluster, corpus, checkpoints, tmp_path):
+    """`ecdc codes --parquet --cluster`: rows come back from the workers, the driver writes them."""
+    pytest.importorskip("pyarrow")
+    root, files, _ = corpus
+    args = ["codes", root / "in", "-r", "--parquet", "--shard-rows", "8", *weights_args(checkpoints), "-q"]
+    local = subprocess.run(ECDC + [str(a) for a in args + ["-o", tmp_path / "local"]], capture_output=True,
+                           text=True, timeout=600)
+    assert local.returncode == 1 and local.stderr.count("Error: ") == 3, local.stderr
+    p = ecdc(*args, "-o", tmp_path / "out", "--cluster", cluster, "--manifest", tmp_path / "m.jsonl")
+    assert p.returncode == 1 and p.stderr.count("Error: ") == 3, p.stderr
+    assert outputs(tmp_path / "out") == outputs(tmp_path / "local")
+    assert sorted(os.listdir(tmp_path / "out")) == [f"train-0000{i}-of-00003.parquet" for i in range(3)]
+    assert sum(r["status"] == "ok" for r in manifest(tmp_path / "m.jsonl").values()) == 17

@@ -139,6 +139,8 @@ def test_light_corners_import_no_torch():
     code = ("import sys\n"
             "import encodec_cli.cli, encodec_cli.api, encodec_cli.batch, encodec_cli.formats.reader\n"
             "import encodec_cli.audio.files, encodec_cli.jobs.run, encodec_cli.outputs\n"
+            "import encodec_cli.codes, encodec_cli.tokens, encodec_cli.shards, encodec_cli.jobs.shards\n"
+            "assert 'pyarrow' not in sys.modules, 'pyarrow imported'\n"
             "assert 'torch' not in sys.modules, 'torch imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 

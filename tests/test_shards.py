@@ -187,3 +187,18 @@ def test_compress_and_decompress_of_audio_never_import_pyarrow(checkpoints, tmp_
             f"api.decompress(data, api.DecompressOptions(weights={str(checkpoints['encodec_24khz'])!r}))\n"
             "assert 'pyarrow' not in sys.modules, 'pyarrow imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_rows_are_written_as_they_come_not_collected(checkpoints, corpus, tmp_path, monkeypatch):
+    """A shard is written ROW_GROUP rows at a time: its row groups show it."""
+    from encodec_cli import shards
+    from encodec_cli.jobs.plan import sources
+    from encodec_cli.jobs.shards import run_shards
+
+    monkeypatch.setattr(shards, "ROW_GROUP", 2)
+    results = run_shards(sources([str(corpus)], "codes", True), str(tmp_path / "out"),
+                         CodesOptions(weights=checkpoints["encodec_24khz"]), rows=100, max_mb=1)
+    assert [r.status for r in results].count("ok") == 6 and all(r.codes is None for r in results)
+    (shard,) = (tmp_path / "out").iterdir()
+    assert pq.ParquetFile(shard).metadata.num_row_groups == 3
+    assert pq.ParquetFile(shard).metadata.num_rows == 6
