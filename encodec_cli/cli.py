@@ -245,7 +245,7 @@ def convert(inputs, output, lm, in_place, salvage, weights, lm_weights, force, q
              manifest, cluster, in_place)
 
 
-@main.command(short_help="Audio or .ecdc files to codes: .npz, or Parquet shards of a corpus.")
+@main.command(short_help="Codes of audio or .ecdc files: .npz, or Parquet shards.")
 @click.argument("inputs", nargs=-1, required=True, type=PATHS)
 @click.option("-b", "--bandwidth", type=float, default=6.0, show_default=True,
               help="Audio inputs: kbps, as for compress (.ecdc inputs keep their own).")

@@ -102,7 +102,8 @@ def shards(inputs, output, opts, force, quiet, threads, jobs, recursive, resume,
     if cluster is not None:
         check_ray()
     sources = P.sources(inputs, "codes", recursive)
-    total = sum(d for d in (T.duration("rows", s, opts) for s, _ in sources) if d) or None
+    durations = [T.duration("rows", s, opts) for s, _ in sources]
+    total = sum(d for d in durations if d) or None
     with tqdm(total=total, unit="s", disable=quiet or not sys.stderr.isatty(), desc="codes", file=sys.stderr,
               bar_format=bar_format(total)) as bar:
         def note(r: T.FileResult) -> None:
@@ -112,7 +113,7 @@ def shards(inputs, output, opts, force, quiet, threads, jobs, recursive, resume,
 
         results = run_shards(sources, output, opts, rows=rows, max_mb=mb, force=force, resume=resume, jobs=jobs,
                              threads=threads, cluster=cluster, manifest=manifest, on_result=note,
-                             progress=lambda seconds: advance(bar, seconds))
+                             progress=lambda seconds: advance(bar, seconds), durations=durations)
     fail_on(results)
 
 

@@ -152,6 +152,12 @@ def test_existing_shards_are_kept_unless_forced(checkpoints, corpus, tmp_path):
     assert (out / "train-00000-of-00001.parquet").read_bytes() == b"mine"
     p = ecdc("codes", corpus / "b", "-o", out, "--parquet", "-q", *weights(checkpoints))
     assert p.returncode == 1 and "is a folder; use -r to read the files under it" in p.stderr
+    (out / "train-00000-of-00001.parquet").unlink()
+    (out / "train-00003-of-00005.parquet").write_bytes(b"an older run's")  # would be loaded with the new ones
+    p = ecdc("codes", corpus / "b", "-r", "-o", out, "--parquet", "-q", *weights(checkpoints))
+    assert p.returncode == 1 and "holds shards of another run (train-00003-of-00005.parquet)" in p.stderr
+    p = ecdc("codes", corpus / "b", "-r", "-o", out, "--parquet", "-q", "-f", *weights(checkpoints))
+    assert p.returncode == 1 and sorted(os.listdir(out)) == ["train-00000-of-00001.parquet"]
 
 
 def test_a_bad_row_is_named_and_the_other_rows_are_written(checkpoints, corpus, tmp_path):

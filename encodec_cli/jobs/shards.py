@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import typing as tp
 
 from ..errors import OptionError
@@ -18,6 +19,7 @@ from .run import Manifest
 from .task import FileResult, duration, remove_stale_parts
 
 WINDOW_PER_JOB = 8  # files started ahead of the first unfinished one, per process
+SHARD = re.compile(r"train-\d{5}-of-\d{5}\.parquet")
 
 
 def share(sizes: tp.Sequence[float], rows: int, max_bytes: float) -> tp.List[tp.Tuple[int, int]]:
@@ -57,9 +59,11 @@ def run_shards(sources: tp.Sequence[tp.Tuple[str, str]], folder: str, opts, *, r
                force: bool = False, resume: bool = False, jobs: int = 1, threads: int = 1,
                cluster: tp.Optional[str] = None, manifest: tp.Optional[str] = None,
                on_result: tp.Optional[tp.Callable[[FileResult], None]] = None,
-               progress: tp.Optional[tp.Callable[[float], None]] = None) -> tp.List[FileResult]:
+               progress: tp.Optional[tp.Callable[[float], None]] = None,
+               durations: tp.Optional[tp.Sequence[tp.Optional[float]]] = None) -> tp.List[FileResult]:
     """Write the codes of (file, row path) pairs as Parquet shards in `folder`; returns each
-    file's result, in order. `opts`: CodesOptions."""
+    file's result, in order. `opts`: CodesOptions; `durations`: each file's seconds, if the
+    caller has them (else read from the files' headers)."""
     from ..shards import pyarrow, shard_name
 
     pyarrow()
@@ -70,15 +74,14 @@ def run_shards(sources: tp.Sequence[tp.Tuple[str, str]], folder: str, opts, *, r
         raise OptionError(f"-o {folder} is a file; shards need a folder (-o out/)")
     spec = SPECS[opts.model]
     per_second = spec.frame_rate * spec.codebooks_for(opts.bandwidth) * 2  # bytes of uint16 codes
-    sizes = [(duration("rows", src, opts) or 0.0) * per_second for src, _ in sources]
+    if durations is None:
+        durations = [duration("rows", src, opts) for src, _ in sources]
+    sizes = [(d or 0.0) * per_second for d in durations]
     bounds = share(sizes, rows, max_mb * 1e6)
     names = [os.path.join(folder, shard_name(k, len(bounds))) for k in range(len(bounds))]
     digests = [plan_digest([row for _, row in sources[a:b]], opts) for a, b in bounds]
     os.makedirs(folder, exist_ok=True)
-    if not force and not resume:
-        for name in names:
-            if os.path.lexists(name):
-                raise OptionError(f"{name} exists; use -f/--force to overwrite, or --resume to keep the whole shards")
+    _check_folder(folder, names, force, resume)
     book = Manifest(manifest)
     results: tp.Dict[int, FileResult] = {}
 
@@ -111,6 +114,23 @@ def run_shards(sources: tp.Sequence[tp.Tuple[str, str]], folder: str, opts, *, r
     return [results[i] for i in sorted(results)]
 
 
+def _check_folder(folder: str, names: tp.Sequence[str], force: bool, resume: bool) -> None:
+    """Shards there already are replaced only with -f (--resume keeps the whole ones); shards
+    of another run (another count) would be loaded with these by `OUT/*.parquet`: they are
+    refused, or with -f removed."""
+    ours = {os.path.basename(n) for n in names}
+    others = sorted(n for n in os.listdir(folder) if SHARD.fullmatch(n) and n not in ours)
+    if others and not force:
+        raise OptionError(f"{folder} holds shards of another run ({others[0]}{', ...' if len(others) > 1 else ''}), "
+                          f"which would be loaded with these; remove them, or use -f/--force to replace them")
+    for name in others:
+        os.unlink(os.path.join(folder, name))
+    if not force and not resume:
+        for name in names:
+            if os.path.lexists(name):
+                raise OptionError(f"{name} exists; use -f/--force to overwrite, or --resume to keep the whole shards")
+
+
 def _executor(items, opts, jobs: int, threads: int, cluster, progress):
     if cluster is not None:
         from .cluster import run_on_ray
@@ -125,16 +145,35 @@ def _executor(items, opts, jobs: int, threads: int, cluster, progress):
     return run_in_pool(items, "rows", opts, True, jobs, threads, False, window=WINDOW_PER_JOB * jobs)
 
 
+class _Open:
+    """The shard being written: its writer on a temporary name, and the inputs that failed."""
+
+    def __init__(self, name: str, opts, digest: str):
+        from ..shards import ShardWriter
+
+        self._publish = atomic_path(name, True)
+        self.writer = ShardWriter(self._publish.__enter__(), opts.model, opts.bandwidth, digest)
+        self.failed: tp.List[str] = []
+
+    def close(self) -> None:
+        """Complete: renamed into place."""
+        self.writer.close(self.failed)
+        self._publish.__exit__(None, None, None)
+
+    def abandon(self, e: BaseException) -> None:
+        """Not complete: the temporary file is removed."""
+        self._publish.__exit__(type(e), e, e.__traceback__)
+
+
 def _write(running, items, sources, bounds, names, digests, opts, done, progress) -> None:
     """Rows in the order of `items`, as their results come (in any order), into the shards."""
     from ..errors import EcdcError
-    from ..shards import ShardWriter
 
     waiting: tp.Dict[int, FileResult] = {}
     order = [i for i, _, _ in items]
     shard_of = {i: k for k, (a, b) in enumerate(bounds) for i in range(a, b)}
     position = 0
-    shard: tp.Optional[tp.Tuple[int, ShardWriter, tp.List[str], tp.ContextManager[str]]] = None
+    shard: tp.Optional[_Open] = None
     try:
         for i, r in running:
             waiting[i] = r
@@ -142,26 +181,22 @@ def _write(running, items, sources, bounds, names, digests, opts, done, progress
                 i = order[position]
                 r = waiting.pop(i)
                 k = shard_of[i]
-                if shard is None:
-                    publish = atomic_path(names[k], True)
-                    shard = (k, ShardWriter(publish.__enter__(), opts.model, opts.bandwidth, digests[k]), [], publish)
-                _, writer, failed, _ = shard
+                shard = shard or _Open(names[k], opts, digests[k])
                 if r.status == "ok":
                     try:
-                        writer.append(sources[i][1], r.codes)
+                        shard.writer.append(sources[i][1], r.codes)
                     except EcdcError as e:
                         r.status, r.error = "error", f"{sources[i][0]}: {e}"
                 if r.status != "ok":
-                    failed.append(sources[i][1])
+                    shard.failed.append(sources[i][1])
                 if progress:
                     progress(r.seconds)
                 done(i, r)
                 position += 1
                 if i == bounds[k][1] - 1:  # the shard's last file: it is whole
-                    writer.close(failed)
-                    shard[3].__exit__(None, None, None)
+                    shard.close()
                     shard = None
     except BaseException as e:
         if shard is not None:
-            shard[3].__exit__(type(e), e, e.__traceback__)  # the temporary file is removed
+            shard.abandon(e)
         raise
