@@ -214,11 +214,12 @@ def decompress_rows(src: str, folder: str, write: tp.Callable[[Codes, str], tp.A
             os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
             write(codes, out)
         except (CodesError, OptionError, FormatError) as e:
-            failed.append(f"row {path!r}: {e}")
+            failed.append((f"row {path!r}: {e}", f"row {path!r}: {e.cli}"))
             continue
         seconds += codes.duration
         if progress:
             progress(codes.duration)
     if failed:
-        raise FormatError(f"{src}: {len(failed)} of {rows} rows were not written; the first: {failed[0]}")
+        say = f"{src}: {len(failed)} of {rows} rows were not written; the first: "
+        raise FormatError(say + failed[0][0], cli=say + failed[0][1])
     return seconds

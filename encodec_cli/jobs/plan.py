@@ -92,7 +92,9 @@ def plan(inputs: tp.Sequence[str], output: tp.Optional[str], kind: str,
         stem = os.path.splitext(os.path.basename(src))[0] + suffix
         if kind == "decompress" and src.lower().endswith(".parquet"):
             # a shard's rows go under a folder: -o, or one named as the shard beside it
-            pairs.append((src, output if output not in (None, "-") else os.path.splitext(src)[0]))
+            if output == "-":
+                raise OptionError(f"{src}: a shard's rows are files: give a folder with -o, not stdout")
+            pairs.append((src, output if output is not None else os.path.splitext(src)[0]))
             continue
         if to_dir:
             dst = os.path.join(output, stem)
