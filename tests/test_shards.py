@@ -176,6 +176,8 @@ def test_a_bad_row_is_named_and_the_other_rows_are_written(checkpoints, corpus, 
     assert "1 of 2 rows were not written" in p.stderr and "row 'clip0.wav'" in p.stderr and "holds 1030" in p.stderr
     assert sorted(os.listdir(tmp_path / "wavs")) == ["clip2.wav"]
     p = ecdc("decompress", tmp_path / "bad.parquet", "-o", tmp_path / "wavs", "-q", *weights(checkpoints))
+    assert p.returncode == 1 and "2 of 2 rows were not written" in p.stderr  # clip2.wav is not replaced
+    p = ecdc("decompress", shard, "-o", tmp_path / "wavs", "-q", *weights(checkpoints))
     assert p.returncode == 1 and "clip2.wav exists; give another name with -o OTHER, or replace it with -f" in p.stderr
     p = ecdc("decompress", shard, "-o", "-", *weights(checkpoints))
     assert p.returncode == 1 and p.stderr.endswith("a shard's rows are files: give a folder with -o, not stdout\n")
