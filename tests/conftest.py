@@ -30,6 +30,19 @@ def w48(checkpoints) -> Path:
     return checkpoints["encodec_48khz"]
 
 
+@pytest.fixture
+def weights(checkpoints) -> list:
+    """The command line's options for the 24 kHz model's random checkpoints."""
+    return ["--weights", str(checkpoints["encodec_24khz"]), "--lm-weights", str(checkpoints["encodec_lm_24khz"])]
+
+
+@pytest.fixture
+def here(tmp_path, monkeypatch):
+    """A test's own folder as the working directory."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 @pytest.fixture(autouse=True)
 def _isolated_weights(monkeypatch, tmp_path):
     """Never look at (or download into) the user's real caches during tests."""

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from encodec_cli import batch  # the public path (README)
 from encodec_cli.cli import main
+from encodec_cli.jobs import plan as batch  # the public path (README)
 
 from .conftest import write_audio
 

@@ -436,7 +436,7 @@ def test_tone_helper_is_deterministic():
     np.testing.assert_array_equal(tone(0.1, 8000, 2), tone(0.1, 8000, 2))
 
 
-# ---------------------------------------------------------------- outputs (issue 12)
+# ---------------------------------------------------------------- outputs
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_outputs_follow_the_umask(tmp_path, checkpoints, umask):

@@ -6,19 +6,26 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
+from click.testing import CliRunner
 
 from encodec_cli import api
 from encodec_cli.audio.pipes import WavPipeSource, unknown_size
+from encodec_cli.cli import main
 from encodec_cli.errors import EcdcError
 from encodec_cli.options import CompressOptions
 
 from .conftest import tone, write_audio
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("rate", [0, -8000, 1.5, float("nan"), "24000", True, None, 10**9])
@@ -116,3 +123,34 @@ def test_a_terminal_on_stdin_is_refused(command):
         os.close(sub)
     assert p.returncode == 1
     assert p.stderr.decode().startswith("Error: refusing to read") and "from a terminal" in p.stderr.decode()
+
+
+def ecdc(*args, ok=True):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def test_nan_and_short_wavs_are_noted(here, weights):
+    sf.write("nan.wav", np.full((2400, 1), np.nan, np.float32), 24000, subtype="FLOAT")
+    r = ecdc("compress", "nan.wav", "--raw", *weights[:2])
+    assert "note: nan.wav: 2400 samples were NaN or infinite" in r.output
+    write_audio(here / "long.wav", 1.0, 24000)
+    data = Path("long.wav").read_bytes()
+    Path("cut.wav").write_bytes(data[:len(data) // 2])
+    r = ecdc("compress", "cut.wav", "--raw", *weights[:2])
+    assert re.search(r"note: cut.wav: the file is shorter than its header says \(\d+ of 24000 frames\)", r.output)
+    assert "note" not in ecdc("compress", "long.wav", "--raw", *weights[:2]).output
+
+
+def test_shell_completion(here):
+    env = {**os.environ, "_ECDC_COMPLETE": "bash_complete", "COMP_WORDS": "ecdc comp", "COMP_CWORD": "1"}
+    out = subprocess.run([sys.executable, "-c", "from encodec_cli.cli import main; main(prog_name='ecdc')"],
+                         env=env, capture_output=True, text=True).stdout
+    assert "compress" in out.split()[0] or "plain,compress" in out
+    env.update(COMP_WORDS="ecdc decompress --sal", COMP_CWORD="2")
+    out = subprocess.run([sys.executable, "-c", "from encodec_cli.cli import main; main(prog_name='ecdc')"],
+                         env=env, capture_output=True, text=True).stdout
+    assert "--salvage" in out
+    assert "_ECDC_COMPLETE=bash_source ecdc" in (ROOT / "docs" / "commands.md").read_text()

@@ -137,7 +137,7 @@ def test_modules_stay_small():
 
 def test_light_corners_import_no_torch():
     code = ("import sys\n"
-            "import encodec_cli.cli, encodec_cli.api, encodec_cli.batch, encodec_cli.formats.reader\n"
+            "import encodec_cli.cli, encodec_cli.api, encodec_cli.jobs.plan, encodec_cli.formats.reader\n"
             "import encodec_cli.audio.files, encodec_cli.jobs.run, encodec_cli.outputs\n"
             "import encodec_cli.codes, encodec_cli.tokens, encodec_cli.shards, encodec_cli.jobs.shards\n"
             "assert 'pyarrow' not in sys.modules, 'pyarrow imported'\n"
@@ -174,14 +174,16 @@ def test_wheel_ships_every_module(tmp_path):
     assert wheel.name.startswith("encodec_cli-")  # the distribution encodec-cli
     shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py")}
     assert shipped == {str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py")}
+    assert "encodec_cli/py.typed" in zipfile.ZipFile(wheel).namelist()  # PEP 561
     entry = next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith("entry_points.txt"))
     assert "ecdc = encodec_cli.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
 
 
 def test_public_paths_keep_working():
     """What the README imports, at the paths it gives."""
-    from encodec_cli import batch, evaluate
     from encodec_cli.api import (  # noqa: F401
+        Codes,
+        CodesOptions,
         CompressOptions,
         ConvertOptions,
         DecompressOptions,
@@ -189,17 +191,22 @@ def test_public_paths_keep_working():
         compress,
         compress_file,
         convert_file,
+        decode,
         decompress,
         decompress_file,
+        encode,
+        encode_file,
+        load_codes,
         read_codes,
     )
     from encodec_cli.cli import main
     from encodec_cli.evaluation import plot  # noqa: F401
+    from encodec_cli.evaluation.report import EvalOptions, evaluate
     from encodec_cli.jobs.plan import plan
     from encodec_cli.jobs.run import run_batch
 
-    assert batch.plan is plan and batch.run_batch is run_batch
-    assert callable(evaluate.evaluate) and dataclasses.is_dataclass(evaluate.EvalOptions)
+    assert callable(plan) and callable(run_batch) and callable(evaluate)
+    assert dataclasses.is_dataclass(EvalOptions) and dataclasses.is_dataclass(Codes)
     (script,) = re.findall(r'^ecdc = "([\w.:]+)"$', (ROOT / "pyproject.toml").read_text(), re.M)
     module, _, attr = script.partition(":")
     assert getattr(__import__(module, fromlist=[attr]), attr) is main

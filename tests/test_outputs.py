@@ -3,12 +3,16 @@ worked (another run, another program), unless forced."""
 from __future__ import annotations
 
 import os
+import stat
 import threading
 
 import pytest
+from click.testing import CliRunner
 
 from encodec_cli import api
+from encodec_cli.cli import main
 from encodec_cli.errors import OptionError
+from encodec_cli.formats import v1
 from encodec_cli.options import CompressOptions
 from encodec_cli.outputs import _rename_noreplace, atomic_path, publish
 
@@ -68,3 +72,44 @@ def test_without_hard_links_the_rename_still_refuses_to_replace(tmp_path, monkey
     monkeypatch.setattr(os, "link", lambda a, b: (_ for _ in ()).throw(PermissionError(1, "no links")))
     publish(str(src), str(dst), False, "out")
     assert dst.read_bytes() == b"new" and not src.exists()
+
+
+def ecdc(*args, ok=True):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def test_a_fifo_is_written_into_not_replaced(here, weights):
+    write_audio(here / "a.wav", 0.5, 24000)
+    os.mkfifo("pipe")
+    got = {}
+    reader = threading.Thread(target=lambda: got.update(data=open("pipe", "rb").read()))
+    reader.start()
+    ecdc("compress", "a.wav", "-o", "pipe", "--raw", *weights[:2])  # no -f needed: nothing is replaced
+    reader.join(30)
+    assert stat.S_ISFIFO(os.stat("pipe").st_mode)
+    assert got["data"].startswith(v1.MAGIC)
+
+
+def test_a_device_node_is_written_into_not_replaced(here, weights):
+    write_audio(here / "a.wav", 0.5, 24000)
+    try:
+        os.mknod("null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # another /dev/null
+    except PermissionError:
+        pytest.skip("mknod needs root")
+    for command in (["compress", "a.wav", "--raw", *weights[:2]],):
+        ecdc(*command, "-o", "null", "-f")
+        assert stat.S_ISCHR(os.stat("null").st_mode)
+    ecdc("compress", "a.wav", "-o", "a.ecdc", "--raw", *weights[:2])
+    ecdc("decompress", "a.ecdc", "-o", "null", "-f", *weights[:2])
+    assert stat.S_ISCHR(os.stat("null").st_mode) and not list(here.glob(".null*"))
+
+
+def test_an_existing_audio_output_suggests_another_name_first(here, weights):
+    write_audio(here / "speech.wav", 0.3, 24000)
+    ecdc("compress", "speech.wav", "--raw", *weights[:2])
+    r = ecdc("decompress", "speech.ecdc", *weights[:2], ok=False)
+    assert r.exit_code == 1
+    assert r.output == "Error: speech.wav exists; give another name with -o OTHER, or replace it with -f\n"
