@@ -124,7 +124,7 @@ def _codes_input(src: str, opts: DecompressOptions) -> tp.Iterator[tp.BinaryIO]:
     yield _packed(load_codes(src), opts)
 
 
-def _packed(codes: Codes, opts: DecompressOptions) -> tp.BinaryIO:
+def _packed(codes: Codes, opts: DecompressOptions) -> io.BytesIO:
     buf = io.BytesIO()
     T.pack_stream(codes, buf, T.raw_options(codes, opts))
     buf.seek(0)
@@ -165,9 +165,11 @@ def _decompress(opened: tp.Callable[[], tp.ContextManager[tp.BinaryIO]], dst: st
             out = sys.stdout.buffer
             return decompress_stream(fo, lambda r, c, n, h: WavPipeSink(out, r, c, bits(h), n),
                                      opts, progress)
+        assert fmt is not None  # a file's format: given, or by its extension
+        file_format = fmt
         with atomic_path(dst, force) as tmp:
             result = decompress_stream(
-                fo, lambda r, c, n, h: A.FileSink(tmp, r, c, bits(h), fmt, dst, subtype, h.tags), opts,
+                fo, lambda r, c, n, h: A.FileSink(tmp, r, c, bits(h), file_format, dst, subtype, h.tags), opts,
                 progress)
             result.bytes_written = os.path.getsize(tmp)
         return result

@@ -84,7 +84,7 @@ class Codes:
 
     def segments(self) -> tp.List[tp.Tuple[np.ndarray, float]]:
         """48 kHz: (codes [codebooks, frames], scale) per 1 s segment; 24 kHz: one, scale 1."""
-        if self.segment_frames is None:
+        if self.segment_frames is None or self.scales is None:
             return [(self.codes, 1.0)]
         bounds = np.concatenate([[0], np.cumsum(self.segment_frames)])
         return [(self.codes[:, a:b], float(s)) for a, b, s in zip(bounds[:-1], bounds[1:], self.scales)]
@@ -101,7 +101,7 @@ class Codes:
                   "source_sample_rate": np.array(self.source_sample_rate),
                   "source_channels": np.array(self.source_channels),
                   "source_num_samples": np.array(self.source_num_samples)}
-        if self.segment_frames is not None:
+        if self.segment_frames is not None and self.scales is not None:
             arrays["segment_frames"] = self.segment_frames
             arrays["scales"] = self.scales
         if self.weights_fingerprint is not None:
@@ -110,7 +110,8 @@ class Codes:
 
     def save(self, fo: tp.BinaryIO) -> None:
         """Write the .npz layout (uncompressed: codes are 10 bits of entropy in 16)."""
-        np.savez(fo, **self.to_arrays())  # type: ignore[arg-type]
+        savez: tp.Callable[..., None] = np.savez  # (its stub reads **arrays as its keyword options)
+        savez(fo, **self.to_arrays())
 
     @classmethod
     def load(cls, fo: tp.Union[str, tp.BinaryIO]) -> "Codes":

@@ -82,12 +82,14 @@ def convert_stream(fi: tp.BinaryIO, fo: tp.BinaryIO, opts: ConvertOptions = Conv
                 hash_packet(digest, packet)
                 if progress:
                     progress(packet.frames / spec.frame_rate)
-    if reader is not None:
-        lengths = reader.num_samples, reader.source_num_samples
-    elif not damaged and h.num_samples is not None and h.source_num_samples is not None:
-        lengths = h.num_samples, h.source_num_samples  # nothing was lost
-    else:  # salvaged: as long as what was kept
-        lengths = _kept_lengths(h, writer)
+    if reader is not None:  # read to its end record
+        n, source_n = reader.num_samples, reader.source_num_samples
+    elif not damaged:  # nothing was lost
+        n, source_n = h.num_samples, h.source_num_samples
+    else:
+        n = source_n = None
+    # salvaged (or lengths that were never known): as long as what was kept
+    lengths = (n, source_n) if n is not None and source_n is not None else _kept_lengths(h, writer)
     writer.finish(*lengths)
     return Result(seconds=(lengths[1] or 0) / h.source_sample_rate, damaged=tuple(damaged)), digest.digest()
 
@@ -99,6 +101,6 @@ def _kept_lengths(h: Header, writer: v1.Writer) -> tp.Tuple[int, int]:
     if spec.causal:
         n = writer.frames * spec.hop_length
     else:
-        n = max(0, writer.segments - 1) * spec.segment_stride + writer.last_segment * spec.hop_length
+        n = max(0, writer.segments - 1) * spec.segment_step + writer.last_segment * spec.hop_length
     return n, n * h.source_sample_rate // h.sample_rate
 

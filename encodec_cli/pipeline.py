@@ -180,12 +180,12 @@ def _compress(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions, progress
             progress(frames / spec.frame_rate * coding_share)
 
     if opts.live:
-        writer = live.Writer(fo, live.live_header(header), model)
+        live_writer = live.Writer(fo, live.live_header(header), model)
         with _told_if_slow():  # while the decoder loads: not in the stream's first frames
             C.warm_live(codec, n_q, encoder=True)
         first = next(blocks, None)
         audio = Audio(source, itertools.chain([] if first is None else [first], blocks), spec, progress)
-        _compress_live(C, codec, writer, audio.model_blocks(), first is None, audio.counts, coded)
+        _compress_live(C, codec, live_writer, audio.model_blocks(), first is None, audio.counts, coded)
         return Result(seconds=audio.seconds, notes=audio.notes())
     writer = v1.Writer(fo, header)
     if first is None:  # an empty input gives a valid empty file (archives have such files)
@@ -335,14 +335,16 @@ def _decompress(inp: Input, h: Header, open_sink: SinkFactory, opts: DecompressO
                               "and a range cannot be salvaged (decode the whole file)")
         from .salvage import Salvage
 
-        reader = Salvage(codec, inp, h, opts)
-        decoded: tp.Iterator[np.ndarray] = reader.blocks()
+        salvage = Salvage(codec, inp, h, opts)
+        reader: tp.Union[Reader, Salvage] = salvage
+        decoded: tp.Iterator[np.ndarray] = salvage.blocks()
     else:
         if live_stream:
             with _told_if_slow():  # before the first frame comes, not when it does
                 C.warm_live(codec, h.n_codebooks, encoder=False)
-        reader = reader_for(inp, h, opts, span.frames, keep_cut=True)  # a cut recording: what it holds
-        decoded = _decoded_audio(C, codec, reader, opts, span, ramp=not v1.seekable(inp.fo), live=live_stream)
+        plain = reader_for(inp, h, opts, span.frames, keep_cut=True)  # a cut recording: what it holds
+        reader = plain
+        decoded = _decoded_audio(C, codec, plain, opts, span, ramp=not v1.seekable(inp.fo), live=live_stream)
 
     def total() -> tp.Optional[int]:  # of the whole output, once known
         return reader.num_samples if opts.model_format else reader.source_num_samples
@@ -388,7 +390,7 @@ def _decompress(inp: Input, h: Header, open_sink: SinkFactory, opts: DecompressO
                 clock.check(written / rate)
     finally:
         sink.close()
-    damaged = tuple(reader.damaged) if opts.salvage else ()
+    damaged = tuple(getattr(reader, "damaged", ())) if opts.salvage else ()
     cut = getattr(reader, "cut", None)
     if cut is not None:  # a live stream cut short: its audio is written, and the cut said
         damaged += (f"from {written / rate:.3f} s: {cut} (no end record: an interrupted recording); "

@@ -10,8 +10,11 @@ import click
 
 from .errors import OptionError
 
+if tp.TYPE_CHECKING:
+    from .jobs.task import Kind
 
-def execute(kind: str, inputs, output, opts, force, quiet, threads, jobs, recursive=False,
+
+def execute(kind: Kind, inputs, output, opts, force, quiet, threads, jobs, recursive=False,
             resume=False, manifest=None, cluster=None, in_place=False) -> None:
     """Run command `kind` over its inputs, each paired with its output."""
     from tqdm import tqdm

@@ -51,7 +51,7 @@ class Salvage:
 
     def _samples(self, frames: int, segments: int) -> int:
         """Model-rate samples that `frames` frames in `segments` segments stand for."""
-        return frames * self.spec.hop_length if self.spec.causal else segments * self.spec.segment_stride
+        return frames * self.spec.hop_length if self.spec.causal else segments * self.spec.segment_step
 
     def items(self) -> tp.Iterator[tp.Union[Packet, Gap]]:
         """The salvaged packets with their codes decoded, one at a time (so that one that
@@ -98,7 +98,7 @@ class Salvage:
                 position += expected
                 overshoot = made - expected  # 48 kHz: the last segment's overlap
                 continue
-            for gap in group:
+            for gap in tp.cast(tp.Iterator[Gap], group):  # (groupby's key says so)
                 t0 = position / rate
                 if gap.frames is None:
                     self.damaged.append(f"from {t0:.3f} s: {gap.why}; the output ends there (the file does not "

@@ -44,6 +44,20 @@ class ModelSpec:
         length = self.segment_length
         return None if length is None else max(1, int((1 - self.overlap) * length))
 
+    @property
+    def segment_samples(self) -> int:
+        """segment_length, of a model that has segments (the 48 kHz one)."""
+        if self.segment_length is None:
+            raise ValueError(f"{self.name} has no segments")
+        return self.segment_length
+
+    @property
+    def segment_step(self) -> int:
+        """segment_stride, of a model that has segments (the 48 kHz one)."""
+        if self.segment_stride is None:
+            raise ValueError(f"{self.name} has no segments")
+        return self.segment_stride
+
     def codebooks_for(self, bandwidth: float) -> int:
         bw_per_q = math.log2(self.bins) * self.frame_rate / 1000
         return int(max(1, math.floor(bandwidth / bw_per_q)))

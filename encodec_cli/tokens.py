@@ -62,6 +62,9 @@ def pack_stream(codes: Codes, fo: tp.BinaryIO, opts: CompressOptions, progress: 
     """Write `codes` as an .ecdc stream (`opts.lm`: range-coded with the LM) without
     running the encoder; `opts.model` and `opts.bandwidth` are the codes' own."""
     spec = codes.spec
+    # set by Codes on creation (derived where they were left out)
+    assert codes.num_samples is not None and codes.source_num_samples is not None and codes.bandwidth is not None
+    assert codes.source_sample_rate is not None and codes.source_channels is not None
     seconds = codes.num_samples / spec.sample_rate
     fingerprint = fingerprint_of(codes, opts.weights, opts.download_bars)
     with torch_threads(opts.threads):
@@ -114,7 +117,7 @@ def read_stream(fo: tp.BinaryIO, opts: DecompressOptions) -> Codes:
 
 def raw_options(codes: Codes, opts: DecompressOptions) -> CompressOptions:
     """How `decode` packs codes for the decoder: raw, with the weights it will load."""
-    return CompressOptions(model=codes.model, bandwidth=codes.bandwidth, lm=False, weights=opts.weights,
+    return CompressOptions(model=codes.model, bandwidth=tp.cast(float, codes.bandwidth), lm=False, weights=opts.weights,
                            download_bars=opts.download_bars)
 
 

@@ -45,10 +45,10 @@ def checked_rate(sample_rate) -> int:
 
 
 class ArraySource:
-    bits = None
-    tags = ()
+    bits: tp.Optional[str] = None
+    tags: tp.Tuple[tp.Tuple[str, str], ...] = ()
 
-    def __init__(self, wav: np.ndarray, sample_rate: int):
+    def __init__(self, wav: tp.Any, sample_rate: int):
         sample_rate = checked_rate(sample_rate)
         wav = float_samples(wav)
         self._wav = wav[:, None] if wav.ndim == 1 else wav

@@ -11,11 +11,22 @@ BLOCK = 1 << 15  # frames per read
 
 
 class Source(tp.Protocol):
-    sample_rate: int
-    channels: int
-    frames: tp.Optional[int]
-    bits: tp.Optional[str]                      # '16', '24' or 'float': what keeps its precision
-    tags: tp.Tuple[tp.Tuple[str, str], ...]     # (name, text): title, artist, ...
+    """Audio read block by block (read-only attributes: any class or instance attribute fits)."""
+
+    @property
+    def sample_rate(self) -> int: ...
+
+    @property
+    def channels(self) -> int: ...
+
+    @property
+    def frames(self) -> tp.Optional[int]: ...
+
+    @property
+    def bits(self) -> tp.Optional[str]: ...             # '16', '24' or 'float': what keeps its precision
+
+    @property
+    def tags(self) -> tp.Tuple[tp.Tuple[str, str], ...]: ...   # (name, text): title, artist, ...
 
     def blocks(self) -> tp.Iterator[np.ndarray]: ...   # [n, channels] float32
 

@@ -187,8 +187,9 @@ def _reason(e: BaseException) -> str:
     import errno
 
     text = str(e).split(": ", 1)[-1] if isinstance(e, sf.LibsndfileError) else str(e)
-    if getattr(e, "errno", None):
-        return os.strerror(e.errno)
+    code = getattr(e, "errno", None)
+    if code:
+        return os.strerror(code)
     if text.strip() == "System error.":
         return "the disk is full or the file cannot be written (" + os.strerror(errno.EIO) + ")"
     return text

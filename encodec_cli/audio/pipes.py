@@ -65,9 +65,11 @@ class WavPipeSource:
                 self._read(size + (size & 1))
         if fmt is None or fmt[0] is None or fmt[1] < 1:
             raise AudioError("cannot read audio from stdin: unsupported WAV encoding")
-        kind, self.channels, self.sample_rate, bits, self._align = fmt
-        dtypes = {("int", 8): "u1", ("int", 16): "<i2", ("int", 24): None, ("int", 32): "<i4",
-                  ("float", 32): "<f4", ("float", 64): "<f8", ("ulaw", 8): "u1", ("alaw", 8): "u1"}
+        kind: str = fmt[0]
+        _, self.channels, self.sample_rate, bits, self._align = fmt
+        dtypes: tp.Dict[tp.Tuple[str, int], tp.Optional[str]] = {
+            ("int", 8): "u1", ("int", 16): "<i2", ("int", 24): None, ("int", 32): "<i4",
+            ("float", 32): "<f4", ("float", 64): "<f8", ("ulaw", 8): "u1", ("alaw", 8): "u1"}
         if (kind, bits) not in dtypes or self._align != self.channels * bits // 8:
             raise AudioError(f"cannot read audio from stdin: unsupported WAV ({kind}, {bits} bits)")
         self._kind, self._bits = kind, bits

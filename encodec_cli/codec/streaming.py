@@ -197,9 +197,9 @@ def _encode_batch(model, windows: tp.List[np.ndarray], n_q: int) -> tp.Iterator[
     for window in windows:
         x = torch.from_numpy(window)[None]
         mono = x.mean(dim=1, keepdim=True)
-        scale = 1e-8 + mono.pow(2).mean(dim=2, keepdim=True).sqrt()
-        xs.append(x / scale)
-        scales.append(float(scale))
+        rms = 1e-8 + mono.pow(2).mean(dim=2, keepdim=True).sqrt()
+        xs.append(x / rms)
+        scales.append(float(rms))
     for emb, scale in zip(model.encoder.forward_many(xs), scales):
         yield CodePacket(_codes(model, emb, n_q), scale)
 
@@ -262,7 +262,7 @@ class OverlapAdd:
         size = n if self.acc is None else max(n, self.acc.shape[-1])
         acc = frame.new_zeros(*frame.shape[:-1], size)
         wsum = frame.new_zeros(size)
-        if self.acc is not None:
+        if self.acc is not None and self.wsum is not None:
             acc[..., :self.acc.shape[-1]] += self.acc
             wsum[:self.wsum.shape[-1]] += self.wsum
         acc[..., :n] += w * frame
@@ -277,7 +277,7 @@ class OverlapAdd:
         return 0.5 - (t - 0.5).abs()
 
     def finish(self) -> torch.Tensor:
-        if self.acc is None or self.acc.shape[-1] == 0:
+        if self.acc is None or self.wsum is None or self.acc.shape[-1] == 0:
             return torch.zeros(0)
         return self.acc / self.wsum
 

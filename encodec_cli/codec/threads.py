@@ -26,7 +26,7 @@ def torch_threads(n: tp.Optional[int]) -> tp.Iterator[None]:
 
     before = torch.get_num_threads()
     change = bool(n) and n != before
-    if change:
+    if n and change:
         torch.set_num_threads(n)
     try:
         yield

@@ -45,7 +45,8 @@ def write(report: Report, path: str, fmt: str = "png") -> None:
     fig = Figure(figsize=(WIDTH, _height(report)), dpi=DPI)
     FigureCanvasAgg(fig)
     n = len(report.spectrograms)
-    top, bottom = fig.subfigures(2, 1, height_ratios=[CURVES_HEIGHT, SPECTROGRAM_HEIGHT * n + SPECTROGRAM_MARGINS])
+    top, bottom = np.asarray(fig.subfigures(2, 1, height_ratios=[CURVES_HEIGHT,
+                                                                 SPECTROGRAM_HEIGHT * n + SPECTROGRAM_MARGINS])).ravel()
     _curves(top, report)
     _spectrograms(bottom, report)
     fig.savefig(path, dpi=DPI, format=fmt)

@@ -134,7 +134,7 @@ def _read(source: str) -> tp.Tuple[np.ndarray, int, str]:
 
 
 def evaluate(source: str, opts: EvalOptions = EvalOptions(),
-             step: tp.Optional[tp.Callable[[str], None]] = None) -> Report:
+             step: tp.Optional[tp.Callable[[str], object]] = None) -> Report:
     """Code `source` (a path, '-': stdin) at each bandwidth with ecdc, and with Opus where
     there is one; `step(label)` is called after each coding."""
     from ..codec import streaming as C

@@ -144,7 +144,7 @@ class Writer:
                 self._write(bytes([UNIT]))
                 self.model.start(self.frames, UNIT_FRAMES)
             self.enc.encode(int(FLAG_CUM[LAST if last else CONTINUE]), 256 if last else TOTAL - 512)
-            if last:
+            if last_valid is not None and last:
                 self.enc.encode((last_valid - 1) << 15, 1 << 15)
             self._code(frame)
             self.frames += 1
@@ -255,7 +255,7 @@ class Reader:
                     self._decided_samples = (packet.start + packet.frames) * self.spec.hop_length
                 else:  # 1 s segments, each overlapping the last: the decoder's output length
                     segments += 1
-                    self._decided_samples = (segments - 1) * self.spec.segment_stride \
+                    self._decided_samples = (segments - 1) * self.spec.segment_step \
                         + packet.frames * self.spec.hop_length
                 yield packet
         except TruncatedError as e:
@@ -272,7 +272,8 @@ class Reader:
                 if not stopped and self.spec.causal and count % UNIT_FRAMES:
                     raise CorruptError(f"corrupted live stream: end record at byte {self.at} inside a unit")
                 body = self.buf.need(self.at + 1, _END.size, "the end record")
-                end = End(*_END.unpack(body), 0)
+                frames, samples, source_samples = _END.unpack(body)
+                end = End(frames, samples, source_samples, 0)
                 self._check(self.at + 1 + _END.size)
                 if end.frames != count:
                     raise CorruptError(f"corrupted live stream: the end record counts {end.frames} frames, "
@@ -376,7 +377,7 @@ class Reader:
     def _segment(self, first: int, unit: int) -> tp.Iterator[Packet]:
         head = self.buf.need(self.at + 1, _SEGMENT.size, "a segment's head")
         frames, scale = _SEGMENT.unpack(head)
-        most = -(-self.spec.segment_length // self.spec.hop_length)
+        most = -(-self.spec.segment_samples // self.spec.hop_length)
         if not 1 <= frames <= most or not np.isfinite(scale):
             raise CorruptError(f"corrupted live stream: segment {unit} at byte {self.at} claims {frames} frames")
         self.model.start(0, frames)
@@ -402,6 +403,7 @@ def read_end(data: bytes, at: int, header: Header) -> End:
     (crc,) = _CRC.unpack_from(data, 1 + _END.size)
     if zlib.crc32(data[:1 + _END.size]) != crc:
         raise CorruptError(f"corrupted live stream: the end record at byte {at} fails its CRC-32 check")
-    end = End(*_END.unpack_from(data, 1), 0)
+    frames, samples, source_samples = _END.unpack_from(data, 1)
+    end = End(frames, samples, source_samples, 0)
     check_end(header, end, f"live stream: the end record at byte {at}")
     return end

@@ -84,7 +84,7 @@ def _checked_blocks(data: bytes, base: int, spec) -> tp.Tuple[int, int, int]:
         blocks += 1
         at = end + _CRC.size
     samples = frames * spec.hop_length if spec.causal else \
-        (max(0, segments - 1) * spec.segment_stride + last * spec.hop_length)
+        (max(0, segments - 1) * spec.segment_step + last * spec.hop_length)
     return frames, samples, base + at
 
 
@@ -142,7 +142,7 @@ def salvage_live(inp: Input, header: Header, model: FrequencyModel) -> tp.Iterat
 
 
 def _segment_frames(spec) -> int:
-    return -(-spec.segment_length // spec.hop_length)
+    return -(-spec.segment_samples // spec.hop_length)
 
 
 def _unit_of(spec, frame: int, segments: int) -> int:
@@ -196,7 +196,7 @@ def _unit_starts(buf: bytes, after: int, spec) -> tp.Iterator[int]:
                       | data[2:-1].astype(np.uint32) << 8 | data[3:])
     candidates = np.flatnonzero(data[after:] == UNIT) + after
     if not spec.causal:  # a segment's head: its frame count
-        most = -(-spec.segment_length // spec.hop_length)
+        most = -(-spec.segment_samples // spec.hop_length)
         heads = candidates[candidates + 3 <= n - 1]
         frames = data[heads + 1].astype(np.int64) << 8 | data[heads + 2]
         candidates = heads[(frames >= 1) & (frames <= most)]
@@ -244,15 +244,15 @@ class Layout:
             self.frames = -(-num_samples // spec.hop_length)
             self.packets = -(-self.frames // self.per)
         else:
-            self.segments = -(-num_samples // spec.segment_stride) if num_samples else 0
-            full = -(-spec.segment_length // spec.hop_length)
+            self.segments = -(-num_samples // spec.segment_step) if num_samples else 0
+            full = -(-spec.segment_samples // spec.hop_length)
             self.group = -(-self.per // full)  # segments a packet: only the last is shorter
             self.packets = -(-self.segments // self.group)
 
     def _segment_frames(self, first: int, stop: int) -> int:
         """Frames of segments [first, stop)."""
         spec = self.spec
-        size, stride = spec.segment_length, spec.segment_stride
+        size, stride = spec.segment_samples, spec.segment_step
         full = max(first, min(stop, (self.n - size) // stride + 1))  # segments before `full` are whole
         frames = (full - first) * -(-size // spec.hop_length)
         return frames + sum(-(-min(self.n - i * stride, size) // spec.hop_length) for i in range(full, stop))
@@ -284,7 +284,7 @@ def salvage_v1(inp: Input, header: Header) -> tp.Iterator[tp.Union[Packet, Gap]]
     its end record loses what follows (its length is known only if the header has it).
     """
     spec = SPECS[header.model]
-    usual = (int(PACKET_SECONDS * spec.frame_rate), 1 if spec.causal else int(PACKET_SECONDS / spec.segment))
+    usual = (int(PACKET_SECONDS * spec.frame_rate), 1 if spec.causal else int(PACKET_SECONDS / (spec.segment or 1.0)))
     base, buf = inp.pos, inp.fo.read()
     layout = Layout(spec, header.num_samples) if header.num_samples is not None else None
     if layout is not None and layout.packets > len(buf) // MIN_RECORD + 1:

@@ -59,7 +59,7 @@ def span_for(spec: ModelSpec, out_rate: int, start: int, end: tp.Optional[int]) 
         last = None if model_end is None else -(-model_end // hop) + DECODER_MARGIN
         return Span(start=start, end=end, model_start=model_start, model_end=model_end,
                     first_frame=first, decode_start=first * hop, last_frame=last)
-    length, stride = spec.segment_length, spec.segment_stride
+    length, stride = spec.segment_samples, spec.segment_step
     full = -(-length // hop)  # frames of every segment but the last
     segment = max(0, (model_start - length) // stride + 1)  # the first one reaching model_start
     last = None if model_end is None else -(-model_end // stride) * full

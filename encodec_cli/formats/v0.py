@@ -187,10 +187,11 @@ class Reader:
         self._in, self.header, self.frames, self.lm, self.why = inp, header, frames, lm, why
         self.spec = SPECS[header.model]
         self.end: tp.Optional[End] = None
+        self._n = _length(header)
 
     @property
     def num_samples(self) -> int:
-        return self.header.num_samples
+        return self._n
 
     source_num_samples = num_samples
 
@@ -200,7 +201,7 @@ class Reader:
         return self._in.pos
 
     def __iter__(self) -> tp.Iterator[Packet]:
-        h, spec, stop = self.header, self.spec, self.frames.stop
+        spec, stop = self.spec, self.frames.stop
         frames = packets = 0
         for codes, segs in packetize(self._segments(), spec.causal, spec.frame_rate):
             packets += 1
@@ -210,14 +211,14 @@ class Reader:
                 return
         if self._in.read(1):
             raise FormatError(f"unexpected data after the last frame at byte {self._in.pos - 1}: {self.why}")
-        self.end = End(frames, h.num_samples, h.num_samples, packets)
+        self.end = End(frames, self._n, self._n, packets)
 
     def _segments(self) -> tp.Iterator[tp.Tuple[np.ndarray, float]]:
         """(codes, scale) as read: the 24 kHz stream in pieces of at most a packet, the
         48 kHz model one whole segment at a time."""
         inp, spec = self._in, self.spec
         chunk = packet_frames(spec)
-        for i, n in enumerate(segments(spec, self.header.num_samples)):
+        for i, n in enumerate(segments(spec, self._n)):
             scale = 1.0
             if spec.normalize:  # in an LM-coded file, a bad scale is where an earlier segment went wrong
                 cause = f": {self.why}" if self.header.coder == "lm" else ""
@@ -247,6 +248,7 @@ class Reader:
     def _lm_codes(self, n: int, chunk: int, i: int) -> tp.Iterator[np.ndarray]:
         k = self.header.n_codebooks
         decoder = ArithmeticDecoder(self._in, f"the LM-coded data of segment {i + 1}", self.why)
+        assert self.lm is not None  # checked when opened
         state = self.lm.start(k)
         out = np.zeros((min(n, chunk), k), np.uint16)
         row = 0
@@ -274,7 +276,8 @@ def describe(inp: Input, header: Header) -> tp.Tuple[End, int]:
     spec = SPECS[header.model]
     k = header.n_codebooks
     scale = _SCALE.size if spec.normalize else 0
-    count, frames, coded = _summary(spec, header.num_samples, lambda n: scale + -(-n * k * CODE_BITS // 8))
+    n = _length(header)
+    count, frames, coded = _summary(spec, n, lambda frames: scale + -(-frames * k * CODE_BITS // 8))
     size = inp.pos + sum(len(block) for block in iter(lambda: inp.fo.read(1 << 20), b""))
     if header.coder == "raw":
         expected = inp.pos + coded
@@ -282,4 +285,11 @@ def describe(inp: Input, header: Header) -> tp.Tuple[End, int]:
             raise TruncatedError(f"truncated file: {size} bytes, its codes need {expected}")
         if size > expected:
             raise FormatError(f"unexpected data after the last frame at byte {expected}")
-    return End(frames, header.num_samples, header.num_samples, count), size
+    return End(frames, n, n, count), size
+
+
+def _length(header: Header) -> int:
+    """A version-0 header always has the length (its reader fills it in)."""
+    if header.num_samples is None:
+        raise FormatError("a version-0 header without its length")
+    return header.num_samples

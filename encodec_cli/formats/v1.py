@@ -71,7 +71,7 @@ def _extension(h: Header) -> bytes:
     tags = json.dumps(dict(h.tags), ensure_ascii=False).encode()
     if len(tags) > MAX_TAGS:  # far more than any title: dropped rather than cut mid-text
         tags = b"{}"
-    return _EXT.pack(SOURCE_BITS.get(h.source_bits, 0), len(tags)) + tags
+    return _EXT.pack(SOURCE_BITS.get(h.source_bits or "", 0), len(tags)) + tags
 
 
 # ---------------------------------------------------------------- raw codes
@@ -188,7 +188,8 @@ def read_header(inp: Input, head: bytes = b"") -> Header:
     for name, value, ok in checks:
         if not ok:
             raise CorruptError(f"corrupted header: {name} {value} is out of range for {model}")
-    source_bits, tags = None, ()
+    source_bits: tp.Optional[str] = None
+    tags: tp.Tuple[tp.Tuple[str, str], ...] = ()
     ext = body[_BODY.size:]
     if len(ext) >= _EXT.size:
         bits_code, tags_size = _EXT.unpack_from(ext)

@@ -66,7 +66,7 @@ def connect(address: str, workers: int) -> None:
 
     if ray.is_initialized():
         return
-    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    kwargs: tp.Dict[str, tp.Any] = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         if address == "local":  # a Ray instance on this machine
             ray.init(num_cpus=workers, _node_ip_address="127.0.0.1", **kwargs)
@@ -80,7 +80,7 @@ def connect(address: str, workers: int) -> None:
 
 def run_on_ray(items: tp.Sequence[tp.Tuple[int, str, str]], kind: Kind, opts, force: bool,
                address: str, jobs: int, threads: int, make_folders: bool = False,
-               window: tp.Optional[int] = None) -> tp.Iterator[tp.Tuple[int, FileResult]]:
+               window: tp.Optional[int] = None) -> tp.Generator[tp.Tuple[int, FileResult], None, None]:
     """Yield (index, result) for each (index, source, output) as files finish; `window`: as
     for `local.run_in_pool`."""
     connect(address, jobs)
@@ -88,9 +88,9 @@ def run_on_ray(items: tp.Sequence[tp.Tuple[int, str, str]], kind: Kind, opts, fo
 
     try:
         workers = jobs if address == "local" else max(1, int(ray.cluster_resources().get("CPU", 1)))
-        actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=RETRIES)(_Worker)
+        actor: tp.Any = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=RETRIES)(_Worker)
         idle = [actor.remote(threads) for _ in range(min(workers, len(items)))]
-        started, running = 0, {}
+        started, running = 0, tp.cast(tp.Dict[tp.Any, tp.Tuple[tp.Any, int, int, str, str]], {})
         while started < len(items) or running:
             oldest = min((r[1] for r in running.values()), default=started)
             while idle and started < len(items) and (window is None or started < oldest + window):

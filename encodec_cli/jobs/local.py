@@ -13,7 +13,8 @@ Item = tp.Tuple[int, str, str]  # (index, source, output)
 
 
 def run_here(items: tp.Sequence[Item], kind: Kind, opts, force: bool, threads: int, make_folders: bool,
-             progress: tp.Optional[tp.Callable[[float], None]] = None) -> tp.Iterator[tp.Tuple[int, FileResult]]:
+             progress: tp.Optional[tp.Callable[[float], None]] = None
+             ) -> tp.Generator[tp.Tuple[int, FileResult], None, None]:
     """Yield (index, result) for each item, in order; `progress` gets seconds as blocks are coded."""
     set_threads(threads)
     for i, src, dst in items:
@@ -21,7 +22,8 @@ def run_here(items: tp.Sequence[Item], kind: Kind, opts, force: bool, threads: i
 
 
 def run_in_pool(items: tp.Sequence[Item], kind: Kind, opts, force: bool, jobs: int, threads: int,
-                make_folders: bool, window: tp.Optional[int] = None) -> tp.Iterator[tp.Tuple[int, FileResult]]:
+                make_folders: bool, window: tp.Optional[int] = None
+                ) -> tp.Generator[tp.Tuple[int, FileResult], None, None]:
     """Yield (index, result) for each item as files finish in `jobs` processes. With
     `window`, an item is started only within `window` items of the first unfinished one,
     so that a consumer putting results in order holds at most that many."""

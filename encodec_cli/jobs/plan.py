@@ -76,9 +76,10 @@ def plan(inputs: tp.Sequence[str], output: tp.Optional[str], kind: str,
     if output == "-" and (len(inputs) > 1 or folders):
         raise OptionError("-o - (stdout) takes a single input")
     to_dir = to_folder(inputs, output)
-    if to_dir and os.path.exists(output) and not os.path.isdir(output):
+    folder = output or ""  # to_dir: a folder was named
+    if to_dir and os.path.exists(folder) and not os.path.isdir(folder):
         raise OptionError(f"-o {output} is a file, but {len(inputs)} inputs need a folder: give one (-o out/)")
-    if to_dir and not os.path.isdir(output) and (output.endswith(suffix) or _wanted("compress", output)):
+    if to_dir and not os.path.isdir(folder) and (folder.endswith(suffix) or _wanted("compress", folder)):
         raise OptionError(f"-o {output} names a file, but {len(inputs)} inputs need a folder: give one "
                           f"(-o out/)")
     pairs = []
@@ -86,7 +87,7 @@ def plan(inputs: tp.Sequence[str], output: tp.Optional[str], kind: str,
         if src in folders:
             for path in _walk(src, kind):
                 root, name = os.path.split(path)
-                base = os.path.join(output, os.path.relpath(root, src)) if to_dir else root
+                base = os.path.join(folder, os.path.relpath(root, src)) if to_dir else root
                 pairs.append((path, os.path.normpath(os.path.join(base, os.path.splitext(name)[0] + suffix))))
             continue
         stem = os.path.splitext(os.path.basename(src))[0] + suffix
@@ -97,7 +98,7 @@ def plan(inputs: tp.Sequence[str], output: tp.Optional[str], kind: str,
             pairs.append((src, output if output is not None else os.path.splitext(src)[0]))
             continue
         if to_dir:
-            dst = os.path.join(output, stem)
+            dst = os.path.join(folder, stem)
         elif output is not None:
             dst = output
         elif src == "-":

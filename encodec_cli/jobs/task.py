@@ -12,6 +12,7 @@ import typing as tp
 from dataclasses import asdict, dataclass
 
 from ..errors import EcdcError, MismatchError, WeightsError
+from ..options import Result
 
 
 @dataclass(kw_only=True)
@@ -139,8 +140,6 @@ def process(kind: Kind, src: str, dst: str, opts, force: bool, progress=None,
     `make_folders`: create the output's folder first (a mirrored tree)."""
     from .. import api
 
-    fn = {"compress": api.compress_file, "decompress": api.decompress_file,
-          "convert": api.convert_file, "codes": api.codes_file, "rows": _rows}[kind]
     start = time.perf_counter()
 
     def failed(message: str) -> FileResult:
@@ -150,7 +149,14 @@ def process(kind: Kind, src: str, dst: str, opts, force: bool, progress=None,
     try:
         if make_folders and dst != "-" and os.path.dirname(dst):
             os.makedirs(os.path.dirname(dst), exist_ok=True)
-        result = fn(src, dst, opts, force=force, progress=progress)
+        codes: tp.Any = None  # kind 'rows': the file's Codes
+        if kind == "rows":  # the codes come back on the result, for the shard's writer
+            codes, result = api.codes_of(src, opts, progress)
+        else:
+            commands: tp.Dict[str, tp.Callable[..., Result]] = {
+                "compress": api.compress_file, "decompress": api.decompress_file, "convert": api.convert_file,
+                "codes": api.codes_file}
+            result = commands[kind](src, dst, opts, force=force, progress=progress)
     except EcdcError as e:  # a weights file that cannot be had is the same for every input
         same = isinstance(e, WeightsError) and not isinstance(e, MismatchError)
         return failed(e.cli if same else named(e.cli, src, dst))
@@ -165,20 +171,11 @@ def process(kind: Kind, src: str, dst: str, opts, force: bool, progress=None,
     r = FileResult(source=src, output=dst, status="ok", seconds=round(result.seconds, 6),
                    wall_s=round(time.perf_counter() - start, 3), clipped=result.clipped,
                    notes=result.notes + tuple(f"damaged: {d}" for d in result.damaged),
-                   codes=getattr(result, "codes", None))
+                   codes=codes)
     if result.damaged:  # written all the same, and said: the exit code is 1
         r.status = "error"
         r.error = damage_summary(src, dst, len(result.damaged), result.silence)
     return _finish(r, kind)
-
-
-def _rows(src: str, dst: str, opts, force: bool, progress=None):
-    """A file's codes for a shard (`dst`), on its result."""
-    from .. import api
-
-    codes, result = api.codes_of(src, opts, progress)
-    result.codes = codes
-    return result
 
 
 def damage_summary(src: str, dst: str, parts: int, silence: float) -> str:
