@@ -76,7 +76,6 @@ def test_positions_are_exact_and_memory_stays_flat():
         assert lm._positions.shape == (POSITION_BLOCK, DIM)
 
 
-
 # ---------------------------------------------------------------- the integer LM (coder 3)
 
 def test_tables_are_the_specified_ones():
