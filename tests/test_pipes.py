@@ -34,6 +34,12 @@ def env():
     return e
 
 
+def interruptible() -> None:
+    """Ctrl-C reaches the child as in a terminal, even when this suite runs in the background
+    (where a shell starts it with SIGINT ignored, which children inherit)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_shell_pipeline(tmp_path, w24):
     src = write_audio(tmp_path / "a.wav", 2.0, 44100, 2)
     wargs = " ".join(both(w24))
@@ -170,7 +176,7 @@ def test_killed_run_leaves_no_file(tmp_path, w24, sig, code, word):
     out = tmp_path / "out"
     out.mkdir()
     p = subprocess.Popen(ECDC + ["compress", str(src), "-o", str(out / "in.ecdc"), *both(w24),
-                                 "-q"], stderr=subprocess.PIPE, env=env())
+                                 "-q"], stderr=subprocess.PIPE, env=env(), preexec_fn=interruptible)
     deadline = time.monotonic() + 60
     while not any(out.iterdir()):  # the temporary output exists: the run is under way
         assert p.poll() is None and time.monotonic() < deadline
@@ -189,7 +195,8 @@ def test_interrupted_stdin_spool_is_removed(tmp_path, w24, sig, code):
     spool_dir = tmp_path / "tmp"
     spool_dir.mkdir()
     p = subprocess.Popen(ECDC + ["compress", "-", "-o", str(tmp_path / "x.ecdc"), *both(w24), "-q"],
-                         stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(env(), TMPDIR=str(spool_dir)))
+                         stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(env(), TMPDIR=str(spool_dir)),
+                         preexec_fn=interruptible)
     p.stdin.write(src.read_bytes()[:4096])  # the rest never comes: ecdc waits, spooling
     p.stdin.flush()
     deadline = time.time() + 60
@@ -211,7 +218,8 @@ def test_interrupted_jobs_stop_and_clean_up(tmp_path, w24, sig, code, word):
     out = tmp_path / "out"
     out.mkdir()
     p = subprocess.Popen(ECDC + ["compress", *map(str, srcs), "-o", str(out), "--weights", str(w24),
-                                 "--raw", "-q", "--jobs", "2"], stderr=subprocess.PIPE, env=env())
+                                 "--raw", "-q", "--jobs", "2"], stderr=subprocess.PIPE, env=env(),
+                         preexec_fn=interruptible)
     deadline = time.monotonic() + 120
     while not list(out.glob("*.ecdc")):  # the first file is done, others are queued
         assert p.poll() is None and time.monotonic() < deadline
