@@ -1,6 +1,8 @@
 """Shared fixtures: full-size seeded random checkpoints, made once per test session."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,22 @@ from encodec_cli.testing import write_checkpoints
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 GOLDEN = Path(__file__).parent / "golden"
+
+
+def pytest_configure(config) -> None:
+    """With pytest-xdist (-n N): before the workers start, numba's loops are compiled once
+    into their cache if it is empty (a fresh checkout), and each worker's torch runs one
+    thread, so that N workers on N cores do not oversubscribe them."""
+    if hasattr(config, "workerinput"):
+        import torch
+
+        torch.set_num_threads(1)
+        return
+    package = ROOT / "encodec_cli"
+    cold = not any(package.glob("*/__pycache__/*.nbi"))
+    if getattr(config.option, "numprocesses", None) and cold:
+        subprocess.run([sys.executable, str(Path(__file__).with_name("kernels_warmup.py"))], cwd=ROOT,
+                       check=False, timeout=600)
 
 
 @pytest.fixture(scope="session")
