@@ -175,3 +175,18 @@ def _npz(codes: Codes) -> bytes:
     buf = io.BytesIO()
     codes.save(buf)
     return buf.getvalue()
+
+
+def test_resume_redoes_codes_of_another_bandwidth(checkpoints, tmp_path):
+    """--resume keeps an .npz of audio only if it holds the model and bandwidth asked for."""
+    w = str(checkpoints["encodec_24khz"])
+    wav = write_audio(tmp_path / "a.wav", 0.5, 24000)
+    run = CliRunner().invoke
+    assert run(main, ["codes", str(wav), "-o", str(tmp_path / "a.npz"), "-b", "3", "--weights", w, "-q"]).exit_code == 0
+    for bandwidth, kept in (("3", True), ("6", False)):
+        before = (tmp_path / "a.npz").stat().st_mtime_ns
+        r = run(main, ["codes", str(wav), "-o", str(tmp_path / "a.npz"), "-b", bandwidth, "--weights", w, "-q",
+                       "--resume"])
+        assert r.exit_code == 0, r.output
+        assert ((tmp_path / "a.npz").stat().st_mtime_ns == before) == kept
+    assert Codes.load(str(tmp_path / "a.npz")).bandwidth == 6.0

@@ -60,10 +60,12 @@ def complete(kind: Kind, src: str, dst: str, opts) -> bool:
                 source = read_header(Input(f))
             return h.version == VERSION and h.coder == (opts.coder or source.coder)
         if kind == "codes":
-            import numpy as np
+            from ..codes import Codes
 
-            with np.load(dst) as data:  # a zip: every member's CRC is checked as it is read
-                return all(data[k] is not None for k in data.files)
+            codes = Codes.load(dst)  # a zip: every member's CRC is checked as it is read; the fields too
+            if src.lower().endswith(".ecdc"):
+                return True
+            return codes.model == opts.model and codes.bandwidth == opts.bandwidth  # audio: encoded as asked
         import soundfile as sf
 
         with open(src, "rb") as f:
