@@ -145,7 +145,7 @@ def compress(inputs, output, bandwidth, model, lm, live, weights, lm_weights, fo
     _usage(opts.check, "'-b' / '--bandwidth'")
     with interrupts.ending_live_input() if live else contextlib.nullcontext():
         runner.execute("compress", inputs, output, opts, force, quiet, threads, jobs, recursive, resume,
-                 manifest, cluster)
+                       manifest, cluster)
 
 
 @main.command(short_help="Decompress .ecdc files to audio.")
@@ -190,7 +190,7 @@ def decompress(inputs, output, bits, fmt, model_format, start, duration, end, sa
                              format=fmt, start=first, end=last, lm_threads=_explicit_threads(threads),
                              threads=threads, salvage=salvage, download_bars=not quiet)
     runner.execute("decompress", inputs, output, opts, force, quiet, threads, jobs, recursive, resume,
-             manifest, cluster)
+                   manifest, cluster)
 
 
 T = tp.TypeVar("T")
@@ -242,7 +242,7 @@ def convert(inputs, output, lm, in_place, salvage, weights, lm_weights, force, q
     opts = ConvertOptions(coder=coder, weights=weights, lm_weights=lm_weights, salvage=salvage,
                           lm_threads=_explicit_threads(threads), threads=threads, download_bars=not quiet)
     runner.execute("convert", inputs, output, opts, force or in_place, quiet, threads, jobs, recursive, resume,
-             manifest, cluster, in_place)
+                   manifest, cluster, in_place)
 
 
 @main.command(short_help="Codes of audio or .ecdc files: .npz, or Parquet shards.")

@@ -27,8 +27,6 @@ from .errors import FormatError
 from .formats import v0
 from .specs import SPECS, ModelSpec
 
-NPZ_MAGIC = b"PK\x03\x04"  # a zip, as every .npz
-
 
 class CodesError(FormatError):
     """Codes that no model can decode: a value, shape or field is wrong (the message names it)."""
@@ -153,10 +151,6 @@ def from_fields(fields: tp.Mapping[str, tp.Any]) -> Codes:
     if rate is not None and rate != codes.sample_rate:
         raise CodesError(f"the field 'sample_rate' says {rate} Hz, but {codes.model} runs at {codes.sample_rate} Hz")
     return codes
-
-
-def is_npz(head: bytes) -> bool:
-    return head.startswith(NPZ_MAGIC)
 
 
 def to_npz_bytes(codes: Codes) -> bytes:

@@ -32,8 +32,6 @@ from .errors import FormatError, OptionError
 from .specs import SPECS
 
 ROW_GROUP = 64        # rows buffered before they are written (memory stays flat)
-SHARD_ROWS = 1000     # default rows per shard
-SHARD_MB = 256        # default MB of codes per shard (uint16, before Parquet's encoding)
 META_KEY = b"ecdc"
 FAILED_KEY = b"ecdc.failed"
 LAYOUT = 1            # of the table; a reader refuses a later one
@@ -157,17 +155,9 @@ def read_meta(path: str) -> tp.Dict[str, tp.Any]:
     return meta
 
 
-def read_rows(path: str, batch_rows: int = 16) -> tp.Iterator[tp.Tuple[str, Codes]]:
-    """(path, Codes) of each row of shard `path`, a few rows at a time; a row whose codes no
-    model decodes raises CodesError naming it."""
-    for name, codes in _rows(path, batch_rows):
-        if isinstance(codes, CodesError):
-            raise CodesError(f"{path}: row {name!r}: {codes}")
-        yield name, codes
-
-
-def _rows(path: str, batch_rows: int = 16) -> tp.Iterator[tp.Tuple[str, tp.Union[Codes, CodesError]]]:
-    """(path, Codes) of each row, or (path, a CodesError that says what is wrong with it)."""
+def read_rows(path: str, batch_rows: int = 16) -> tp.Iterator[tp.Tuple[str, tp.Union[Codes, CodesError]]]:
+    """(path, Codes) of each row of shard `path`, a few rows at a time, or (path, a
+    CodesError that says what is wrong with the row)."""
     meta = read_meta(path)
     import pyarrow.parquet as pq
 
@@ -205,7 +195,7 @@ def decompress_rows(src: str, folder: str, write: tp.Callable[[Codes, str], tp.A
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise OptionError(f"-o {folder} is a file; a shard's rows need a folder (-o wavs/)")
     seconds, failed, rows = 0.0, [], 0
-    for path, codes in _rows(src):
+    for path, codes in read_rows(src):
         rows += 1
         try:
             if isinstance(codes, CodesError):

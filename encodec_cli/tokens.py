@@ -4,7 +4,6 @@ codes of an .ecdc stream. The api's `encode`, `decode`, `read_codes` are built o
 """
 from __future__ import annotations
 
-import dataclasses
 import typing as tp
 
 import numpy as np
@@ -120,6 +119,3 @@ def raw_options(codes: Codes, opts: DecompressOptions) -> CompressOptions:
     return CompressOptions(model=codes.model, bandwidth=tp.cast(float, codes.bandwidth), lm=False, weights=opts.weights,
                            download_bars=opts.download_bars)
 
-
-def with_fingerprint(codes: Codes, opts: DecompressOptions) -> Codes:
-    return dataclasses.replace(codes, weights_fingerprint=fingerprint_of(codes, opts.weights, opts.download_bars))

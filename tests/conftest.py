@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from click.testing import CliRunner
 
+from encodec_cli.cli import main
 from encodec_cli.testing import write_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +69,14 @@ def _isolated_weights(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.delenv("ECDC_WEIGHTS_DIR", raising=False)
     monkeypatch.setenv("ECDC_WEIGHTS_URL", "http://127.0.0.1:9/encodec")
+
+
+def ecdc(*args, ok=True):
+    """The command line in this process (click's runner); by default it must succeed."""
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
 
 
 def tone(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:

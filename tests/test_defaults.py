@@ -8,19 +8,10 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
-from click.testing import CliRunner
 
 from encodec_cli import api
-from encodec_cli.cli import main
 
-from .conftest import tone, write_audio
-
-
-def ecdc(*args, ok=True):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
+from .conftest import ecdc, tone, write_audio
 
 
 def test_an_output_without_extension_is_wav(here, weights):

@@ -15,15 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from click.testing import CliRunner
 
 from encodec_cli import api
 from encodec_cli.audio.pipes import WavPipeSource, unknown_size
-from encodec_cli.cli import main
 from encodec_cli.errors import EcdcError
 from encodec_cli.options import CompressOptions
 
-from .conftest import tone, write_audio
+from .conftest import ecdc, tone, write_audio
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,12 +122,6 @@ def test_a_terminal_on_stdin_is_refused(command):
     assert p.returncode == 1
     assert p.stderr.decode().startswith("Error: refusing to read") and "from a terminal" in p.stderr.decode()
 
-
-def ecdc(*args, ok=True):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
 
 
 def test_nan_and_short_wavs_are_noted(here, weights):

@@ -15,27 +15,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from click.testing import CliRunner
 
 from encodec_cli import api
 from encodec_cli.audio.files import source_bits
-from encodec_cli.cli import main
 from encodec_cli.codec import weights as W
 from encodec_cli.errors import OptionError, WeightsError
 from encodec_cli.evaluation import metrics as M
 from encodec_cli.formats import v1
 from encodec_cli.info import rows
 
-from .conftest import tone, write_audio
+from .conftest import ecdc, tone, write_audio
 
 FORMATS = Path(__file__).resolve().parents[1] / "formats" / "golden"
 
-
-def ecdc(*args, ok=True):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.mark.parametrize("n", [1, 240, 1600])

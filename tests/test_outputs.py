@@ -7,16 +7,14 @@ import stat
 import threading
 
 import pytest
-from click.testing import CliRunner
 
 from encodec_cli import api
-from encodec_cli.cli import main
 from encodec_cli.errors import OptionError
 from encodec_cli.formats import v1
 from encodec_cli.options import CompressOptions
 from encodec_cli.outputs import _rename_noreplace, atomic_path, publish
 
-from .conftest import write_audio
+from .conftest import ecdc, write_audio
 
 
 def test_an_output_created_during_the_run_is_not_replaced(tmp_path):
@@ -73,12 +71,6 @@ def test_without_hard_links_the_rename_still_refuses_to_replace(tmp_path, monkey
     publish(str(src), str(dst), False, "out")
     assert dst.read_bytes() == b"new" and not src.exists()
 
-
-def ecdc(*args, ok=True):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
 
 
 def test_a_fifo_is_written_into_not_replaced(here, weights):

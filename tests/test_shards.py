@@ -137,6 +137,17 @@ def test_a_killed_run_resumes_to_the_same_bytes(checkpoints, corpus, tmp_path):
         assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
 
 
+def test_a_file_name_that_is_not_utf8_is_a_row_with_its_bytes_escaped(checkpoints, corpus, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_audio(folder / "plain.wav", 0.3, 24000)
+    os.rename(folder / "plain.wav", os.fsencode(folder) + b"/caf\xe9.wav")
+    p = ecdc("codes", folder, "-r", "-o", tmp_path / "out", "--parquet", "-q", *weights(checkpoints))
+    assert p.returncode == 0, p.stderr
+    (shard,) = (tmp_path / "out").iterdir()
+    assert pq.read_table(shard).column("path").to_pylist() == ["caf\\xe9.wav"]
+
+
 def test_shards_are_cut_by_rows_and_by_size():
     assert share([1.0] * 5, rows=2, max_bytes=100) == [(0, 2), (2, 4), (4, 5)]
     assert share([40, 40, 40, 200, 10], rows=10, max_bytes=100) == [(0, 2), (2, 3), (3, 4), (4, 5)]

@@ -25,9 +25,15 @@ def _walk(folder: str, kind: str) -> tp.Iterator[str]:
                 yield path
 
 
+def _text(name: str) -> str:
+    """`name` as UTF-8 text: the bytes of a name that is not UTF-8 escaped (\\xe9)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def sources(inputs: tp.Sequence[str], kind: str, recursive: bool) -> tp.List[tp.Tuple[str, str]]:
     """(file, its path under its folder input, '/' between folders) of each input file:
-    the rows of a table (`ecdc codes --parquet`). Two files may not have one row path."""
+    the rows of a table (`ecdc codes --parquet`). A name that is not UTF-8 is given with its
+    bytes escaped (caf\\xe9.wav), as a table's text must be. Two files may not have one row path."""
     if "-" in inputs:
         raise OptionError("shards are written from files: '-' (stdin) cannot be an input")
     pairs = []
@@ -35,9 +41,9 @@ def sources(inputs: tp.Sequence[str], kind: str, recursive: bool) -> tp.List[tp.
         if os.path.isdir(src):
             if not recursive:
                 raise OptionError(f"{src} is a folder; use -r to read the files under it")
-            pairs += [(path, os.path.relpath(path, src).replace(os.sep, "/")) for path in _walk(src, kind)]
+            pairs += [(path, _text(os.path.relpath(path, src).replace(os.sep, "/"))) for path in _walk(src, kind)]
         else:
-            pairs.append((src, os.path.basename(src)))
+            pairs.append((src, _text(os.path.basename(src))))
     first: tp.Dict[str, str] = {}
     for src, row in pairs:
         if row in first:
