@@ -1,5 +1,4 @@
-"""numba, as ecdc's compiled loops import it (codec/fewkernel.py, entropy/lmkernel.py,
-entropy/lmfused.py).
+"""numba, as ecdc's compiled loops import it (codec/fewkernel.py, entropy/lmloops.py).
 
 The first time numba compiles or loads a function, it checks for scipy's BLAS (for np.dot
 and np.linalg in compiled code) by importing scipy.linalg, where scipy is installed (the
@@ -11,6 +10,7 @@ scipy itself imports as before.
 from __future__ import annotations
 
 import sys
+import typing as tp
 
 import numba as nb
 
@@ -21,4 +21,17 @@ if "scipy.linalg" not in sys.modules:
     finally:
         del sys.modules["scipy.linalg"]
 
-__all__ = ["nb"]
+
+
+def njit(**options: tp.Any) -> tp.Callable[[tp.Callable], tp.Any]:
+    """numba.njit(cache=True, **options), or without the cache where numba finds no folder
+    it can write one to (it refuses to define the function then): compiled in each process."""
+    def wrap(f: tp.Callable) -> tp.Any:
+        try:
+            return nb.njit(cache=True, **options)(f)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return nb.njit(**options)(f)
+    return wrap
+
+
+__all__ = ["nb", "njit"]

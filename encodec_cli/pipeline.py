@@ -163,9 +163,8 @@ def _compress(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions, progress
             model = live_model(spec, n_q, lm=opts.lm, lm_weights=opts.lm_weights, download_bars=opts.download_bars)
         lm_fingerprint = model.fingerprint
     else:
-        seconds = source.frames / source.sample_rate if source.frames is not None else None
         coder = make_encoder(spec, n_q, lm=opts.lm, lm_weights=opts.lm_weights, raw_fallback=opts.raw_fallback,
-                             download_bars=opts.download_bars, seconds=seconds)
+                             download_bars=opts.download_bars)
         lm_fingerprint = coder.fingerprint
     header = Header(model=spec.name, coder="lm" if opts.lm else "raw", n_codebooks=n_q, bandwidth=opts.bandwidth,
                     sample_rate=spec.sample_rate, channels=spec.channels,
@@ -265,9 +264,7 @@ def decoded_packets(reader: Reader, opts: DecompressOptions, ramp: bool = False)
         yield from reader
         return
     with torch_threads(opts.threads):
-        seconds = None if reader.num_samples is None else reader.num_samples / h.sample_rate
-        coder = make_decoder(SPECS[h.model], h, lm_weights=opts.lm_weights, download_bars=opts.download_bars,
-                             seconds=seconds)
+        coder = make_decoder(SPECS[h.model], h, lm_weights=opts.lm_weights, download_bars=opts.download_bars)
         for batch in batches(reader, lambda p: len(p.segments), coder.batch_streams, ramp):
             for packet, codes in zip(batch, coder.decode_many(batch)):
                 yield dataclasses.replace(packet, codes=codes)

@@ -64,11 +64,10 @@ def pack_stream(codes: Codes, fo: tp.BinaryIO, opts: CompressOptions, progress: 
     # set by Codes on creation (derived where they were left out)
     assert codes.num_samples is not None and codes.source_num_samples is not None and codes.bandwidth is not None
     assert codes.source_sample_rate is not None and codes.source_channels is not None
-    seconds = codes.num_samples / spec.sample_rate
     fingerprint = fingerprint_of(codes, opts.weights, opts.download_bars)
     with torch_threads(opts.threads):
         coder = make_encoder(spec, codes.n_codebooks, lm=opts.lm, lm_weights=opts.lm_weights,
-                             raw_fallback=opts.raw_fallback, download_bars=opts.download_bars, seconds=seconds)
+                             raw_fallback=opts.raw_fallback, download_bars=opts.download_bars)
         header = Header(model=spec.name, coder="lm" if opts.lm else "raw", n_codebooks=codes.n_codebooks,
                         bandwidth=codes.bandwidth, sample_rate=spec.sample_rate, channels=spec.channels,
                         source_sample_rate=codes.source_sample_rate, source_channels=codes.source_channels,

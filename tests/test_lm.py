@@ -22,7 +22,7 @@ from encodec_cli import testing as random_weights
 from encodec_cli.codec.lm import DIM, MAX_PERIOD, build_lm
 from encodec_cli.codec.models import SPECS
 from encodec_cli.codec.weights import REGISTRY
-from encodec_cli.entropy import intlm, intmath, lmcoder, lmfused
+from encodec_cli.entropy import intlm, intmath, lmloops
 from encodec_cli.entropy.lmcoder import LMDecoder, LMEncoder, load_lm
 from encodec_cli.errors import CorruptError
 from encodec_cli.formats import v1 as F
@@ -97,12 +97,12 @@ def test_tables_are_the_specified_ones():
 
 
 def test_compiled_positions_equal_numpy_positions():
-    """lmfused.positions, the encoder's and the fused decoder's, is intmath.positions."""
+    """intlm.positions (compiled), the encoder's and the decoder's, is intmath.positions."""
     p = np.concatenate([np.arange(3000), np.random.default_rng(3).integers(0, 2**32, 2000), [2**32 - 1]])
-    np.testing.assert_array_equal(lmfused.positions(p), intmath.positions(p))
+    np.testing.assert_array_equal(intlm.positions(p), intmath.positions(p))
     for bad in (-1, 2**32):
         with pytest.raises(ValueError):
-            lmfused.positions(np.array([0, bad]))
+            intlm.positions(np.array([0, bad]))
 
 
 def test_tables_equal_their_decimal_definitions():
@@ -143,10 +143,9 @@ def test_integer_lm_follows_the_float_lm(name):
     assert np.mean(kl) < 1e-3, np.mean(kl)
 
 
-def _stepped(lm, codes, first, compiled=False, fused=False):
+def _stepped(lm, codes, first):
     n_q, first = codes.shape[1], np.array([first])
-    state = lmfused.FusedState(lm, n_q, 1, len(codes), first) if fused else lm.start(n_q, 1, len(codes), first,
-                                                                                       compiled=compiled)
+    state = lm.start(n_q, 1, len(codes), first)
     out = []
     for frame in codes:
         out.append(state.step()[0])
@@ -163,53 +162,63 @@ def _stepped(lm, codes, first, compiled=False, fused=False):
 ])
 def test_one_pass_equals_stepping(name, n_q, frames, first):
     """The encoder's one causal pass over known codes (IntLM.known) gives exactly the
-    frequencies that stepping gives a decoder, in blocks of any size, in numpy and with
-    lmfused.py's loops; and the compiled step (lmkernel.py) and the fused one give exactly
-    numpy's step."""
+    frequencies that stepping gives a decoder, in blocks of any size, alone or stacked
+    with other streams."""
     lm = int_lm(name)
     rng = np.random.default_rng(n_q)
     codes = rng.integers(0, 1024, (frames, n_q))
     if n_q == 8:  # codes the model finds likely (sharp distributions), then noise
         codes[:200] = likely_codes(lm, n_q, 200, first=list(range(n_q)))
     stepped = _stepped(lm, codes, first)
-    assert isinstance(lm.start(n_q, 1, 1, compiled=True), intlm.CompiledState)  # numba is installed
-    np.testing.assert_array_equal(_stepped(lm, codes, first, compiled=True), stepped)
-    np.testing.assert_array_equal(_stepped(lm, codes, first, fused=True), stepped)
     for block in (intlm.PASS_BLOCK, 64, frames):
-        for known in (lm.known, functools.partial(lmfused.known, lm)):
-            blocks = list(known(codes, first, block))
-            assert [len(b) for b in blocks[:-1]] == [block] * (len(blocks) - 1)
-            np.testing.assert_array_equal(np.concatenate(blocks), stepped)
+        blocks = list(lm.known(codes, first, block))
+        assert [len(b) for b in blocks[:-1]] == [block] * (len(blocks) - 1)
+        np.testing.assert_array_equal(np.concatenate(blocks), stepped)
+    other = rng.integers(0, 1024, (frames, n_q))
+    stacked = list(lm.known(np.stack([other, codes]), first))
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in stacked]), stepped)
 
 
-def test_compiled_batches_equal_numpy_batches():
-    """Streams stepped together by the compiled kernel (4 rows at a time in its products,
-    then the rest) or the fused step each get what numpy's step gives them, each from its
-    own position; the compiled key/value ring wraps past the window, the fused window
-    moves back to its buffer's front, and short streams get a short ring."""
+def test_streams_stepped_together_each_get_their_own():
+    """Streams stepped together each get what they get alone, each from its own position;
+    the window moves back to its buffer's front, and short streams get a short buffer."""
     lm = int_lm("encodec_24khz")
     rng = np.random.default_rng(5)
     for batch, frames in ((7, 300), (2, 20)):
         first = rng.integers(0, 1 << 30, batch)
-        states = [lm.start(4, batch, frames, first), lm.start(4, batch, frames, first, compiled=True),
-                  lmfused.FusedState(lm, 4, batch, frames, first)]
-        assert states[1].rows == min(frames, lm.past_context) + 1
+        together = lm.start(4, batch, frames, first)
+        alone = [lm.start(4, 1, frames, first[i:i + 1]) for i in range(batch)]
+        assert together.keys.shape[-1] == min(frames, lm.past_context) + 1 + together.SLACK
         for t in range(frames):
-            a, *others = (s.step() for s in states)
-            for b in others:
-                np.testing.assert_array_equal(a, b, err_msg=str(t))
-            codes = a.argmax(-1) if t % 3 else rng.integers(0, 1024, (batch, 4))
-            for s in states:
-                s.push(codes)
+            got = together.step()
+            for i, state in enumerate(alone):
+                np.testing.assert_array_equal(got[i], state.step()[0], err_msg=str(t))
+            codes = got.argmax(-1) if t % 3 else rng.integers(0, 1024, (batch, 4))
+            together.push(codes)
+            for i, state in enumerate(alone):
+                state.push(codes[i:i + 1])
 
 
-def test_fused_cache_holds_extreme_keys_and_values_exactly():
-    """lmfused.split stores a decoder's key and value mantissas as int16 and the keys'
+def _split_reference(parts):
+    """The specification's split of projections [R, 3 * D] into heads: clamp to +-2**20,
+    then per head mantissas of at most 2**9, 2**10, 2**10 (rounded shifts) and exponents."""
+    parts = np.clip(parts, -intmath.ACT_LIMIT, intmath.ACT_LIMIT).reshape(len(parts), 3, intlm.HEADS, intlm.HEAD_DIM)
+    mant, exps = np.zeros(parts.shape, np.int64), np.zeros(parts.shape[:3], np.int64)
+    for (r, part, h), _ in np.ndenumerate(exps):
+        v, bits = [int(x) for x in parts[r, part, h]], intmath.QKV_BITS[part]
+        e = 0
+        while max(map(abs, v)) >= 1 << (bits + e):
+            e += 1
+        mant[r, part, h] = [(x + (1 << e >> 1)) >> e for x in v]
+        exps[r, part, h] = e
+    return mant, exps
+
+
+def test_cache_holds_extreme_keys_and_values_exactly():
+    """lmloops.split stores a decoder's key and value mantissas as int16 and the keys'
     powers of two apart. On projections from 0 to beyond the clamp at ACT_LIMIT, with
-    heads whose largest value rounds up to a mantissa of 2**10, it stores exactly
-    intlm._split's integers."""
-    lm = int_lm("encodec_24khz")
-    bias = lm.layers[2][0].bias
+    heads whose largest value rounds up to a mantissa of 2**10, it stores exactly the
+    specification's integers."""
     rng = np.random.default_rng(9)
     rows = 48
     parts = np.round(rng.standard_normal((rows, 3 * DIM)) * 2.0 ** rng.integers(0, 21, (rows, 1)))
@@ -221,68 +230,101 @@ def test_fused_cache_holds_extreme_keys_and_values_exactly():
     heads[..., 0] = np.where(keep, top, heads[..., 0])
     parts[1] = intmath.ACT_LIMIT * 4                 # clamped
     parts = parts.astype(np.int64)
-    (q, k, v), (eq, ek, ev) = intlm._split(lambda x: parts.copy(), np.zeros((rows, DIM), np.int64))
+    mant, exps = _split_reference(parts)
+    # as a product's sums: 16 * hi + lo, scaled by 2**0, bias 0
+    sums = np.concatenate([np.zeros_like(parts), parts]).astype(np.int32)
     queries = np.empty((1, intlm.HEADS, rows, intlm.HEAD_DIM), np.float32)
     keys, values = (np.zeros((1, intlm.HEADS, intlm.HEAD_DIM, rows), np.int16) for _ in range(2))
-    scales, exps = np.zeros((1, intlm.HEADS, rows), np.float32), np.zeros((1, intlm.HEADS, rows), np.int64)
-    lmfused.split((parts - bias).astype(np.float32)[None], bias, 0, queries, keys, scales, values, exps)
-    assert np.abs(k).max() == np.abs(v).max() == 1 << 10 and ek.max() == ev.max() == 11
-    np.testing.assert_array_equal(keys[0], k.transpose(0, 2, 1))
-    np.testing.assert_array_equal(values[0], v.transpose(0, 2, 1))
-    np.testing.assert_array_equal(scales[0], np.ldexp(1.0, ek))
-    np.testing.assert_array_equal(exps[0], ev)
-    np.testing.assert_array_equal(queries[0], np.ldexp(q, eq[..., None] - intmath.Q))
+    scales, vexps = np.zeros((1, intlm.HEADS, rows), np.float32), np.zeros((1, intlm.HEADS, rows), np.int64)
+    lmloops.split(sums, np.ones(rows), np.ones(3 * DIM), np.zeros(3 * DIM, np.int64), 1, 0, queries, keys, scales,
+                  values, vexps)
+    assert np.abs(mant[:, 1:]).max() == 1 << 10 and exps[:, 1:].max() == 11
+    np.testing.assert_array_equal(keys[0], mant[:, 1].transpose(1, 2, 0))
+    np.testing.assert_array_equal(values[0], mant[:, 2].transpose(1, 2, 0))
+    np.testing.assert_array_equal(scales[0], np.ldexp(1.0, exps[:, 1].T))
+    np.testing.assert_array_equal(vexps[0], exps[:, 2].T)
+    np.testing.assert_array_equal(queries[0], np.ldexp(mant[:, 0], exps[:, 0, :, None] - intmath.Q).transpose(1, 0, 2))
 
 
 def test_integer_square_root_is_exact():
-    """Below 2**52 the float root is taken as it is; above, it is corrected (LayerNorm's r)."""
+    """LayerNorm's r: the float root, corrected by one either way."""
     rng = np.random.default_rng(0)
-    n = rng.integers(1, 1 << 31, 20000)
-    t = np.concatenate([n * n - 1, n * n, n * n + 1, rng.integers(0, 1 << 62, 20000), [0, (1 << 52) - 1]])
-    for batch in (t[t < 1 << 52], t):
-        assert [int(r) for r in intmath.isqrt(batch)] == [math.isqrt(int(v)) for v in batch]
+    n = rng.integers(1, 1 << 31, 3000)
+    t = np.concatenate([n * n - 1, n * n, n * n + 1, rng.integers(0, 1 << 62, 3000), [0, (1 << 52) - 1]])
+    assert [lmloops._isqrt(int(v)) for v in t] == [math.isqrt(int(v)) for v in t]
 
 
-def test_float_shortcuts_give_the_specified_integers():
-    """The numpy model's float and masked shortcuts against the specification's integer
+def test_compiled_shortcuts_give_the_specified_integers():
+    """The loops' float shortcuts and packed halves against the specification's integer
     formulas written out in Python integers (formats/ecdc-v1.md), on edge cases the golden
-    vectors may not reach: shifts up to 40, the GELU table's ends, masked keys, weights
-    that round to 0, rows of a lone key."""
+    vectors may not reach: shifts up to 48 either way, the GELU table's ends, inputs at
+    the bounds of their bits, masked keys, weights that round to 0, rows of a lone key."""
     rng = np.random.default_rng(5)
-    a, k = rng.integers(-(1 << 40), 1 << 40, 20000), rng.integers(0, 41, 20000)
-    assert [int(v) for v in intmath.round_to_multiple(a, k)] == \
-        [((int(x) + (1 << int(s) >> 1)) >> int(s)) << int(s) for x, s in zip(a, k)]
+    # a product's output: floor((16 hi + lo) * 2**k + 1/2) + bias
+    hi, lo = rng.integers(-(1 << 26), 1 << 26, 3000), rng.integers(-8, 8, 3000)
+    k, bias = rng.integers(-50, 12, 3000), rng.integers(-(1 << 20), 1 << 20, 3000)
+    for a, b, kk, c in zip(hi, lo, k, bias):
+        p = np.array([[a], [b]], np.int32)
+        acc = 16 * int(a) + int(b)
+        want = (acc << int(kk) if kk >= 0 else (acc + (1 << int(-kk) >> 1)) >> int(-kk)) + int(c)
+        assert lmloops._value(p, 1, 0, 0, math.ldexp(1.0, int(kk)), int(c)) == want
+    # a product's input: shifted within 2**bits, as halves 16 hi + lo
+    for bits in (7, 9):
+        for scale in (0, 1, 5, 12, 30):
+            row = rng.integers(-(1 << (bits + scale)), 1 << (bits + scale), 200)
+            row[0] = (1 << (bits + scale)) - 1  # rounds up to 2**bits
+            h, lw = np.zeros(200, np.int8), np.zeros(200, np.int8)
+            e = int(math.log2(lmloops._to_input(row, bits, h, lw)))
+            assert max(map(abs, row.tolist())) < 1 << (bits + e) and (e == 0 or max(map(abs, row.tolist())) >=
+                                                                      1 << (bits + e - 1))
+            want = [(int(x) + (1 << e >> 1)) >> e for x in row]
+            assert (16 * h.astype(np.int64) + lw).tolist() == want
+            assert lw.min() >= -8 and lw.max() <= 7 and np.abs(h).max() <= 1 << (bits - 4)
     g, edge = intmath.gelu_table(), intmath.GELU_EDGE
-    h = np.concatenate([rng.integers(-2 * edge, 2 * edge, 20000), np.arange(-edge - 40, -edge + 40),
-                        np.arange(edge - 40, edge + 40)])
-    want = []
-    for x in map(int, h):
+    base, slope = intmath.gelu_tables()
+    for x in np.concatenate([rng.integers(-2 * edge, 2 * edge, 3000), np.arange(-edge - 40, -edge + 40),
+                             np.arange(edge - 40, edge + 40)]).tolist():
         u = min(max(x, -edge), edge) + edge
         i, f = u >> 5, u & 31
-        want.append(x if x > edge else (int(g[i]) * (32 - f) + int(g[i + 1]) * f + (1 << 14)) >> 15)
-    assert [int(v) for v in intmath.gelu(h)] == want
-    w, shift = rng.integers(0, 1 << 14, 20000), rng.integers(0, 41, 20000)
-    ev = rng.integers(0, 20, 20000)
-    up, down = np.ldexp(np.float32(1), ev), np.ldexp(np.float32(1), ev + shift)
-    got = intmath.rescaled(w.astype(np.float64), up, down)
-    assert got.dtype == np.float32
-    assert [int(v) for v in got] == [(int(x) + (1 << int(s) >> 1)) >> int(s) for x, s in zip(w, shift)]
+        want = x if x > edge else (int(g[i]) * (32 - f) + int(g[i + 1]) * f + (1 << 14)) >> 15
+        assert lmloops._gelu(x, base, slope) == want
+    # attention weights: scores (float32 products times the keys' 2**ek), softmax in Q13,
+    # then shifted to the largest value exponent; keys outside lo .. hi weigh 0
     exp = [int(v) for v in intmath.exp_table()]
+    table = intlm._exp32()
     for width in (1, 7, 300):
-        scores = rng.integers(-(1 << 40), 1 << 40, (40, 1)) + rng.integers(-30000, 200, (40, width))
-        visible = rng.random((40, width)) < 0.8
-        visible[np.arange(40), rng.integers(0, width, 40)] = True
-        masked = np.where(visible, scores.astype(np.float64), -np.inf)
-        got = intmath.softmax_weights(masked, axis=-1)
-        for row, (s, v) in enumerate(zip(scores.tolist(), visible.tolist())):
-            top = max(x for x, seen in zip(s, v) if seen)
-            e = [exp[min(top - x, intmath.EXP_SIZE - 1)] if seen else 0 for x, seen in zip(s, v)]
-            inv = (1 << 43) // sum(e)
-            assert [int(x) for x in got[row]] == [(x * inv + (1 << 29)) >> 30 for x in e]
+        scores = rng.integers(-(1 << 23), 1 << 23, (1, 40, width)).astype(np.float32)
+        ek = rng.integers(-10, 18, (1, width))
+        exps = rng.integers(0, 12, (1, width))
+        lo_, hi_ = rng.integers(0, width, 40), None
+        hi_ = np.minimum(width, lo_ + rng.integers(1, width + 1, 40))
+        weights, tops = np.empty((1, 40, width), np.float32), np.empty((1, 40), np.int64)
+        lmloops.softmax(scores, np.ldexp(np.float32(1), ek).astype(np.float32), lo_, hi_, exps, table, weights, tops)
+        for r in range(40):
+            cols = range(lo_[r], hi_[r])
+            z = {j: math.floor(int(scores[0, r, j]) * 2.0 ** int(ek[0, j]) + 0.5) for j in cols}
+            top = max(z.values())
+            e = {j: exp[min(top - z[j], intmath.EXP_SIZE - 1)] for j in cols}
+            inv = (1 << 43) // sum(e.values())
+            m = max(int(exps[0, j]) for j in cols)
+            want = [0] * width
+            for j in cols:
+                w, sh = (e[j] * inv + (1 << 29)) >> 30, m - int(exps[0, j])
+                want[j] = (w + (1 << sh >> 1)) >> sh
+            assert weights[0, r].tolist() == want and tops[0, r] == m
+
+
+def _frequencies(logits):
+    """lmloops.frequencies of Q10 logits [R, 1024] (as a product's sums: 16 * 0 + lo)."""
+    logits = np.asarray(logits)
+    p = np.concatenate([np.zeros_like(logits), logits]).astype(np.int32)
+    out = np.empty(logits.shape, np.float32)
+    lmloops.frequencies(p, np.ones(len(logits)), np.ones(1024), np.zeros(1024, np.int64), intlm._exp32(), out)
+    return out.astype(np.int64)
 
 
 def test_frequencies_sum_exactly_and_every_symbol_gets_one():
-    g = intmath.frequencies(np.array([[0] * 1024, [5 << 10] + [-(40 << 10)] * 1023, list(range(1024))]))
+    g = _frequencies([[0] * 1024, [5 << 10] + [-(40 << 10)] * 1023, list(range(1024))])
     assert (g.sum(-1) == intmath.FREQ_TOTAL).all() and (g >= 0).all()
     assert g[0].min() >= intmath.FREQ_TOTAL // 1024 - 1          # uniform
     assert g[1, 0] == intmath.FREQ_TOTAL and g[1, 1:].max() == 0  # certain: others keep only the +1
@@ -369,66 +411,31 @@ def test_unpredictable_packet_falls_back_to_raw_and_costs_no_lm_work(lm24, monke
     packets = code_packets(LMEncoder(lm24, bytes(8), spec, 4), [likely, noise])
     assert [p.flags for p in packets] == [0, F.FLAG_RAW]
     assert len(packets[1].payload) == len(F.pack_codes(noise))
-    for kind in (intlm.IntLMState, lmfused.FusedState):
-        monkeypatch.setattr(kind, "step", lambda self: pytest.fail("LM stepped for a raw packet"))
+    monkeypatch.setattr(intlm.State, "step", lambda self: pytest.fail("LM stepped for a raw packet"))
     np.testing.assert_array_equal(LMDecoder(lm24, spec, 4).decode(packets[1]), noise)
 
 
-def test_long_inputs_code_with_the_fused_loops_and_the_same_bytes(lm24, monkeypatch):
-    """Numba's start-up is paid only for inputs long enough to repay it, or once it has
-    been paid; either way the bytes and codes are the same."""
-    monkeypatch.setattr(lmcoder, "_numba_started", lambda: False)  # as in a fresh process
-    assert not lmcoder._fused(10.0, 8.0)     # a 10 s input, from its first packet
-    assert lmcoder._fused(60.0, 8.0)         # a minute
-    assert not lmcoder._fused(None, 16.0)    # of unknown length: once 25 s have come
-    assert lmcoder._fused(None, 32.0)
-    monkeypatch.setattr(lmcoder, "_numba_started", lambda: True)
-    assert lmcoder._fused(1.0, 1.0)          # started: whatever the length
-    monkeypatch.setattr(lmcoder, "_numba_started", lambda: False)
-
-    spec = SPECS["encodec_24khz"]
-    parts = [likely_codes(lm24, 4, n, first=[n, 1, 2, 3]) for n in (30, 21)]
-    calls = []
-    monkeypatch.setattr(intlm.IntLM, "known", lambda self, *a, known=intlm.IntLM.known: calls.append(False)
-                        or known(self, *a))
-    monkeypatch.setattr(lmfused, "known", lambda *a, known=lmfused.known: calls.append(True) or known(*a))
-    short = code_packets(LMEncoder(lm24, bytes(8), spec, 4, seconds=0.5), parts)
-    long = code_packets(LMEncoder(lm24, bytes(8), spec, 4, seconds=3600), parts)
-    assert calls == [False, False, True, True]
-    assert [p.payload for p in short] == [p.payload for p in long]
-    monkeypatch.setattr(intlm.IntLMState, "push",  # FusedState's too: it inherits it
-                        lambda self, c, push=intlm.IntLMState.push: calls.append(type(self)) or push(self, c))
-    for seconds, kind in ((0.5, intlm.IntLMState), (3600, lmfused.FusedState)):
-        calls.clear()
-        decoded = LMDecoder(lm24, spec, 4, seconds=seconds).decode_many(long)
-        assert set(calls) == {kind}
-        for got, part in zip(decoded, parts):
-            np.testing.assert_array_equal(got, part)
-
-
-def test_fused_pass_runs_segments_of_one_length_together(monkeypatch):
-    """lmfused.known over streams stacked [S, frames, n_q] gives each stream what it gets
-    alone, and LMEncoder, which stacks a 48 kHz packet's consecutive segments of one
-    length, writes the bytes that numpy's pass (one segment at a time) gives."""
+def test_pass_runs_segments_of_one_length_together(monkeypatch):
+    """IntLM.known over streams stacked [S, frames, n_q] gives each stream what it gets
+    alone, and LMEncoder stacks a 48 kHz packet's consecutive segments of one length; the
+    packet decodes."""
     lm, spec = int_lm("encodec_48khz"), SPECS["encodec_48khz"]
     codes = np.random.default_rng(11).integers(0, 1024, (3, 150, 4))
-    together = list(lmfused.known(lm, codes))
+    together = list(lm.known(codes))
     assert [b.shape for b in together] == [(3, 75, 4, 1024)] * 2
     for j in range(3):
         np.testing.assert_array_equal(np.concatenate([b[j] for b in together]),
-                                      np.concatenate(list(lmfused.known(lm, codes[j]))))
+                                      np.concatenate(list(lm.known(codes[j]))))
     lengths = (20, 20, 7, 20, 20)
     parts = [likely_codes(lm, 4, n, first=[5 * i, 1, 2, 3]) for i, n in enumerate(lengths)]
     segments = [[(n, 1.0) for n in lengths]]
     shapes = []
-    monkeypatch.setattr(lmfused, "known", lambda lm, c, *a, known=lmfused.known: shapes.append(c.shape)
-                        or known(lm, c, *a))
-    monkeypatch.setattr(lmcoder, "_numba_started", lambda: False)  # a short input: numpy's pass
-    alone = code_packets(LMEncoder(lm, bytes(8), spec, 4, seconds=5), [np.concatenate(parts)], segments)[0]
-    assert shapes == []
-    stacked = code_packets(LMEncoder(lm, bytes(8), spec, 4, seconds=3600), [np.concatenate(parts)], segments)[0]
+    monkeypatch.setattr(intlm.IntLM, "known", lambda self, c, *a, known=intlm.IntLM.known: shapes.append(c.shape)
+                        or known(self, c, *a))
+    packet = code_packets(LMEncoder(lm, bytes(8), spec, 4), [np.concatenate(parts)], segments)[0]
     assert shapes == [(2, 20, 4), (1, 7, 4), (2, 20, 4)]
-    assert alone.flags == stacked.flags == 0 and alone.payload == stacked.payload
+    assert packet.flags == 0
+    np.testing.assert_array_equal(LMDecoder(lm, spec, 4).decode(packet), np.concatenate(parts))
 
 
 def test_48khz_segments_are_streams_in_lockstep():
@@ -494,6 +501,9 @@ KERNELS = {
     "aten-default": {"ATEN_CPU_CAPABILITY": "default"},
     "aten-avx2": {"ATEN_CPU_CAPABILITY": "avx2"},
     "onednn-sse41": {"ONEDNN_MAX_CPU_ISA": "SSE41"},
+    # int8 products without VNNI: AVX2 (vpmaddubsw saturates pairs in int16) and AVX-512
+    "onednn-avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "onednn-avx512": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
     "mkl-sse42": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
     "all-three": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
                   "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
@@ -519,14 +529,8 @@ for path in sys.argv[1:]:
         dec = LMDecoder(lm, SPECS[model], k)
         codes = np.concatenate(dec.decode_many(list(reader)))
         out[f"{path}:{threads}"] = hashlib.sha256(codes.astype(">u2").tobytes()).hexdigest()
-out["numba"] = "numba" in sys.modules  # short files decode without it (its start-up: lmcoder._fused)
-for path in sys.argv[1:]:  # and as a long file's packets: lmfused.py's loops
-    reader = F.Reader.open(io.BytesIO(open(path, "rb").read()))
-    model, k = reader.header.model, reader.header.n_codebooks
-    lm, _ = load_lm(model, path[:-len(".ecdc")] + ".th", k, download_bars=False)
-    codes = np.concatenate(LMDecoder(lm, SPECS[model], k, seconds=3600).decode_many(list(reader)))
-    out[f"{path}:fused"] = hashlib.sha256(codes.astype(">u2").tobytes()).hexdigest()
-out["fused"] = "encodec_cli.entropy.lmfused" in sys.modules
+from encodec_cli.entropy import intlm
+out["int8"] = intlm.int8_products()  # torch's int8 product, or float32 products of the same integers
 print(json.dumps(out))
 """
 
@@ -569,10 +573,45 @@ def test_files_decode_under_other_kernels_and_threads(kernels, portable_files):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     got = json.loads(p.stdout)
-    assert got["numba"] is False and got["fused"] is True
+    assert isinstance(got["int8"], bool)
     for path, digest in portable_files.items():
-        for threads in (1, 2, 4, "fused"):
+        for threads in (1, 2, 4):
             assert got[f"{path}:{threads}"] == digest, (kernels, path, threads)
+
+
+def test_float_products_give_the_int8_products_sums(monkeypatch):
+    """Where torch's int8 product is missing or inexact, float32 products of the same int8
+    halves give the same sums: the same frequencies, stepped and in one pass."""
+    lm = int_lm("encodec_24khz")
+    codes = likely_codes(lm, 8, 90)
+    rng = np.random.default_rng(2)
+    halves = np.concatenate([rng.integers(-32, 33, (6, 800)), rng.integers(-8, 8, (6, 800))]).astype(np.int8)
+    layer = lm.layers[0].lin2
+    wanted = halves.astype(np.int64) @ layer.q.numpy().astype(np.int64)
+    results = []
+    for int8 in (True, False):
+        monkeypatch.setattr(intlm, "int8_products", lambda int8=int8: int8)
+        np.testing.assert_array_equal(layer(halves), wanted)
+        results.append((_stepped(lm, codes, 7), np.concatenate(list(lm.known(codes, 7)))))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+def test_loops_compile_without_a_cache_folder(monkeypatch):
+    """Where numba finds no folder to write its cache to, it refuses cache=True: the loops
+    are then compiled in each process instead of failing."""
+    from encodec_cli import jit
+
+    njit = jit.nb.njit
+
+    def refusing(*args, cache=False, **kw):
+        if cache:
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'f.py'")
+        return njit(*args, **kw)
+
+    monkeypatch.setattr(jit.nb, "njit", refusing)
+    twice = jit.njit(nogil=True)(lambda x: 2 * x)
+    assert twice(21) == 42
 
 
 def test_batches_ramp_up_for_pipes():

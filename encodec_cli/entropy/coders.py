@@ -78,26 +78,23 @@ def batches(items: tp.Iterable[T], streams: tp.Callable[[T], int], limit: int,
 
 
 def make_encoder(spec: ModelSpec, n_q: int, *, lm: bool, lm_weights: tp.Optional[Path],
-                 raw_fallback: bool = True, download_bars: bool = True, seconds: tp.Optional[float] = None
-                 ) -> Encoder:
-    """The raw coder, or the LM coder (its model loaded) for `n_q` codebooks of `spec`;
-    `seconds`: the input's length where known (it picks the LM's kernels)."""
+                 raw_fallback: bool = True, download_bars: bool = True) -> Encoder:
+    """The raw coder, or the LM coder (its model loaded) for `n_q` codebooks of `spec`."""
     if not lm:
         return RawEncoder()
     from .lmcoder import LMEncoder
 
-    return LMEncoder.load(spec, n_q, lm_weights, download_bars, raw_fallback, seconds)
+    return LMEncoder.load(spec, n_q, lm_weights, download_bars, raw_fallback)
 
 
 def make_decoder(spec: ModelSpec, header: Header, *, lm_weights: tp.Optional[Path],
-                 download_bars: bool = True, seconds: tp.Optional[float] = None) -> Decoder:
-    """The decoder of a version-1 file's coder; `seconds`: the file's length where known
-    (it picks the LM's kernels)."""
+                 download_bars: bool = True) -> Decoder:
+    """The decoder of a version-1 file's coder."""
     if header.coder == "raw":
         return RawDecoder()
     from .lmcoder import LMDecoder
 
-    return LMDecoder.load(spec, header, lm_weights, download_bars, seconds)
+    return LMDecoder.load(spec, header, lm_weights, download_bars)
 
 
 def live_model(spec: ModelSpec, n_q: int, *, lm: bool, lm_weights: tp.Optional[Path],

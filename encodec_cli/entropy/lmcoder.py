@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import struct
-import sys
 import typing as tp
 import zlib
 from pathlib import Path
@@ -27,29 +26,14 @@ from ..formats.live import cumulative
 from ..formats.records import CodedPacket, Header, Packet, Segment
 from ..formats.v1 import FLAG_RAW, pack_codes
 from ..specs import ModelSpec
-from .intlm import PASS_BLOCK, IntLM, have_numba
+from .intlm import PASS_BLOCK, IntLM, State
 
 _MODEL = constriction.stream.model.Categorical(perfect=False)
 Step = tp.Optional[tp.Callable[[int], None]]  # told of each step's frames, for progress
 # streams a decoder steps together; wider is faster per frame, but each holds its keys and
-# values: a 24 kHz packet (a 263-frame window) 1.3 MB in lmfused.py's int16 (2.4 MB in
-# intlm.py's float32), a 48 kHz segment (150 frames) 0.8 MB. 8 keeps a two-hour 24 kHz file
-# within 500 MB (479 MB); 16, though 13% faster a frame alone, took it to 555 MB.
+# values (int16): a 24 kHz packet (a 263-frame window) 1.3 MB, a 48 kHz segment (150
+# frames) 0.8 MB. 8 keeps a two-hour 24 kHz file within 500 MB.
 BATCH_STREAMS = {True: 8, False: 24}  # by spec.causal
-# lmfused.py's loops save 15-30 ms a second of audio, numba's start-up costs 0.3 s a process
-FUSED_SECONDS = 25.0
-
-
-def _fused(total: tp.Optional[float], so_far: float) -> bool:
-    """Whether to code with lmfused.py: when the input (`total` seconds, None: not known;
-    `so_far` coded, this call's included) is long enough to repay numba's start-up, or
-    this process has paid it already."""
-    long = (so_far if total is None else total) >= FUSED_SECONDS
-    return (long or _numba_started()) and have_numba()  # have_numba imports numba
-
-
-def _numba_started() -> bool:
-    return any(f"encodec_cli.entropy.{m}" in sys.modules for m in ("lmfused", "lmkernel"))
 
 
 def load_lm(codec_name: str, weights: tp.Optional[Path], n_q: int, download_bars: bool = True
@@ -87,7 +71,7 @@ class _Batch:
     """
 
     def __init__(self, lm: IntLM, n_q: int, packets: tp.Sequence[tp.Sequence[Segment]],
-                 offsets: tp.Optional[tp.Sequence[int]], fused: bool = False):
+                 offsets: tp.Optional[tp.Sequence[int]]):
         self.lengths = np.array([n for segs in packets for n, _ in segs], np.int64)
         self.base = np.cumsum(self.lengths) - self.lengths
         counts = np.cumsum([len(segs) for segs in packets])
@@ -96,13 +80,7 @@ class _Batch:
         if offsets is not None:
             first = np.repeat(np.asarray(offsets, np.int64), [len(segs) for segs in packets])
         self.steps = int(self.lengths.max()) if len(self.lengths) else 0
-        self.state = None
-        if self.steps and fused:
-            from .lmfused import FusedState
-
-            self.state = FusedState(lm, n_q, len(self.lengths), self.steps, first)
-        elif self.steps:
-            self.state = lm.start(n_q, len(self.lengths), self.steps, first)
+        self.state: tp.Optional[State] = lm.start(n_q, len(self.lengths), self.steps, first) if self.steps else None
 
     def rows(self, t: int) -> np.ndarray:
         """Per stream, the row it codes at step t (a finished stream: its last row, unused)."""
@@ -110,7 +88,13 @@ class _Batch:
 
     def probabilities(self, n_q: int) -> np.ndarray:
         """What constriction gets for the next step: [streams, n_q, 1024]."""
+        assert self.state is not None  # there are steps
         return model_probabilities(self.state.step()).reshape(len(self.lengths), n_q, CARD)
+
+    def push(self, codes: np.ndarray) -> None:
+        """Feed each stream's codes [streams, n_q] of the step just decoded."""
+        assert self.state is not None
+        self.state.push(codes)
 
 
 class LMEncoder:
@@ -120,19 +104,16 @@ class LMEncoder:
     name = "lm"
     batch_streams = 1  # each packet is coded on its own, in one pass
 
-    def __init__(self, lm: IntLM, fingerprint: bytes, spec: ModelSpec, n_q: int, raw_fallback: bool = True,
-                 seconds: tp.Optional[float] = None):
+    def __init__(self, lm: IntLM, fingerprint: bytes, spec: ModelSpec, n_q: int, raw_fallback: bool = True):
         self.lm, self.fingerprint, self.n_q, self.raw_fallback = lm, fingerprint, n_q, raw_fallback
         self.positions = spec.causal  # 24 kHz: streams start at their packet's frame offset
         self.frames = 0               # frames of the packets coded so far
-        self.frame_rate = spec.frame_rate
-        self.seconds = seconds        # the input's length, where known
 
     @classmethod
     def load(cls, spec: ModelSpec, n_q: int, weights: tp.Optional[Path], download_bars: bool = True,
-             raw_fallback: bool = True, seconds: tp.Optional[float] = None) -> "LMEncoder":
+             raw_fallback: bool = True) -> "LMEncoder":
         lm, fp = load_lm(spec.name, weights, n_q, download_bars)
-        return cls(lm, fp, spec, n_q, raw_fallback, seconds)
+        return cls(lm, fp, spec, n_q, raw_fallback)
 
     def encode_lm(self, packets: tp.Sequence[CodedPacket], step: Step = None) -> tp.List[bytes]:
         """Each packet's LM-coded data: codes checksum, then the range coder's words.
@@ -143,22 +124,21 @@ class LMEncoder:
         for codes, segments in packets:
             first = self.frames if self.positions else 0  # 24 kHz: the packet's first frame
             self.frames += len(codes)
-            fused = _fused(self.seconds, self.frames / self.frame_rate)
             bounds = np.cumsum([0] + [n for n, _ in segments])
             streams = [codes[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
             coder = constriction.stream.queue.RangeEncoder()
-            for row, live in enumerate(self._blocks(streams, first, fused)):
+            for row, live in enumerate(self._blocks(streams, first)):
                 # the same block of every segment's pass, its codes in the stepped order
-                symbols = [streams[j][row * PASS_BLOCK:][:len(g)] for j, g in live]
+                parts = [streams[j][row * PASS_BLOCK:][:len(g)] for j, g in live]
                 if len(live) == 1:
-                    symbols, freqs = symbols[0], live[0][1]
+                    symbols, freqs = parts[0], live[0][1]
                 elif len({len(g) for _, g in live}) == 1:  # frame t of each segment in turn
-                    symbols, freqs = np.stack(symbols, axis=1), np.stack([g for _, g in live], axis=1)
+                    symbols, freqs = np.stack(parts, axis=1), np.stack([g for _, g in live], axis=1)
                 else:  # 48 kHz, a short last segment: the same order, by index
                     lengths = np.array([len(g) for _, g in live])
                     t, i = np.nonzero(np.arange(lengths.max())[:, None] < lengths)
                     order = (np.cumsum(lengths) - lengths)[i] + t
-                    symbols = np.concatenate(symbols)[order]
+                    symbols = np.concatenate(parts)[order]
                     freqs = np.concatenate([g for _, g in live])[order]
                 coder.encode(symbols.reshape(-1).astype(np.int32), _MODEL, model_probabilities(freqs))
                 if step:
@@ -166,18 +146,11 @@ class LMEncoder:
             out.append(struct.pack(">I", codes_crc(codes)) + coder.get_compressed().astype(">u4").tobytes())
         return out
 
-    def _blocks(self, streams: tp.Sequence[np.ndarray], first: int, fused: bool
-                ) -> tp.Iterator[tp.List[tp.Tuple[int, np.ndarray]]]:
+    def _blocks(self, streams: tp.Sequence[np.ndarray], first: int) -> tp.Iterator[tp.List[tp.Tuple[int, np.ndarray]]]:
         """Per block of PASS_BLOCK frames, (j, frequencies) of each stream j that has frames
-        there. lmfused runs streams of one length together (a 48 kHz packet's segments)."""
-        if fused:
-            from . import lmfused
-
-            groups = [[j for j, _ in g] for _, g in itertools.groupby(enumerate(streams), key=lambda p: len(p[1]))]
-            passes = [lmfused.known(self.lm, np.stack([streams[j] for j in g]), first) for g in groups]
-        else:
-            groups = [[j] for j in range(len(streams))]
-            passes = [(block[None] for block in self.lm.known(stream, first)) for stream in streams]
+        there. Streams of one length (a 48 kHz packet's segments) run together."""
+        groups = [[j for j, _ in g] for _, g in itertools.groupby(enumerate(streams), key=lambda p: len(p[1]))]
+        passes = [self.lm.known(np.stack([streams[j] for j in g]), first) for g in groups]
         for blocks in itertools.zip_longest(*passes):
             yield [(j, b[k]) for g, b in zip(groups, blocks) if b is not None for k, j in enumerate(g)]
 
@@ -194,7 +167,7 @@ class LMEncoder:
         return out
 
     def encode(self, codes: np.ndarray, segments: tp.Sequence[Segment]) -> tp.Tuple[bytes, int]:
-        return self.encode_many([(codes, segments)])[0]
+        return self.encode_many([(codes, tuple(segments))])[0]
 
 
 def checked_lm(spec: ModelSpec, header: Header, weights: tp.Optional[Path], download_bars: bool = True) -> IntLM:
@@ -213,18 +186,21 @@ class LiveModel:
 
     def __init__(self, lm: IntLM, fingerprint: bytes, spec: ModelSpec, n_q: int):
         self.lm, self.fingerprint, self.n_q, self.positions = lm, fingerprint, n_q, spec.causal
-        self.start(0, 1)  # a first step builds the tables and loads the kernel: before the stream, not in it
+        self.state: tp.Optional[State] = None
+        self.start(0, 1)  # a first step builds the tables and loads the loops: before the stream, not in it
         self.cumulative()
         self.state = None
 
     def start(self, position: int, frames: int) -> None:
         first = np.array([position if self.positions else 0], np.int64)
-        self.state = self.lm.start(self.n_q, 1, frames, first, compiled=True)  # latency: see IntLM.start
+        self.state = self.lm.start(self.n_q, 1, frames, first)
 
     def cumulative(self) -> np.ndarray:
+        assert self.state is not None, "start() a unit first"
         return cumulative(self.state.step()[0])
 
     def push(self, codes: np.ndarray) -> None:
+        assert self.state is not None, "start() a unit first"
         self.state.push(codes[None])
 
     def known(self, codes: np.ndarray) -> tp.Iterator[np.ndarray]:
@@ -233,17 +209,14 @@ class LiveModel:
 
 
 class LMDecoder:
-    def __init__(self, lm: IntLM, spec: ModelSpec, n_q: int, seconds: tp.Optional[float] = None):
+    def __init__(self, lm: IntLM, spec: ModelSpec, n_q: int):
         self.lm, self.n_q = lm, n_q
-        self.positions, self.frame_rate = spec.causal, spec.frame_rate
+        self.positions = spec.causal
         self.batch_streams = BATCH_STREAMS[spec.causal]
-        self.seconds = seconds  # the file's length, where known
-        self.frames = 0         # frames of the LM-coded packets decoded so far
 
     @classmethod
-    def load(cls, spec: ModelSpec, header: Header, weights: tp.Optional[Path], download_bars: bool = True,
-             seconds: tp.Optional[float] = None):
-        return cls(checked_lm(spec, header, weights, download_bars), spec, header.n_codebooks, seconds)
+    def load(cls, spec: ModelSpec, header: Header, weights: tp.Optional[Path], download_bars: bool = True):
+        return cls(checked_lm(spec, header, weights, download_bars), spec, header.n_codebooks)
 
     def decode(self, packet: Packet) -> np.ndarray:
         return self.decode_many([packet])[0]
@@ -271,9 +244,7 @@ class LMDecoder:
             words = np.frombuffer(data, ">u4", offset=4).astype(np.uint32)
             coders.append(constriction.stream.queue.RangeDecoder(words))
         frames = sum(p.frames for p in packets)
-        self.frames += frames
-        batch = _Batch(self.lm, self.n_q, [p.segments for p in packets], offsets,
-                       fused=_fused(self.seconds, self.frames / self.frame_rate))
+        batch = _Batch(self.lm, self.n_q, [p.segments for p in packets], offsets)
         decoded = np.zeros((frames, self.n_q), np.uint16)
         for t in range(batch.steps):
             probs = batch.probabilities(self.n_q)
@@ -288,7 +259,7 @@ class LMDecoder:
                         raise CorruptError(f"corrupted file: LM packet {numbers[p]} at byte "
                                            f"{packets[p].offset} cannot be decoded ({e})") from None
                     decoded[rows[lo:hi][sel]] = symbols.reshape(-1, self.n_q)
-            batch.state.push(decoded[rows])
+            batch.push(decoded[rows])
         codes = np.split(decoded, np.cumsum([p.frames for p in packets])[:-1])
         for p, (packet, crc) in enumerate(zip(packets, crcs)):
             if codes_crc(codes[p]) != crc:
