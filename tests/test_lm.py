@@ -581,7 +581,8 @@ def test_files_decode_under_other_kernels_and_threads(kernels, portable_files):
 
 def test_float_products_give_the_int8_products_sums(monkeypatch):
     """Where torch's int8 product is missing or inexact, float32 products of the same int8
-    halves give the same sums: the same frequencies, stepped and in one pass."""
+    halves give the same sums (as do one stream's compiled products): the same frequencies,
+    stepped and in one pass."""
     lm = int_lm("encodec_24khz")
     codes = likely_codes(lm, 8, 90)
     rng = np.random.default_rng(2)
@@ -592,6 +593,7 @@ def test_float_products_give_the_int8_products_sums(monkeypatch):
     for int8 in (True, False):
         monkeypatch.setattr(intlm, "int8_products", lambda int8=int8: int8)
         np.testing.assert_array_equal(layer(halves), wanted)
+        np.testing.assert_array_equal(layer(halves[5:7]), wanted[5:7])  # one stream: lmloops.rows_product
         results.append((_stepped(lm, codes, 7), np.concatenate(list(lm.known(codes, 7)))))
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_array_equal(results[0][1], results[1][1])

@@ -96,6 +96,7 @@ class Product:
     def __init__(self, q: torch.Tensor, powers: np.ndarray, bias: np.ndarray, in_bits: int):
         self.q, self.powers, self.bias, self.in_bits = q, powers, bias, in_bits
         self._float: tp.Optional[torch.Tensor] = None
+        self._rows: tp.Optional[np.ndarray] = None  # q as [out, in], for rows_product
 
     @classmethod
     def of(cls, weight: np.ndarray, bias: np.ndarray, in_bits: int) -> "Product":
@@ -120,6 +121,12 @@ class Product:
 
     def __call__(self, halves: np.ndarray) -> np.ndarray:
         """The int32 sums [2R, out] of an input's int8 halves [2R, in] times the weights."""
+        if len(halves) == 2:  # one stream's step: lmloops.rows_product
+            if self._rows is None:
+                self._rows = np.ascontiguousarray(self.q.numpy().T)
+            out = np.empty((2, self._rows.shape[0]), np.int32)
+            loops.rows_product(halves, self._rows, out)
+            return out
         a = torch.from_numpy(halves)
         if int8_products():
             return torch._int_mm(a, self.q).numpy()
