@@ -588,7 +588,7 @@ def test_float_products_give_the_int8_products_sums(monkeypatch):
     rng = np.random.default_rng(2)
     halves = np.concatenate([rng.integers(-32, 33, (6, 800)), rng.integers(-8, 8, (6, 800))]).astype(np.int8)
     layer = lm.layers[0].lin2
-    wanted = halves.astype(np.int64) @ layer.q.numpy().astype(np.int64)
+    wanted = halves.astype(np.int64) @ layer.q.numpy().T.astype(np.int64)
     results = []
     for int8 in (True, False):
         monkeypatch.setattr(intlm, "int8_products", lambda int8=int8: int8)

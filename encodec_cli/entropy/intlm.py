@@ -80,7 +80,7 @@ def int8_products() -> bool:
             a = np.resize(rows, (m, k)).astype(np.int8)
             b = np.resize(cols.T, (256, k)).T.astype(np.int8)
             try:
-                got = mm(torch.from_numpy(a), torch.from_numpy(np.ascontiguousarray(b))).numpy()
+                got = mm(torch.from_numpy(a), torch.from_numpy(np.ascontiguousarray(b.T)).t()).numpy()  # as Product
             except RuntimeError:
                 return False
             if not np.array_equal(got, a.astype(np.int64) @ b.astype(np.int64)):
@@ -89,50 +89,42 @@ def int8_products() -> bool:
 
 
 class Product:
-    """A linear layer in integers: int8 weights q [in, out] (a torch tensor, for its int8
+    """A linear layer in integers: int8 weights q [out, in] (a torch tensor, for its int8
     product), each output's 2**s (float64) and bias (Q10, int64), and the bits its input
     is rounded to (intmath.quantize, lmloops._to_input)."""
 
     def __init__(self, q: torch.Tensor, powers: np.ndarray, bias: np.ndarray, in_bits: int):
         self.q, self.powers, self.bias, self.in_bits = q, powers, bias, in_bits
         self._float: tp.Optional[torch.Tensor] = None
-        self._rows: tp.Optional[np.ndarray] = None  # q as [out, in], for rows_product
 
     @classmethod
     def of(cls, weight: np.ndarray, bias: np.ndarray, in_bits: int) -> "Product":
         """The layer of float weights [out, in] and bias [out]."""
         q, shift = quantize(weight)
-        return cls(torch.from_numpy(np.ascontiguousarray(q.T)), np.ldexp(1.0, shift), bias_q10(bias), in_bits)
+        return cls(torch.from_numpy(q), np.ldexp(1.0, shift), bias_q10(bias), in_bits)
 
     @staticmethod
     def concat(parts: tp.Sequence["Product"]) -> "Product":
         """One layer with the outputs of `parts` in turn."""
-        return Product(torch.cat([p.q for p in parts], dim=1), np.concatenate([p.powers for p in parts]),
+        return Product(torch.cat([p.q for p in parts]), np.concatenate([p.powers for p in parts]),
                        np.concatenate([p.bias for p in parts]), parts[0].in_bits)
 
     def first(self, rows: int) -> "Product":
         """The same layer restricted to its first `rows` outputs."""
-        return Product(self.q[:, :rows].contiguous(), self.powers[:rows], self.bias[:rows], self.in_bits)
-
-    def integers(self) -> tp.Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """q (int8 [out, in]), s (int64 [out]) and the bias (int64 [out])."""
-        shift = np.frexp(self.powers)[1].astype(np.int64) - 1
-        return np.ascontiguousarray(self.q.numpy().T), np.where(self.powers > 0, shift, 0), self.bias.copy()
+        return Product(self.q[:rows], self.powers[:rows], self.bias[:rows], self.in_bits)
 
     def __call__(self, halves: np.ndarray) -> np.ndarray:
         """The int32 sums [2R, out] of an input's int8 halves [2R, in] times the weights."""
         if len(halves) == 2:  # one stream's step: lmloops.rows_product
-            if self._rows is None:
-                self._rows = np.ascontiguousarray(self.q.numpy().T)
-            out = np.empty((2, self._rows.shape[0]), np.int32)
-            loops.rows_product(halves, self._rows, out)
+            out = np.empty((2, len(self.q)), np.int32)
+            loops.rows_product(halves, self.q.numpy(), out)
             return out
         a = torch.from_numpy(halves)
         if int8_products():
-            return torch._int_mm(a, self.q).numpy()
+            return torch._int_mm(a, self.q.t()).numpy()
         if self._float is None:
             self._float = self.q.to(torch.float32)
-        return torch.matmul(a.to(torch.float32), self._float).to(torch.int32).numpy()
+        return torch.matmul(a.to(torch.float32), self._float.t()).to(torch.int32).numpy()
 
 
 class Layer(tp.NamedTuple):
@@ -244,7 +236,7 @@ class IntLM:
         the next product's input (the next layer's, or the heads') in xin and pe."""
         loops.add_norm(x, layer.out(xin), pe, layer.out.powers, layer.out.bias, *layer.norm1, layer.lin1.in_bits,
                        xin, pe)
-        hidden, hs = np.empty((len(xin), layer.lin1.q.shape[1]), np.int8), np.empty(len(pe))
+        hidden, hs = np.empty((len(xin), len(layer.lin1.q)), np.int8), np.empty(len(pe))
         loops.gelu(layer.lin1(xin), pe, layer.lin1.powers, layer.lin1.bias, base, slope, layer.lin2.in_bits,
                    hidden, hs)
         after = self.layers[i + 1].qkv if i + 1 < len(self.layers) else heads
