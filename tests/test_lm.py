@@ -501,9 +501,8 @@ KERNELS = {
     "aten-default": {"ATEN_CPU_CAPABILITY": "default"},
     "aten-avx2": {"ATEN_CPU_CAPABILITY": "avx2"},
     "onednn-sse41": {"ONEDNN_MAX_CPU_ISA": "SSE41"},
-    # int8 products without VNNI: AVX2 (vpmaddubsw saturates pairs in int16) and AVX-512
+    # int8 products without VNNI (vpmaddubsw saturates pairs in int16): float32 products instead
     "onednn-avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
-    "onednn-avx512": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
     "mkl-sse42": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
     "all-three": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
                   "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
