@@ -596,6 +596,13 @@ def test_float_products_give_the_int8_products_sums(monkeypatch):
         results.append((_stepped(lm, codes, 7), np.concatenate(list(lm.known(codes, 7)))))
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_array_equal(results[0][1], results[1][1])
+    monkeypatch.setattr(intlm, "int8_products", lambda: True)
+
+    def refusing(a, b):
+        raise RuntimeError("_int_mm: this shape is not supported")
+
+    monkeypatch.setattr(torch, "_int_mm", refusing)  # a shape the kernel refuses: float32 products
+    np.testing.assert_array_equal(layer(halves), wanted)
 
 
 def test_loops_compile_without_a_cache_folder(monkeypatch):

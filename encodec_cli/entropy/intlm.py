@@ -121,7 +121,10 @@ class Product:
             return out
         a = torch.from_numpy(halves)
         if int8_products():
-            return torch._int_mm(a, self.q.t()).numpy()
+            try:
+                return torch._int_mm(a, self.q.t()).numpy()
+            except RuntimeError:  # a shape this build's int8 kernel refuses: float32 products
+                pass
         if self._float is None:
             self._float = self.q.to(torch.float32)
         return torch.matmul(a.to(torch.float32), self._float.t()).to(torch.int32).numpy()
