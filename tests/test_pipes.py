@@ -188,6 +188,32 @@ def test_killed_run_leaves_no_file(tmp_path, w24, sig, code, word):
     assert list(out.iterdir()) == []
 
 
+_SPOOL_RACE = """
+import os, signal, sys, tempfile
+from encodec_cli.audio import files
+made = tempfile.mkstemp
+def mkstemp(**kw):  # Ctrl-C the moment the spool exists, before its name is returned
+    fd, name = made(**kw)
+    os.kill(os.getpid(), signal.SIGINT)
+    return fd, name
+tempfile.mkstemp = mkstemp
+try:
+    files.open_source("-")
+except KeyboardInterrupt:
+    print(os.listdir(tempfile.gettempdir()))
+"""
+
+
+def test_ctrl_c_as_the_stdin_spool_is_created_removes_it(tmp_path):
+    """A Ctrl-C that lands between the spool file's creation and its name reaching ecdc
+    (once in hundreds of runs of the test below) still removes it: signals wait there."""
+    spool_dir = tmp_path / "tmp"
+    spool_dir.mkdir()
+    p = subprocess.run([sys.executable, "-c", _SPOOL_RACE], input=b"fLaC" + bytes(4000), capture_output=True,
+                       env=dict(env(), TMPDIR=str(spool_dir)), preexec_fn=interruptible, timeout=120)
+    assert p.stdout.decode().strip() == "[]", (p.stdout, p.stderr[-2000:])
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupted_stdin_spool_is_removed(tmp_path, w24, sig, code):
     """A FLAC on stdin is spooled to a temporary file first; an interrupt removes it."""

@@ -3,8 +3,10 @@ a path, or stdin (a WAV stream read as it comes, other formats spooled to a temp
 first, on disk, so memory stays flat)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import struct
 import sys
 import tempfile
@@ -118,15 +120,32 @@ def open_source(path: str) -> Source:
     head = stdin.read(4)
     if head in (b"RIFF", b"RF64"):
         return WavPipeSource(stdin, head)
-    fd, spool = tempfile.mkstemp(prefix="ecdc-stdin-")
+    spool = None
     try:
+        with _signals_held():  # no Ctrl-C between the file's creation and knowing its name
+            fd, spool = tempfile.mkstemp(prefix="ecdc-stdin-")
         with os.fdopen(fd, "wb") as f:
             f.write(head)
             shutil.copyfileobj(stdin, f, 1 << 20)
     except BaseException:  # Ctrl-C, SIGTERM, a full disk: the spool goes too
-        os.unlink(spool)
+        if spool is not None:
+            os.unlink(spool)
         raise
     return FileSource(spool, spool=spool)
+
+
+@contextlib.contextmanager
+def _signals_held() -> tp.Iterator[None]:
+    """SIGINT and SIGTERM wait (where the platform can hold them) until the block ends."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def output_bits(fmt: tp.Optional[str], source: tp.Optional[str]) -> str:
