@@ -22,7 +22,6 @@ if "scipy.linalg" not in sys.modules:
         del sys.modules["scipy.linalg"]
 
 
-
 def njit(**options: tp.Any) -> tp.Callable[[tp.Callable], tp.Any]:
     """numba.njit(cache=True, **options), or without the cache where numba finds no folder
     it can write one to (it refuses to define the function then): compiled in each process."""

@@ -78,12 +78,12 @@ def int8_products() -> bool:
                          rng.integers(-127, 128, k)], axis=1)
         for m in (2, 48):  # oneDNN builds a kernel for each shape: 10 ms each
             a = np.resize(rows, (m, k)).astype(np.int8)
-            b = np.resize(cols.T, (256, k)).T.astype(np.int8)
+            w = np.resize(cols.T, (256, k)).astype(np.int8)  # [out, in], as Product holds them
             try:
-                got = mm(torch.from_numpy(a), torch.from_numpy(np.ascontiguousarray(b.T)).t()).numpy()  # as Product
+                got = mm(torch.from_numpy(a), torch.from_numpy(w).t()).numpy()
             except RuntimeError:
                 return False
-            if not np.array_equal(got, a.astype(np.int64) @ b.astype(np.int64)):
+            if not np.array_equal(got, a.astype(np.int64) @ w.T.astype(np.int64)):
                 return False
     return True
 
@@ -172,6 +172,14 @@ class IntLM:
                 Product.of(_np(w_1), _np(b_1), 9), Product.of(_np(w_2), _np(b_2), 7),
                 norm_params(_np(w_n2), _np(b_n2))))
         self.heads = Product.concat([Product.of(_np(w.t()), _np(b[0]), 9) for w, b in zip(lm.head_w, lm.head_b)])
+        self._heads: tp.Dict[int, Product] = {}
+
+    def heads_for(self, n_q: int) -> Product:
+        """The heads of the first `n_q` codebooks (made once: the float32 fallback's copy is kept)."""
+        self._check(n_q)
+        if n_q not in self._heads:
+            self._heads[n_q] = self.heads.first(n_q * CARD)
+        return self._heads[n_q]
 
     def _check(self, n_q: int) -> None:
         if n_q > self.used:
@@ -179,7 +187,6 @@ class IntLM:
 
     def start(self, n_q: int, batch: int, frames: int, first: tp.Optional[np.ndarray] = None) -> "State":
         """`batch` fresh streams of at most `frames` frames, stream i at positions first[i]..."""
-        self._check(n_q)
         return State(self, n_q, batch, frames, first)
 
     def known(self, codes: np.ndarray, first: int = 0, block: int = PASS_BLOCK) -> tp.Iterator[np.ndarray]:
@@ -192,8 +199,7 @@ class IntLM:
         [S, rows, n_q, 1024]. Their products have S times the rows, for fewer, larger calls."""
         streams = codes[None] if codes.ndim == 2 else codes
         S, frames, n_q = streams.shape
-        self._check(n_q)
-        heads, table, (base, slope) = self.heads.first(n_q * CARD), _exp32(), gelu_tables()
+        heads, table, (base, slope) = self.heads_for(n_q), _exp32(), gelu_tables()
         # key and value mantissas [S, H, 25, rows], the keys' 2**ek and the values' exponents [S, H, rows]
         L = len(self.layers)
         keys = np.zeros((L, S, HEADS, HEAD_DIM, frames + 1), np.float32)
@@ -301,21 +307,20 @@ class Positions:
 class State:
     """`batch` independent streams of at most `frames` frames each, stepped together.
 
-    Per layer: key and value mantissas as int16 [B, H, 25, rows] (a quarter of the memory
-    traffic of float64), the keys' 2**ek and the values' exponents [B, H, rows], in a
+    Per layer: key and value mantissas as int16 [B, H, 25, rows] (half the memory traffic of
+    float32), the keys' 2**ek and the values' exponents [B, H, rows], in a
     window that slides along its buffers."""
 
     SLACK = 32  # spare cache rows: the window moves back to the front once per SLACK steps
 
     def __init__(self, lm: IntLM, n_q: int, batch: int, frames: int, first: tp.Optional[np.ndarray] = None):
-        lm._check(n_q)
         self.lm, self.n_q, self.batch = lm, n_q, batch
+        self._heads = lm.heads_for(n_q)  # refuses more codebooks than the LM serves
         capacity = min(lm.past_context, frames) + 1 + self.SLACK
         self.offset = 0
         self.positions = Positions(batch, frames, first)
         self.prev = np.zeros((batch, n_q), np.int64)
         self._codebooks = np.arange(n_q)[None]
-        self._heads = lm.heads.first(n_q * CARD)
         self.window = Window(lm.past_context, capacity)
         layers = len(lm.layers)
         self.keys = np.zeros((layers, batch, HEADS, HEAD_DIM, capacity), np.int16)
