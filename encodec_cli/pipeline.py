@@ -31,19 +31,22 @@ from .specs import SPECS
 
 SinkFactory = tp.Callable[[int, int, tp.Optional[int], Header], B.Sink]  # rate, channels, frames, header
 SLOW_START = 2.0  # seconds a live stream's preparation may take before the user is told why
+LIVE_START = ("preparing the live stream: loading its models, and on this machine's first run numba compiles "
+              "its kernels (10-20 s; later runs load them)")
+LM_START = ("loading the language model, and on this machine's first run numba compiles its loops (5-10 s; "
+            "later runs load them)")
 
 
-@functools.lru_cache(maxsize=None)  # once a process
-def _tell_slow_start() -> None:
-    logging.getLogger("ecdc").warning("preparing the live stream: loading its models, and on this machine's "
-                                      "first run numba compiles its kernels (10-20 s; later runs load them)")
+@functools.lru_cache(maxsize=None)  # once a process for each message
+def _tell_slow_start(message: str = LIVE_START) -> None:
+    logging.getLogger("ecdc").warning(message)
 
 
 @contextlib.contextmanager
-def _told_if_slow() -> tp.Iterator[None]:
-    """Says why a live stream has not started if this part of its preparation (loading a
-    model, compiling or loading its kernels) takes over SLOW_START seconds."""
-    timer = threading.Timer(SLOW_START, _tell_slow_start)
+def _told_if_slow(message: str = LIVE_START) -> tp.Iterator[None]:
+    """Says why nothing has happened yet if this part of the preparation (loading a model,
+    compiling or loading its kernels) takes over SLOW_START seconds."""
+    timer = threading.Timer(SLOW_START, _tell_slow_start, (message,))
     timer.daemon = True
     timer.start()
     try:
@@ -163,8 +166,9 @@ def _compress(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions, progress
             model = live_model(spec, n_q, lm=opts.lm, lm_weights=opts.lm_weights, download_bars=opts.download_bars)
         lm_fingerprint = model.fingerprint
     else:
-        coder = make_encoder(spec, n_q, lm=opts.lm, lm_weights=opts.lm_weights, raw_fallback=opts.raw_fallback,
-                             download_bars=opts.download_bars)
+        with _told_if_slow(LM_START):
+            coder = make_encoder(spec, n_q, lm=opts.lm, lm_weights=opts.lm_weights, raw_fallback=opts.raw_fallback,
+                                 download_bars=opts.download_bars)
         lm_fingerprint = coder.fingerprint
     header = Header(model=spec.name, coder="lm" if opts.lm else "raw", n_codebooks=n_q, bandwidth=opts.bandwidth,
                     sample_rate=spec.sample_rate, channels=spec.channels,
@@ -264,7 +268,8 @@ def decoded_packets(reader: Reader, opts: DecompressOptions, ramp: bool = False)
         yield from reader
         return
     with torch_threads(opts.threads):
-        coder = make_decoder(SPECS[h.model], h, lm_weights=opts.lm_weights, download_bars=opts.download_bars)
+        with _told_if_slow(LM_START):
+            coder = make_decoder(SPECS[h.model], h, lm_weights=opts.lm_weights, download_bars=opts.download_bars)
         for batch in batches(reader, lambda p: len(p.segments), coder.batch_streams, ramp):
             for packet, codes in zip(batch, coder.decode_many(batch)):
                 yield dataclasses.replace(packet, codes=codes)

@@ -442,3 +442,33 @@ def test_a_slow_live_start_says_why_once(checkpoints, monkeypatch, caplog):
             decompress_stream(fo, lambda *a: ArraySink(1), DecompressOptions(**_opts(checkpoints, "encodec_24khz")))
         told = [r.getMessage() for r in caplog.records if "first run" in r.getMessage()]
         assert len(told) == said and all("numba compiles its kernels" in m for m in told)
+
+
+def test_a_slow_lm_start_for_a_file_says_why_once(checkpoints, monkeypatch, caplog):
+    """An LM-coded file's first run on a machine compiles numba's loops for seconds before
+    any coding: past SLOW_START the user is told why, once a process each way; the loops are
+    compiled or loaded as the coder loads (not inside the first packet); a quick start says
+    nothing."""
+    from encodec_cli import pipeline
+    from encodec_cli.entropy import intlm, lmcoder
+
+    load = lmcoder.load_lm
+    monkeypatch.setattr(lmcoder, "load_lm", lambda *a, **k: (time.sleep(0.3), load(*a, **k))[1])
+    steps: list = []
+    start = intlm.IntLM.start
+    monkeypatch.setattr(intlm.IntLM, "start", lambda self, *a, **k: steps.append(a[1]) or start(self, *a, **k))
+    for slow_start, said in ((60.0, 0), (0.05, 2)):
+        pipeline._tell_slow_start.cache_clear()
+        monkeypatch.setattr(pipeline, "SLOW_START", slow_start)
+        caplog.clear()
+        steps.clear()
+        with caplog.at_level("WARNING", logger="ecdc"):
+            fo = io.BytesIO()
+            compress_stream(ArraySource(tone(0.3, 24000), 24000), fo,
+                            CompressOptions(bandwidth=6.0, raw_fallback=False, **_opts(checkpoints, "encodec_24khz")))
+            pipeline._tell_slow_start.cache_clear()  # a decompressing process of its own
+            fo.seek(0)
+            decompress_stream(fo, lambda *a: ArraySink(1), DecompressOptions(**_opts(checkpoints, "encodec_24khz")))
+        told = [r.getMessage() for r in caplog.records if "first run" in r.getMessage()]
+        assert len(told) == said and all("numba compiles its loops" in m for m in told)
+        assert steps[:2] == [1, 2]  # the decoder's warm-up: one stream, then two

@@ -113,6 +113,8 @@ class LMEncoder:
     def load(cls, spec: ModelSpec, n_q: int, weights: tp.Optional[Path], download_bars: bool = True,
              raw_fallback: bool = True) -> "LMEncoder":
         lm, fp = load_lm(spec.name, weights, n_q, download_bars)
+        for _ in lm.known(np.zeros((1, n_q), np.int64)):  # numba's loops compiled or loaded now, not in a packet
+            pass
         return cls(lm, fp, spec, n_q, raw_fallback)
 
     def encode_lm(self, packets: tp.Sequence[CodedPacket], step: Step = None) -> tp.List[bytes]:
@@ -216,7 +218,10 @@ class LMDecoder:
 
     @classmethod
     def load(cls, spec: ModelSpec, header: Header, weights: tp.Optional[Path], download_bars: bool = True):
-        return cls(checked_lm(spec, header, weights, download_bars), spec, header.n_codebooks)
+        lm, n_q = checked_lm(spec, header, weights, download_bars), header.n_codebooks
+        for streams in (1, 2):  # numba's loops (one stream's products, and several's) compiled or loaded now
+            lm.start(n_q, streams, 1).step()
+        return cls(lm, spec, n_q)
 
     def decode(self, packet: Packet) -> np.ndarray:
         return self.decode_many([packet])[0]
