@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -161,6 +162,30 @@ def test_compiled_loops_load_without_scipy_linalg():
             "import scipy.linalg\n"
             "assert scipy.linalg.cython_blas is not None\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_cached_loops_load_without_numbas_compiler(tmp_path):
+    """A loop in numba's cache loads without numba refreshing its compiler (0.2 s: it would
+    import numba.typed and the rest); a loop not in the cache still compiles, and both
+    give their results."""
+    pytest.importorskip("numba")
+    code = ("import sys\n"
+            "import numpy as np\n"
+            "from encodec_cli.entropy import lmloops\n"
+            "out, scales = np.zeros((2, 200), np.int8), np.empty(1)\n"
+            "lmloops.norm_add(np.full((1, 200), 3 << 9, np.int64), np.full(200, 2048, np.int64),\n"
+            "                 np.zeros(200, np.int64), np.ones((1, 200), np.int64), 8, out, scales)\n"
+            "assert out.max() > 0\n"
+            "hits = sum(lmloops.norm_add.stats.cache_hits.values())\n"
+            "print(hits, 'numba.typed.typedlist' in sys.modules)\n")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+
+    def run() -> str:
+        return subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env,
+                              capture_output=True, text=True).stdout.split()
+
+    assert run() == ["0", "True"]   # compiled: numba's compiler, refreshed
+    assert run() == ["1", "False"]  # from the cache: no refresh
 
 
 def test_wheel_ships_every_module(tmp_path):

@@ -12,13 +12,19 @@ they keep BLAS's products.
 """
 from __future__ import annotations
 
+import typing as tp
+
 import numpy as np
 
-from ..jit import nb
+from ..jit import lean_loads, nb
 
 FEW = 3  # columns up to which these loops beat BLAS (measured: at 12 BLAS wins)
 
-_jit = nb.njit(cache=True, nogil=True, boundscheck=False, fastmath={"reassoc", "contract"})
+_options = dict(cache=True, nogil=True, boundscheck=False, fastmath={"reassoc", "contract"})
+
+
+def _jit(f: tp.Callable) -> tp.Any:
+    return lean_loads(nb.njit(**_options)(f))
 
 
 @_jit
