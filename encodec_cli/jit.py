@@ -50,7 +50,7 @@ def _load_overload(cache: tp.Any, sig: tp.Any, target_context: tp.Any) -> tp.Any
 def lean_loads(dispatcher: tp.Any) -> tp.Any:
     """`dispatcher` (numba.njit(cache=True)), loading from its cache without the refresh,
     where this numba has the internals for that (else as numba loads)."""
-    cache = getattr(dispatcher, "_cache", None)
+    cache: tp.Any = getattr(dispatcher, "_cache", None)
     if all(hasattr(cache, name) for name in ("load_overload", "_load_overload", "_guard_against_spurious_io_errors")):
         cache.load_overload = types.MethodType(_load_overload, cache)
     return dispatcher

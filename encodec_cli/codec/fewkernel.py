@@ -20,11 +20,9 @@ from ..jit import lean_loads, nb
 
 FEW = 3  # columns up to which these loops beat BLAS (measured: at 12 BLAS wins)
 
-_options = dict(cache=True, nogil=True, boundscheck=False, fastmath={"reassoc", "contract"})
-
 
 def _jit(f: tp.Callable) -> tp.Any:
-    return lean_loads(nb.njit(**_options)(f))
+    return lean_loads(nb.njit(cache=True, nogil=True, boundscheck=False, fastmath={"reassoc", "contract"})(f))
 
 
 @_jit
