@@ -181,29 +181,29 @@ def split(p, scales, powers, bias, streams, first, queries, keys, key_scales, va
     rows = total // streams
     heads, width = queries.shape[1], queries.shape[3]
     dim = heads * width
-    v = np.empty(width, np.int64)
+    v = np.empty(3 * dim, np.int64)
     for s in range(streams):
         for r in range(rows):
             n, t = s * rows + r, first + r
             pe = scales[n]
+            for i in range(_u(3 * dim)):  # the whole row first: one loop the compiler vectorizes
+                v[i] = min(max(_value(p, total, n, i, pe * powers[i], bias[i]), -ACT_LIMIT), ACT_LIMIT)
             for part in range(3):
                 for h in range(heads):
                     o = part * dim + h * width
                     m = np.int64(0)
                     for d in range(_u(width)):
-                        v[d] = min(max(_value(p, total, n, o + d, pe * powers[o + d], bias[o + d]), -ACT_LIMIT),
-                                   ACT_LIMIT)
-                        m = max(m, abs(v[d]))
+                        m = max(m, abs(v[o + d]))
                     e = _excess(m, QKV_BITS[part])
                     half = (np.int64(1) << e) >> 1
                     if part == 0:
                         scale, row = np.float32(math.ldexp(1.0, e - Q)), queries[s, h, r]
                         for d in range(_u(width)):
-                            row[d] = np.float32((v[d] + half) >> e) * scale
+                            row[d] = np.float32((v[o + d] + half) >> e) * scale
                     else:
                         column = (keys if part == 1 else values)[s, h, :, t]
                         for d in range(_u(width)):
-                            column[d] = (v[d] + half) >> e
+                            column[d] = (v[o + d] + half) >> e
                         if part == 1:
                             key_scales[s, h, t] = np.float32(math.ldexp(1.0, e))
                         else:
