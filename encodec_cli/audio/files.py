@@ -3,10 +3,8 @@ a path, or stdin (a WAV stream read as it comes, other formats spooled to a temp
 first, on disk, so memory stays flat)."""
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import struct
 import sys
 import tempfile
@@ -15,6 +13,7 @@ import typing as tp
 import numpy as np
 import soundfile as sf
 
+from .. import interrupts
 from ..errors import AudioError
 from .blocks import BLOCK, Source, clip
 from .pipes import WavPipeSource, unknown_size
@@ -122,7 +121,7 @@ def open_source(path: str) -> Source:
         return WavPipeSource(stdin, head)
     spool = None
     try:
-        with _signals_held():  # no Ctrl-C between the file's creation and knowing its name
+        with interrupts.deferred():  # no Ctrl-C between the file's creation and knowing its name
             fd, spool = tempfile.mkstemp(prefix="ecdc-stdin-")
         with os.fdopen(fd, "wb") as f:
             f.write(head)
@@ -132,20 +131,6 @@ def open_source(path: str) -> Source:
             os.unlink(spool)
         raise
     return FileSource(spool, spool=spool)
-
-
-@contextlib.contextmanager
-def _signals_held() -> tp.Iterator[None]:
-    """SIGINT and SIGTERM wait (where the platform can hold them) until the block ends."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def output_bits(fmt: tp.Optional[str], source: tp.Optional[str]) -> str:
