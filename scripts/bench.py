@@ -297,19 +297,27 @@ def lm_bench(a, work: Path, weights: dict) -> None:
                                      "--weights", work / "weights") + (["--hq"] if flag == "48khz" else []), refenv)
             runs["ref_d"] = (ref_cmd(a.ref_python, "decompress", work / "r.ecdc", work / "r.wav",
                                      "--weights", work / "weights"), refenv)
-        best = {}
+        best: tp.Dict[str, tp.Tuple[float, float]] = {}
+        walls: tp.Dict[str, tp.List[float]] = {}
         for _ in range(a.repeats):
             for key, (cmd, env) in runs.items():  # alternating, so drifts hit every tool alike
                 wall, rss = run(cmd, env)
+                walls.setdefault(key, []).append(wall)
                 if key not in best or wall < best[key][0]:
                     best[key] = (wall, rss)
         for direction, c in (("compress", "c"), ("decompress", "d")):
             raw, lm = best[f"raw_{c}"], best[f"lm_{c}"]
+            # each round's raw and LM runs are neighbours in time: their ratio is spared the
+            # VM's slower drifts, which the best of each alone is not
+            paired = float(np.median(np.array(walls[f"raw_{c}"]) / np.array(walls[f"lm_{c}"])))
+            paired_base = (float(np.median(np.array(walls[f"raw_{c}"]) / np.array(walls[f"base_{c}"])))
+                           if f"base_{c}" in walls else 0.0)
             ref = best.get(f"ref_{c}")
             base = best.get(f"base_{c}")
             rows.append((f"{flag} 6 kbps, {seconds:g} s", direction, seconds / raw[0], seconds / lm[0],
                          raw[0] / lm[0], lm[1], seconds / ref[0] if ref else None,
-                         ref[0] / lm[0] if ref else None, raw[0] / base[0] if base else None))
+                         ref[0] / lm[0] if ref else None, raw[0] / base[0] if base else None, paired,
+                         paired_base))
         # sizes: coder 3's payload without and with the raw fallback, against raw
         codec = C.load_codec(name, w)
         n_q = codec.spec.codebooks_for(6.0)
@@ -322,11 +330,12 @@ def lm_bench(a, work: Path, weights: dict) -> None:
         raw = sum(len(F.pack_codes(c)) for c, _ in grouped)
         ref_size = (work / "r.ecdc").stat().st_size if have_ref else None
         sizes.append((flag, ref_size, (work / "e.ecdc").stat().st_size, pure, with_fallback, raw))
-    _table(["input", "direction", "raw RTF", "--lm RTF", "--lm / raw speed", "--lm peak RSS",
-            "reference --lm RTF", "ecdc --lm vs reference --lm"] + (["baseline --lm / raw"] if a.baseline else []),
-           [[r[0], r[1], f"{r[2]:.1f}x", f"{r[3]:.1f}x", f"**{100 * r[4]:.0f}%**", f"{r[5]:.0f} MB",
-             f"{r[6]:.2f}x" if r[6] else "n/a", f"**{r[7]:.1f}x**" if r[6] else "n/a"]
-            + ([f"{100 * r[8]:.0f}%"] if a.baseline else []) for r in rows])
+    _table(["input", "direction", "raw RTF", "--lm RTF", "--lm / raw speed", "median of rounds' --lm / raw",
+            "--lm peak RSS", "reference --lm RTF", "ecdc --lm vs reference --lm"]
+           + (["baseline --lm / raw (median of rounds)"] if a.baseline else []),
+           [[r[0], r[1], f"{r[2]:.1f}x", f"{r[3]:.1f}x", f"**{100 * r[4]:.0f}%**", f"{100 * r[9]:.0f}%",
+             f"{r[5]:.0f} MB", f"{r[6]:.2f}x" if r[6] else "n/a", f"**{r[7]:.1f}x**" if r[6] else "n/a"]
+            + ([f"{100 * r[8]:.0f}% ({100 * r[10]:.0f}%)"] if a.baseline else []) for r in rows])
     print()
     _table(["input", "reference --lm file", "ecdc --lm file", "coder 3 payload, no fallback",
             "with raw fallback", "raw payload"],
