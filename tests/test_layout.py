@@ -146,18 +146,21 @@ def test_light_corners_import_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
+_A_LOOP_RUNS = ("import sys\n"
+                "import numpy as np\n"
+                "from encodec_cli.entropy import lmloops\n"
+                "out, scales = np.zeros((2, 200), np.int8), np.empty(1)\n"
+                "lmloops.norm_add(np.full((1, 200), 3 << 9, np.int64), np.full(200, 2048, np.int64),\n"
+                "                 np.zeros(200, np.int64), np.ones((1, 200), np.int64), 8, out, scales)\n"
+                "assert out.max() > 0\n")
+
+
 def test_compiled_loops_load_without_scipy_linalg():
     """numba's check for scipy's BLAS runs without importing scipy.linalg (0.2 s, 27 MB);
     the loops still run, and scipy.linalg still imports afterwards."""
     pytest.importorskip("numba")
     pytest.importorskip("scipy")
-    code = ("import sys\n"
-            "import numpy as np\n"
-            "from encodec_cli.entropy import lmloops\n"
-            "out, scales = np.zeros((2, 200), np.int8), np.empty(1)\n"
-            "lmloops.norm_add(np.full((1, 200), 3 << 9, np.int64), np.full(200, 2048, np.int64),\n"
-            "                 np.zeros(200, np.int64), np.ones((1, 200), np.int64), 8, out, scales)\n"
-            "assert out.max() > 0\n"
+    code = (_A_LOOP_RUNS +
             "assert 'scipy.linalg' not in sys.modules, 'scipy.linalg imported'\n"
             "import scipy.linalg\n"
             "assert scipy.linalg.cython_blas is not None\n")
@@ -169,13 +172,7 @@ def test_cached_loops_load_without_numbas_compiler(tmp_path):
     import numba.typed and the rest); a loop not in the cache still compiles, and both
     give their results."""
     pytest.importorskip("numba")
-    code = ("import sys\n"
-            "import numpy as np\n"
-            "from encodec_cli.entropy import lmloops\n"
-            "out, scales = np.zeros((2, 200), np.int8), np.empty(1)\n"
-            "lmloops.norm_add(np.full((1, 200), 3 << 9, np.int64), np.full(200, 2048, np.int64),\n"
-            "                 np.zeros(200, np.int64), np.ones((1, 200), np.int64), 8, out, scales)\n"
-            "assert out.max() > 0\n"
+    code = (_A_LOOP_RUNS +
             "hits = sum(lmloops.norm_add.stats.cache_hits.values())\n"
             "print(hits, 'numba.typed.typedlist' in sys.modules)\n")
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
