@@ -76,12 +76,6 @@ def exp_table() -> np.ndarray:
                         lambda i: (Decimal(-i) / 1024).exp() * (1 << EXP_BITS))
 
 
-@functools.lru_cache(maxsize=None)
-def exp_table_f64() -> np.ndarray:
-    """exp_table() as float64 (exact: every entry is below 2**31)."""
-    return exp_table().astype(np.float64)
-
-
 def _phi_cdf(x: Decimal) -> Decimal:
     """The standard normal CDF, by its everywhere-convergent series of positive terms."""
     if x < 0:
