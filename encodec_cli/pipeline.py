@@ -43,7 +43,7 @@ def _tell_slow_start(message: str = LIVE_START) -> None:
 
 
 @contextlib.contextmanager
-def _told_if_slow(message: str = LIVE_START) -> tp.Iterator[None]:
+def told_if_slow(message: str = LIVE_START) -> tp.Iterator[None]:
     """Says why nothing has happened yet if this part of the preparation (loading a model,
     compiling or loading its kernels) takes over SLOW_START seconds."""
     timer = threading.Timer(SLOW_START, _tell_slow_start, (message,))
@@ -162,11 +162,11 @@ def _compress(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions, progress
     n_q = spec.codebooks_for(opts.bandwidth)
     codec = C.load_codec(opts.model, opts.weights, opts.download_bars, side="encoder", codebooks=n_q)
     if opts.live:
-        with _told_if_slow():
+        with told_if_slow():
             model = live_model(spec, n_q, lm=opts.lm, lm_weights=opts.lm_weights, download_bars=opts.download_bars)
         lm_fingerprint = model.fingerprint
     else:
-        with _told_if_slow(LM_START):
+        with told_if_slow(LM_START):
             coder = make_encoder(spec, n_q, lm=opts.lm, lm_weights=opts.lm_weights, raw_fallback=opts.raw_fallback,
                                  download_bars=opts.download_bars)
         lm_fingerprint = coder.fingerprint
@@ -184,7 +184,7 @@ def _compress(source: B.Source, fo: tp.BinaryIO, opts: CompressOptions, progress
 
     if opts.live:
         live_writer = live.Writer(fo, live.live_header(header), model)
-        with _told_if_slow():  # while the decoder loads: not in the stream's first frames
+        with told_if_slow():  # while the decoder loads: not in the stream's first frames
             C.warm_live(codec, n_q, encoder=True)
         first = next(blocks, None)
         audio = Audio(source, itertools.chain([] if first is None else [first], blocks), spec, progress)
@@ -243,7 +243,7 @@ def reader_for(inp: Input, header: Header, opts: DecompressOptions, frames: Fram
     where a cut stream is cut (its `cut` says so) instead of raising."""
     if header.version == v1.LIVE_VERSION:
         spec = SPECS[header.model]
-        with _told_if_slow():
+        with told_if_slow():
             model = live_model(spec, header.n_codebooks, lm=header.coder == "lm", lm_weights=opts.lm_weights,
                                header=header, download_bars=opts.download_bars)
         return live.Reader(inp, header, model, frames, keep_cut=keep_cut)
@@ -268,7 +268,7 @@ def decoded_packets(reader: Reader, opts: DecompressOptions, ramp: bool = False)
         yield from reader
         return
     with torch_threads(opts.threads):
-        with _told_if_slow(LM_START):
+        with told_if_slow(LM_START):
             coder = make_decoder(SPECS[h.model], h, lm_weights=opts.lm_weights, download_bars=opts.download_bars)
         for batch in batches(reader, lambda p: len(p.segments), coder.batch_streams, ramp):
             for packet, codes in zip(batch, coder.decode_many(batch)):
@@ -342,7 +342,7 @@ def _decompress(inp: Input, h: Header, open_sink: SinkFactory, opts: DecompressO
         decoded: tp.Iterator[np.ndarray] = salvage.blocks()
     else:
         if live_stream:
-            with _told_if_slow():  # before the first frame comes, not when it does
+            with told_if_slow():  # before the first frame comes, not when it does
                 C.warm_live(codec, h.n_codebooks, encoder=False)
         plain = reader_for(inp, h, opts, span.frames, keep_cut=True)  # a cut recording: what it holds
         reader = plain

@@ -15,7 +15,7 @@ from .entropy.coders import make_encoder
 from .formats import v1
 from .formats.records import Header
 from .options import CompressOptions, DecompressOptions, Progress, Result
-from .pipeline import Audio, check_source, read_packets, write_packets
+from .pipeline import LM_START, Audio, check_source, read_packets, told_if_slow, write_packets
 from .specs import SPECS
 
 PIECE_FRAMES = 100  # 24 kHz codes are packed in pieces of this many frames, as the encoder gives them
@@ -66,8 +66,9 @@ def pack_stream(codes: Codes, fo: tp.BinaryIO, opts: CompressOptions, progress: 
     assert codes.source_sample_rate is not None and codes.source_channels is not None
     fingerprint = fingerprint_of(codes, opts.weights, opts.download_bars)
     with torch_threads(opts.threads):
-        coder = make_encoder(spec, codes.n_codebooks, lm=opts.lm, lm_weights=opts.lm_weights,
-                             raw_fallback=opts.raw_fallback, download_bars=opts.download_bars)
+        with told_if_slow(LM_START):
+            coder = make_encoder(spec, codes.n_codebooks, lm=opts.lm, lm_weights=opts.lm_weights,
+                                 raw_fallback=opts.raw_fallback, download_bars=opts.download_bars)
         header = Header(model=spec.name, coder="lm" if opts.lm else "raw", n_codebooks=codes.n_codebooks,
                         bandwidth=codes.bandwidth, sample_rate=spec.sample_rate, channels=spec.channels,
                         source_sample_rate=codes.source_sample_rate, source_channels=codes.source_channels,
