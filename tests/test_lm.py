@@ -181,19 +181,25 @@ def test_one_pass_equals_stepping(name, n_q, frames, first):
 
 def test_streams_stepped_together_each_get_their_own():
     """Streams stepped together each get what they get alone, each from its own position;
-    the window moves back to its buffer's front, and short streams get a short buffer."""
+    the window moves back to its buffer's front, and short streams get a short buffer.
+    Streams dropped on the way (State.keep) leave the others as they were."""
     lm = int_lm("encodec_24khz")
     rng = np.random.default_rng(5)
-    for batch, frames in ((7, 300), (2, 20)):
+    for batch, frames, drops in ((7, 300, {150: [0, 2, 3, 5, 6], 290: [1, 2, 4]}), (2, 20, {})):
         first = rng.integers(0, 1 << 30, batch)
         together = lm.start(4, batch, frames, first)
         alone = [lm.start(4, 1, frames, first[i:i + 1]) for i in range(batch)]
         assert together.keys.shape[-1] == min(frames, lm.past_context) + 1 + together.SLACK
         for t in range(frames):
+            if t in drops:  # across a position block (POS_BLOCK) and a move of the window
+                together.keep(np.array(drops[t]))
+                alone = [alone[i] for i in drops[t]]
+                assert together.keys.shape[1] == len(alone)
+                assert all(a.flags.c_contiguous for a in (together.keys, together.values, together.exps))
             got = together.step()
             for i, state in enumerate(alone):
                 np.testing.assert_array_equal(got[i], state.step()[0], err_msg=str(t))
-            codes = got.argmax(-1) if t % 3 else rng.integers(0, 1024, (batch, 4))
+            codes = got.argmax(-1) if t % 3 else rng.integers(0, 1024, (len(alone), 4))
             together.push(codes)
             for i, state in enumerate(alone):
                 state.push(codes[i:i + 1])
@@ -402,6 +408,22 @@ def test_packets_are_independent_whatever_the_batching(lm24):
     dec = LMDecoder(lm24, spec, 4)
     for got, part in zip(dec.decode_many(together[:1]) + dec.decode_many(together[1:]), parts):
         np.testing.assert_array_equal(got, part)
+
+
+def test_decoder_stops_stepping_streams_that_ended(lm24, monkeypatch):
+    """Packets of unequal lengths decoded together: once the shorter ones end, the LM
+    steps only the others (where that saves more than copying their caches)."""
+    spec = SPECS["encodec_24khz"]
+    lengths = (30, 12, 30, 16, 29)
+    parts = [likely_codes(lm24, 4, n, first=[n, 1, 2, 3]) for n in lengths]
+    packets = code_packets(LMEncoder(lm24, bytes(8), spec, 4), parts)
+    stepped = []
+    monkeypatch.setattr(intlm.State, "step", lambda self, step=intlm.State.step: stepped.append(self.batch)
+                        or step(self))
+    for got, part in zip(LMDecoder(lm24, spec, 4).decode_many(packets), parts):
+        np.testing.assert_array_equal(got, part)
+    # 12 steps of 5 streams, 4 of 4, 14 of 3: the one that ends a step before the last stays
+    assert stepped == [5] * 12 + [4] * 4 + [3] * 14
 
 
 def test_unpredictable_packet_falls_back_to_raw_and_costs_no_lm_work(lm24, monkeypatch):

@@ -200,12 +200,13 @@ class IntLM:
         streams = codes[None] if codes.ndim == 2 else codes
         S, frames, n_q = streams.shape
         heads, table, (base, slope) = self.heads_for(n_q), _exp32(), gelu_tables()
-        # key and value mantissas [S, H, 25, rows], the keys' 2**ek and the values' exponents [S, H, rows]
+        # key and value mantissas [S, H, 25, rows], the keys' 2**ek and the values' exponents
+        # [S, H, rows] (int8: at most 11)
         L = len(self.layers)
         keys = np.zeros((L, S, HEADS, HEAD_DIM, frames + 1), np.float32)
         values = np.zeros((L, S, HEADS, HEAD_DIM, frames + 1), np.float32)
         scales = np.zeros((L, S, HEADS, frames + 1), np.float32)
-        exps = np.zeros((L, S, HEADS, frames + 1), np.int64)
+        exps = np.zeros((L, S, HEADS, frames + 1), np.int8)
         for i, layer in enumerate(self.layers):  # row 0: the reference's all-zero input
             loops.split(np.zeros((2 * S, 3 * DIM), np.int32), np.ones(S), layer.qkv.powers, layer.qkv.bias, S, 0,
                         np.empty((S, HEADS, 1, HEAD_DIM), np.float32), keys[i], scales[i], values[i], exps[i])
@@ -303,12 +304,17 @@ class Positions:
             self.block = block
         return self.table[:, i]
 
+    def keep(self, streams: np.ndarray) -> None:
+        """Only the streams at these indices go on."""
+        self.batch = len(streams)
+        self.first, self.table = self.first[streams], self.table[streams]
+
 
 class State:
     """`batch` independent streams of at most `frames` frames each, stepped together.
 
     Per layer: key and value mantissas as int16 [B, H, 25, rows] (half the memory traffic of
-    float32), the keys' 2**ek and the values' exponents [B, H, rows], in a
+    float32), the keys' 2**ek and the values' exponents (int8) [B, H, rows], in a
     window that slides along its buffers."""
 
     SLACK = 32  # spare cache rows: the window moves back to the front once per SLACK steps
@@ -323,10 +329,10 @@ class State:
         self._codebooks = np.arange(n_q)[None]
         self.window = Window(lm.past_context, capacity)
         layers = len(lm.layers)
-        self.keys = np.zeros((layers, batch, HEADS, HEAD_DIM, capacity), np.int16)
-        self.values = np.zeros((layers, batch, HEADS, HEAD_DIM, capacity), np.int16)
-        self.scales = np.zeros((layers, batch, HEADS, capacity), np.float32)
-        self.exps = np.zeros((layers, batch, HEADS, capacity), np.int64)
+        self.keys: np.ndarray = np.zeros((layers, batch, HEADS, HEAD_DIM, capacity), np.int16)
+        self.values: np.ndarray = np.zeros((layers, batch, HEADS, HEAD_DIM, capacity), np.int16)
+        self.scales: np.ndarray = np.zeros((layers, batch, HEADS, capacity), np.float32)
+        self.exps: np.ndarray = np.zeros((layers, batch, HEADS, capacity), np.int8)
         self._queries = np.empty((batch, HEADS, 1, HEAD_DIM), np.float32)
         for i, layer in enumerate(lm.layers):  # row 0: the reference's all-zero input
             loops.split(np.zeros((2 * batch, 3 * DIM), np.int32), np.ones(batch), layer.qkv.powers,
@@ -359,6 +365,17 @@ class State:
     def push(self, codes: np.ndarray) -> None:
         """Feed the codes [batch, n_q] of the frame just coded."""
         self.prev = codes.astype(np.int64).reshape(self.batch, self.n_q) + 1
+
+    def keep(self, streams: np.ndarray) -> None:
+        """Only the streams at these indices (ascending) go on: the others' caches are
+        dropped, so that finished streams cost no more steps."""
+        self.batch = len(streams)
+        self.positions.keep(streams)
+        self.prev = self.prev[streams]
+        # np.take gives C-contiguous arrays (a[:, i] does not), as the compiled loops take them
+        self.keys, self.values, self.scales, self.exps = (np.take(a, streams, axis=1) for a in (
+            self.keys, self.values, self.scales, self.exps))
+        self._queries = np.empty((self.batch, HEADS, 1, HEAD_DIM), np.float32)
 
     def _move(self, start: int, stop: int) -> None:
         n = stop - start

@@ -34,6 +34,7 @@ Step = tp.Optional[tp.Callable[[int], None]]  # told of each step's frames, for 
 # values (int16): a 24 kHz packet (a 263-frame window) 1.3 MB, a 48 kHz segment (150
 # frames) 0.8 MB. 8 keeps a two-hour 24 kHz file within 500 MB.
 BATCH_STREAMS = {True: 8, False: 24}  # by spec.causal
+DROP_COST = 4  # steps of each stream kept that dropping ended streams may cost (_Batch)
 
 
 def load_lm(codec_name: str, weights: tp.Optional[Path], n_q: int, download_bars: bool = True
@@ -68,6 +69,8 @@ class _Batch:
     (`ranges`); their frames are rows of the packets' codes laid end to end (`base`: each
     stream's first row). A 24 kHz packet's stream starts at the position of its first frame
     in the file (`offsets`: frames before each packet); 48 kHz segments start at position 0.
+    Streams that have ended are dropped from the state (`live`: the ones it still steps),
+    where the steps saved outweigh copying the others' caches.
     """
 
     def __init__(self, lm: IntLM, n_q: int, packets: tp.Sequence[tp.Sequence[Segment]],
@@ -81,18 +84,25 @@ class _Batch:
             first = np.repeat(np.asarray(offsets, np.int64), [len(segs) for segs in packets])
         self.steps = int(self.lengths.max()) if len(self.lengths) else 0
         self.state: tp.Optional[State] = lm.start(n_q, len(self.lengths), self.steps, first) if self.steps else None
+        self.live = np.arange(len(self.lengths))
 
     def rows(self, t: int) -> np.ndarray:
-        """Per stream, the row it codes at step t (a finished stream: its last row, unused)."""
-        return self.base + np.minimum(t, self.lengths - 1)
+        """Per live stream, the row it codes at step t (an ended stream: its last row, unused)."""
+        return self.base[self.live] + np.minimum(t, self.lengths[self.live] - 1)
 
-    def probabilities(self, n_q: int) -> np.ndarray:
-        """What constriction gets for the next step: [streams, n_q, 1024]."""
+    def probabilities(self, t: int, n_q: int) -> np.ndarray:
+        """What constriction gets for step t: [live streams, n_q, 1024]."""
         assert self.state is not None  # there are steps
-        return model_probabilities(self.state.step()).reshape(len(self.lengths), n_q, CARD)
+        going = self.lengths[self.live] > t
+        ended = len(going) - int(going.sum())
+        # copying a stream's caches takes about as long as a few of its steps
+        if ended and ended * (self.steps - t) >= DROP_COST * (len(going) - ended):
+            self.live = self.live[going]
+            self.state.keep(np.flatnonzero(going))
+        return model_probabilities(self.state.step()).reshape(len(self.live), n_q, CARD)
 
     def push(self, codes: np.ndarray) -> None:
-        """Feed each stream's codes [streams, n_q] of the step just decoded."""
+        """Feed each live stream's codes [streams, n_q] of the step just decoded."""
         assert self.state is not None
         self.state.push(codes)
 
@@ -252,18 +262,19 @@ class LMDecoder:
         batch = _Batch(self.lm, self.n_q, [p.segments for p in packets], offsets)
         decoded = np.zeros((frames, self.n_q), np.uint16)
         for t in range(batch.steps):
-            probs = batch.probabilities(self.n_q)
-            live = t < batch.lengths
+            probs = batch.probabilities(t, self.n_q)
+            coding = t < batch.lengths[batch.live]
             rows = batch.rows(t)
-            for p, (lo, hi) in enumerate(batch.ranges):
-                sel = live[lo:hi]
+            for p, (a, b) in enumerate(batch.ranges):
+                a, b = np.searchsorted(batch.live, (a, b))  # the packet's live streams
+                sel = coding[a:b]
                 if sel.any():
                     try:
-                        symbols = coders[p].decode(_MODEL, probs[lo:hi][sel].reshape(-1, CARD))
+                        symbols = coders[p].decode(_MODEL, probs[a:b][sel].reshape(-1, CARD))
                     except Exception as e:  # constriction's own checks on damaged data
                         raise CorruptError(f"corrupted file: LM packet {numbers[p]} at byte "
                                            f"{packets[p].offset} cannot be decoded ({e})") from None
-                    decoded[rows[lo:hi][sel]] = symbols.reshape(-1, self.n_q)
+                    decoded[rows[a:b][sel]] = symbols.reshape(-1, self.n_q)
             batch.push(decoded[rows])
         codes = np.split(decoded, np.cumsum([p.frames for p in packets])[:-1])
         for p, (packet, crc) in enumerate(zip(packets, crcs)):

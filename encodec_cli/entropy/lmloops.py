@@ -176,7 +176,7 @@ def split(p, scales, powers, bias, streams, first, queries, keys, key_scales, va
     queries [S, H, R, 25] get q * 2**(eq - 10) (float32, exact); row r's key and value
     mantissas go to column first + r of keys and values [S, H, 25, rows] (int16: they
     are below 2**10 + 1), the key's 2**ek to key_scales [S, H, rows] (float32) and the
-    value's exponent to value_exps [S, H, rows]."""
+    value's exponent to value_exps [S, H, rows] (int8)."""
     total = p.shape[0] // 2
     rows = total // streams
     heads, width = queries.shape[1], queries.shape[3]
