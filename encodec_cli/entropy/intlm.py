@@ -372,9 +372,12 @@ class State:
         self.batch = len(streams)
         self.positions.keep(streams)
         self.prev = self.prev[streams]
-        # np.take gives C-contiguous arrays (a[:, i] does not), as the compiled loops take them
-        self.keys, self.values, self.scales, self.exps = (np.take(a, streams, axis=1) for a in (
-            self.keys, self.values, self.scales, self.exps))
+        # np.take gives C-contiguous arrays (a[:, i] does not), as the compiled loops take
+        # them; one at a time, so that only one old array is held beside its copy
+        self.keys = np.take(self.keys, streams, axis=1)
+        self.values = np.take(self.values, streams, axis=1)
+        self.scales = np.take(self.scales, streams, axis=1)
+        self.exps = np.take(self.exps, streams, axis=1)
         self._queries = np.empty((self.batch, HEADS, 1, HEAD_DIM), np.float32)
 
     def _move(self, start: int, stop: int) -> None:
