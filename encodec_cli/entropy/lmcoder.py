@@ -265,8 +265,8 @@ class LMDecoder:
             probs = batch.probabilities(t, self.n_q)
             coding = t < batch.lengths[batch.live]
             rows = batch.rows(t)
-            for p, (a, b) in enumerate(batch.ranges):
-                a, b = np.searchsorted(batch.live, (a, b))  # the packet's live streams
+            for p, streams in enumerate(batch.ranges):
+                a, b = np.searchsorted(batch.live, streams)  # the packet's live streams
                 sel = coding[a:b]
                 if sel.any():
                     try:
